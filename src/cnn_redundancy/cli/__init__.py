@@ -1,0 +1,61 @@
+"""Command-line front end: ``cnn-redundancy <command> ...`` over the public API only.
+
+Each command lives in a module of this package with ``register(subparsers)`` and, for the
+``reproduce`` command, an optional ``register_reproduce(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["main", "build_parser"]
+
+COMMAND_MODULES = [
+    "cnn_redundancy.cli.basic",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnn-redundancy",
+        description="Find, explain and remove redundancy in trained PyTorch CNNs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'cnn-redundancy <command> --help' for a command's options. 'make demo' runs the main job.",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    reproduce = sub.add_parser(
+        "reproduce",
+        help="reproduce a paper's experiments on the bundled data",
+        description="Reproduce a paper's experiments on the bundled data and write tables, figures and a report section.",
+    )
+    rsub = reproduce.add_subparsers(dest="experiment", metavar="<experiment>", required=True)
+    for name in COMMAND_MODULES:
+        mod = importlib.import_module(name)
+        mod.register(sub)
+        if hasattr(mod, "register_reproduce"):
+            mod.register_reproduce(rsub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ..progress import set_progress
+
+    if args.quiet:
+        set_progress(False)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; results written so far are kept", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""``train``, ``evaluate``, ``layers``, ``models`` and ``report`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_data_args, add_model_args, add_out_arg, data_from_args, model_from_args, out_dir, parse_kw, say
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model and save a checkpoint",
+        description="Train a model from the zoo (or torchvision / your file) on a data set and save "
+        "<out>/model.pt (loadable with --checkpoint) and <out>/train.json.",
+    )
+    add_model_args(p)
+    add_data_args(p, split="train")
+    add_out_arg(p, "runs/train")
+    p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd", "rmsprop"])
+    p.set_defaults(func=_train, batch_size=64)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a data set", description="Print the metric of a model on a data split.")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--metric", default="accuracy", choices=["accuracy", "dice"])
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("layers", help="list a model's conv layers", description="List the dotted names of a model's conv layers in forward order.")
+    add_model_args(p)
+    p.set_defaults(func=_layers)
+
+    p = sub.add_parser("models", help="list the model zoo", description="List the registered models.")
+    p.set_defaults(func=_models)
+
+    p = sub.add_parser(
+        "report",
+        help="(re)build report.html from the sections in a folder",
+        description="Collect every section saved under <folder>/sections and write <folder>/report.html.",
+    )
+    p.add_argument("folder", help="a run folder, e.g. runs/demo")
+    p.set_defaults(func=_report)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..models import get_model
+    from ..training import evaluate, fit
+
+    out = out_dir(args)
+    torch.manual_seed(args.seed)
+    model = load_checkpoint(args.checkpoint) if args.checkpoint else get_model(args.model, **parse_kw(args.model_kw))
+    train = data_from_args(args, "train")
+    test = data_from_args(args, "test")
+    hist = fit(model, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+               seed=args.seed, val=test, checkpoint=out / "model.pt")
+    acc = evaluate(model, test)
+    save_checkpoint(model, out / "model.pt", extra={"history": hist, "test_accuracy": acc})
+    (out / "train.json").write_text(json.dumps({"history": hist, "test_accuracy": acc}, indent=1))
+    print(f"test accuracy {acc:.4f}; checkpoint {out / 'model.pt'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..training import evaluate
+
+    print(f"{args.metric} {evaluate(model_from_args(args), data_from_args(args), args.metric, batch_size=args.batch_size):.4f}")
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    from ..layers import conv_layers
+
+    model = model_from_args(args) if args.checkpoint else __import__("cnn_redundancy").get_model(args.model, **parse_kw(args.model_kw))
+    for n in conv_layers(model):
+        m = model.get_submodule(n)
+        print(f"{n}\t{m.in_channels}->{m.out_channels}\tkernel {tuple(m.kernel_size)}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from ..models import list_models
+
+    for n in list_models():
+        print(n)
+    print("torchvision:<name>   any torchvision classification model")
+    print("path/to/file.py:fn   your own model factory")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ..report import load_sections, write_report
+
+    if not load_sections(args.folder):
+        say(f"no sections under {args.folder}/sections")
+        return 1
+    print(write_report(args.folder))
+    return 0

@@ -1,0 +1,92 @@
+"""Tiny models with known answers, for tests, docs and users checking the toolkit on their machine.
+
+Each builder returns a model in eval mode whose analysis results are known in advance.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["TinyCNN", "single_conv", "duplicated_kernels_net", "ignored_channel_net", "cascade_net", "random_images"]
+
+
+class TinyCNN(nn.Module):
+    """conv1 (c_in->c1, 3x3, pad 1) -> act1 -> pool -> conv2 (c1->c2, 3x3, pad 1) -> act2 -> pool -> fc."""
+
+    def __init__(self, in_channels: int = 1, c1: int = 4, c2: int = 6, num_classes: int = 10, input_size: int = 12) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.act2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c2 * (input_size // 4) ** 2, num_classes)
+        self.input_shape = (in_channels, input_size, input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.act1(self.conv1(x)))
+        x = self.pool2(self.act2(self.conv2(x)))
+        return self.fc(self.flatten(x))
+
+
+def _seeded(seed: int):
+    return torch.Generator().manual_seed(seed)
+
+
+def single_conv(kernel: torch.Tensor, *, bias: float | None = None) -> nn.Sequential:
+    """One conv layer (named ``conv``) whose weight is ``kernel`` ``[out, in, kh, kw]``; padding keeps the size."""
+    out_c, in_c, kh, kw = kernel.shape
+    conv = nn.Conv2d(in_c, out_c, (kh, kw), padding=(kh // 2, kw // 2), bias=bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(kernel)
+        if bias is not None:
+            conv.bias.fill_(bias)
+    return nn.Sequential(collections_ordered(conv=conv)).eval()
+
+
+def collections_ordered(**mods: nn.Module):
+    from collections import OrderedDict
+
+    return OrderedDict(mods)
+
+
+def duplicated_kernels_net(*, seed: int = 0, in_channels: int = 1, input_size: int = 12) -> TinyCNN:
+    """A TinyCNN whose conv1 kernels 0 and 1 are identical (weights and bias), and conv2 kernel 3 a copy of 2."""
+    torch.manual_seed(seed)
+    m = TinyCNN(in_channels=in_channels, input_size=input_size)
+    with torch.no_grad():
+        m.conv1.weight[1] = m.conv1.weight[0]
+        m.conv1.bias[1] = m.conv1.bias[0]
+        m.conv2.weight[3] = m.conv2.weight[2]
+        m.conv2.bias[3] = m.conv2.bias[2]
+    return m.eval()
+
+
+def ignored_channel_net(channel: int = 2, *, seed: int = 0, input_size: int = 12) -> TinyCNN:
+    """A TinyCNN whose conv2 ignores input channel ``channel`` (all its weights are zero)."""
+    torch.manual_seed(seed)
+    m = TinyCNN(input_size=input_size)
+    with torch.no_grad():
+        m.conv2.weight[:, channel] = 0.0
+    return m.eval()
+
+
+def cascade_net(k1: torch.Tensor, k2: torch.Tensor) -> nn.Sequential:
+    """Two single-channel convs in a row (``conv1``, ``act``, ``conv2``), no bias, ReLU between them."""
+    c1 = nn.Conv2d(1, 1, k1.shape[-2:], padding=(k1.shape[-2] // 2, k1.shape[-1] // 2), bias=False)
+    c2 = nn.Conv2d(1, 1, k2.shape[-2:], padding=(k2.shape[-2] // 2, k2.shape[-1] // 2), bias=False)
+    with torch.no_grad():
+        c1.weight.copy_(k1.reshape(c1.weight.shape))
+        c2.weight.copy_(k2.reshape(c2.weight.shape))
+    return nn.Sequential(collections_ordered(conv1=c1, act=nn.ReLU(), conv2=c2)).eval()
+
+
+def random_images(n: int = 64, shape: tuple[int, int, int] = (1, 12, 12), classes: int = 10, *, seed: int = 0):
+    """A TensorDataset of ``n`` random images and labels (for tests that need no real data)."""
+    g = _seeded(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return torch.utils.data.TensorDataset(x, y)
