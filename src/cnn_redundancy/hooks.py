@@ -21,6 +21,7 @@ __all__ = [
     "replace_input",
     "capture_calls",
     "count_calls",
+    "capture_after",
     "hook_count",
 ]
 
@@ -193,3 +194,27 @@ def count_calls(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, in
     handles = [model.get_submodule(n).register_forward_pre_hook(make(n)) for n in names]
     with _registered(handles):
         yield counts
+
+
+@contextlib.contextmanager
+def capture_after(model: nn.Module, layer: str, observe: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Keep, under key ``"obs"``, the first output of module ``observe`` after ``layer`` is called.
+
+    A module used twice in a forward pass (a shared ReLU, say) is observed at its first call
+    after ``layer``; ``observe == layer`` keeps the layer's own output.
+    """
+    store: dict[str, torch.Tensor] = {}
+    armed = [False]
+
+    def arm(mod, args):
+        armed[0] = True
+        store.clear()
+
+    def keep(mod, args, out):
+        if armed[0] and "obs" not in store:
+            store["obs"] = out.detach()
+
+    handles = [model.get_submodule(layer).register_forward_pre_hook(arm)]
+    handles.append(model.get_submodule(observe).register_forward_hook(keep))
+    with _registered(handles):
+        yield store

@@ -135,15 +135,16 @@ def get_metric(metric: str | Metric | Callable[[], Metric]) -> Metric:
 def cosine_per_channel(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Cosine similarity between ``a[n, c]`` and ``b[n, c]`` flattened, for every sample and channel.
 
-    ``a``, ``b``: ``[N, C, ...]``. Returns ``[N, C]``. Both norms zero: 1 (nothing changed);
-    exactly one zero: 0.
+    ``a``, ``b``: ``[N, C, ...]``. Returns ``[N, C]`` (float64; computed in the inputs' precision).
+    Both norms zero: 1 (nothing changed); exactly one zero: 0.
     """
-    a = a.flatten(2).double()
-    b = b.flatten(2).double()
-    dot = (a * b).sum(-1)
-    na, nb = a.norm(dim=-1), b.norm(dim=-1)
-    za, zb = na <= eps, nb <= eps
-    cos = dot / (na * nb).clamp_min(eps * eps)
+    a = a.flatten(2)
+    b = b.flatten(2)
+    # the three sums are computed alike, so identical maps give exactly 1 also in float32
+    dot = (a * b).sum(-1).double()
+    aa, bb = (a * a).sum(-1).double(), (b * b).sum(-1).double()
+    za, zb = aa <= eps * eps, bb <= eps * eps
+    cos = dot / (aa * bb).sqrt().clamp_min(eps * eps)
     cos = torch.where(za & zb, torch.ones_like(cos), torch.where(za | zb, torch.zeros_like(cos), cos))
     return cos.clamp(-1.0, 1.0)
 
@@ -161,9 +162,11 @@ def normalize_responses(x: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tens
     return flat.view(x.shape).to(torch.float64), const
 
 
-def _center_pad(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    dh, dw = h - x.shape[-2], w - x.shape[-1]
-    return torch.nn.functional.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+def _overlap(n_a: int, n_b: int, n_full: int) -> torch.Tensor:
+    """Overlap length per circular shift index of a full 1-D cross-correlation."""
+    idx = torch.arange(n_full)
+    shift = torch.where(idx > n_a - 1, idx - n_full, idx)
+    return torch.minimum(torch.full_like(shift, n_b), n_a - shift) - torch.clamp(-shift, min=0)
 
 
 def ncc_matrix(
@@ -172,60 +175,81 @@ def ncc_matrix(
     *,
     lag: str = "max",
     max_lag: int | None = None,
-    chunk_elements: int = 2**25,
+    min_overlap: float = 0.5,
+    chunk_elements: int = 2**24,
 ) -> torch.Tensor:
     """Zero-mean normalized cross-correlation between every response of ``a`` and of ``b``.
 
+    At a relative shift of the two responses, the NCC is Pearson's correlation of the values in
+    their overlapping window (the mean of each map over the window removed, divided by the
+    product of their norms there), so a shifted or cropped copy of a pattern scores exactly 1.
+
     Args:
-        a: responses ``[Ka, C, Ha, Wa]`` (``C`` stacked maps per response, e.g. one per impulse).
+        a: responses ``[Ka, C, Ha, Wa]`` (``C`` stacked maps per response, e.g. one per impulse;
+            the same shift is applied to all ``C``).
         b: responses ``[Kb, C, Hb, Wb]``; ``None`` means ``a`` (a KxK matrix).
-        lag: ``"max"``: maximum over every relative spatial shift (full cross-correlation, the same
-            shift for all ``C`` maps); ``"zero"``: the centres aligned, no shift.
+        lag: ``"max"``: the maximum over spatial shifts; ``"zero"``: the centres aligned, no shift.
         max_lag: with ``lag="max"``, only shifts of at most this many pixels (per axis) from the
             centred alignment.
-        chunk_elements: bound on the size of the intermediate correlation tensor.
+        min_overlap: with ``lag="max"``, shifts whose overlap covers less than this fraction of the
+            smaller map's height or width are ignored (a few overlapping corner pixels would
+            otherwise correlate perfectly by chance).
+        chunk_elements: bound on the size of the intermediate correlation tensors.
 
-    Each response is made zero-mean and unit-norm over all its ``C*H*W`` values (constant responses
-    become zero and correlate 0 with everything), so zero-lag NCC is Pearson's correlation and
-    every value lies in [-1, 1]. Responses of different sizes are compared with zero padding
-    around the smaller one (centred alignment is lag zero).
+    A window where either map is constant has no defined correlation and counts as 0; a constant
+    response therefore correlates 0 with everything. Values lie in [-1, 1].
 
     Returns:
         ``[Ka, Kb]`` float64 tensor.
     """
     if lag not in ("max", "zero"):
         raise ValueError(f"lag must be 'max' or 'zero', not {lag!r}")
-    same = b is None
+    if not 0.0 < min_overlap <= 1.0:
+        raise ValueError("min_overlap must be in (0, 1]")
     b = a if b is None else b
     if a.dim() != 4 or b.dim() != 4:
         raise ValueError("responses must be [kernels, maps, H, W]")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"responses have {a.shape[1]} and {b.shape[1]} maps each; they must match")
-    an, _ = normalize_responses(a)
-    bn = an if same else normalize_responses(b)[0]
-    ha, wa, hb, wb = an.shape[-2], an.shape[-1], bn.shape[-2], bn.shape[-1]
-    if lag == "zero":
-        h, w = max(ha, hb), max(wa, wb)
-        return _center_pad(an, h, w).flatten(1) @ _center_pad(bn, h, w).flatten(1).T
+    a, b = a.double(), b.double()
+    c, ha, wa, hb, wb = a.shape[1], a.shape[2], a.shape[3], b.shape[2], b.shape[3]
     hf, wf = ha + hb - 1, wa + wb - 1
-    fa = torch.fft.rfft2(an, s=(hf, wf))
-    fb = torch.fft.rfft2(bn, s=(hf, wf)).conj()
-    # shift s (rows) of b relative to a is stored at index s mod hf, s in [-(hb-1), ha-1]
-    mask = None
-    if max_lag is not None:
-        sy = torch.arange(hf)
-        sy = torch.where(sy > ha - 1, sy - hf, sy)
-        sx = torch.arange(wf)
-        sx = torch.where(sx > wa - 1, sx - wf, sx)
-        cy, cx = (ha - hb) // 2, (wa - wb) // 2  # shift that centres b on a
-        mask = ((sy - cy).abs() <= max_lag)[:, None] & ((sx - cx).abs() <= max_lag)[None, :]
+
+    def fft(x):
+        return torch.fft.rfft2(x, s=(hf, wf))
+
+    def corr(fx, fy):  # sum over maps of the cross-correlation, entry s = sum_p x(p + s) y(p)
+        return torch.fft.irfft2((fx * fy.conj()).sum(-3), s=(hf, wf))
+
+    one_a, one_b = fft(torch.ones(1, c, ha, wa, dtype=torch.float64)), fft(torch.ones(1, c, hb, wb, dtype=torch.float64))
+    fa, fb = fft(a), fft(b)
+    sa, sa2 = corr(fa, one_b), corr(fft(a * a), one_b)  # [Ka, hf, wf]
+    sb, sb2 = corr(one_a, fb), corr(one_a, fft(b * b))  # [Kb, hf, wf]
+    oy, ox = _overlap(ha, hb, hf), _overlap(wa, wb, wf)
+    n = (oy[:, None] * ox[None, :] * c).double().clamp_min(1)
+    var_a = sa2 - sa * sa / n
+    var_b = sb2 - sb * sb / n
+    ok_a = var_a > 1e-9 * sa2.abs() + 1e-30
+    ok_b = var_b > 1e-9 * sb2.abs() + 1e-30
+    sy = torch.arange(hf)
+    sy = torch.where(sy > ha - 1, sy - hf, sy)
+    sx = torch.arange(wf)
+    sx = torch.where(sx > wa - 1, sx - wf, sx)
+    cy, cx = (ha - hb) // 2, (wa - wb) // 2  # the shift that centres b on a
+    if lag == "zero":
+        valid = ((sy - cy) == 0)[:, None] & ((sx - cx) == 0)[None, :]
+    else:
+        valid = (oy >= min_overlap * min(ha, hb))[:, None] & (ox >= min_overlap * min(wa, wb))[None, :]
+        if max_lag is not None:
+            valid &= ((sy - cy).abs() <= max_lag)[:, None] & ((sx - cx).abs() <= max_lag)[None, :]
     out = torch.empty(a.shape[0], b.shape[0], dtype=torch.float64)
-    per_row = max(1, b.shape[0] * hf * wf * a.shape[1])
-    step = max(1, chunk_elements // per_row)
+    step = max(1, chunk_elements // max(1, b.shape[0] * hf * wf * c))
     for i in range(0, a.shape[0], step):
-        prod = fa[i : i + step, None] * fb[None]  # [s, Kb, C, hf, wf//2+1]
-        corr = torch.fft.irfft2(prod.sum(2), s=(hf, wf))  # [s, Kb, hf, wf]
-        if mask is not None:
-            corr = corr.masked_fill(~mask, -torch.inf)
-        out[i : i + step] = corr.flatten(2).amax(-1)
+        sab = corr(fa[i : i + step, None], fb[None])  # [s, Kb, hf, wf]
+        num = sab - sa[i : i + step, None] * sb[None] / n
+        den = (var_a[i : i + step, None].clamp_min(0) * var_b[None].clamp_min(0)).sqrt()
+        ok = ok_a[i : i + step, None] & ok_b[None] & valid
+        r = torch.where(ok, num / den.clamp_min(1e-300), torch.zeros_like(num))
+        r = r.masked_fill(~valid, -torch.inf)
+        out[i : i + step] = r.flatten(2).amax(-1)
     return out.clamp(-1.0, 1.0)

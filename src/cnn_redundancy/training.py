@@ -167,7 +167,7 @@ def fit(
                 batch_loss = loss_fn(out, y)
                 batch_loss.backward()
                 opt.step()
-                total += float(batch_loss) * len(y)
+                total += float(batch_loss.detach()) * len(y)
                 n += len(y)
                 m.update(out.detach(), y)
                 bar.update(1)

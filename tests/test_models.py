@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from cnn_redundancy import get_model, list_models
+from cnn_redundancy.models import model_spec
+
+
+def test_lenet5_widths_and_shapes():
+    m = get_model("lenet5")
+    assert (m.conv1.out_channels, m.conv2.out_channels, m.conv1.padding) == (6, 16, (2, 2))
+    assert (m.fc1.out_features, m.fc2.out_features, m.fc3.out_features) == (120, 84, 10)
+    w = get_model("lenet5", width=10)
+    assert (w.conv1.out_channels, w.conv2.out_channels, w.fc1.out_features, w.fc2.out_features) == (60, 160, 1200, 840)
+    assert w(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert model_spec(w) == {"name": "lenet5", "kwargs": {"width": 10}, "surgery": []}
+    assert "lenet5" in list_models()
+
+
+def test_torchvision_and_user_file_models(tmp_path):
+    m = get_model("torchvision:resnet18", num_classes=7)
+    assert m.fc.out_features == 7
+    f = tmp_path / "mynet.py"
+    f.write_text("import torch.nn as nn\ndef make(c=3):\n    return nn.Sequential(nn.Conv2d(1, c, 3), nn.ReLU())\n")
+    u = get_model(f"{f}:make", c=5)
+    assert u[0].out_channels == 5 and model_spec(u)["name"] == f"{f}:make"
+
+
+def test_bad_model_names():
+    with pytest.raises(ValueError, match="Unknown model 'lenet6'.*lenet5"):
+        get_model("lenet6")
+    with pytest.raises(ValueError, match="Unknown torchvision model 'resnet19'"):
+        get_model("torchvision:resnet19")
+    with pytest.raises(ValueError, match="takes no argument depth"):
+        get_model("lenet5", depth=3)
+    with pytest.raises(ValueError, match="does not exist"):
+        get_model("/nonexistent/file.py:make")
