@@ -10,7 +10,8 @@ import torch
 
 os.environ.setdefault("CNN_REDUNDANCY_QUIET", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# one thread per xdist worker: oversubscribed cores slow torch down many times over
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
 
 
 @pytest.fixture(autouse=True)
