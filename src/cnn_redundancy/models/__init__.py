@@ -46,6 +46,7 @@ def list_models() -> list[str]:
 
 def _load_zoo() -> None:
     from . import lenet  # noqa: F401
+    from . import resnet, segmentation  # noqa: F401
 
 
 def model_spec(model: nn.Module) -> dict[str, Any] | None:
