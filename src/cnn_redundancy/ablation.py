@@ -442,6 +442,11 @@ class _branches_removed:
         return self.es.__exit__(*exc)
 
 
+def _keep(v):
+    """A recorded value, safe from in-place ops later in the forward pass (tensors are cloned)."""
+    return v.clone() if isinstance(v, torch.Tensor) else v
+
+
 def _recorder(model: nn.Module, names: list[str]) -> torch.fx.GraphModule:
     """A traced copy of the forward pass returning ``(output, (clone of each named node, ...))``."""
     gm = trace(model)
@@ -453,7 +458,7 @@ def _recorder(model: nn.Module, names: list[str]) -> torch.fx.GraphModule:
     kept = []
     for name in names:
         with gm.graph.inserting_before(out):
-            kept.append(gm.graph.call_method("clone", (nodes[name],)))
+            kept.append(gm.graph.call_function(_keep, (nodes[name],)))
     out.args = ((out.args[0], tuple(kept)),)
     gm.recompile()
     return gm
