@@ -10,14 +10,6 @@ from cnn_redundancy.ablation import decomposition_layers, layer_blocks, residual
 from cnn_redundancy.metrics import Dice
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("name,blocks,params", [("resnet20", 9, 272_474), ("resnet32", 15, 466_906), ("resnet56", 27, 855_770)])
 def test_cifar_resnet_sizes(name, blocks, params):
     m = cr.get_model(name)
