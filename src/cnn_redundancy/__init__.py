@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+from .ablation import AblationResult, decomposition_layers, layer_blocks, residual_blocks, zero_ablation
 from .checkpoint import CheckpointError, load_checkpoint, register_surgery, save_checkpoint
 from .data import DatasetNotFoundError, as_loader, load_dataset, subset
 from .graph import Split, SplitUnavailable, default_observe
@@ -17,12 +18,22 @@ from .layers import conv_layers, resolve_layer, resolve_layers
 from .metrics import Accuracy, Dice, cosine_per_channel, get_metric, ncc_matrix
 from .models import get_model, list_models, register_model
 from .progress import set_progress
+from .removal import BranchRemoved, RemovalResult, remove_branches, remove_trivial
 from .results import Result
 from .training import evaluate, fit, seed_everything
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AblationResult",
+    "BranchRemoved",
+    "RemovalResult",
+    "decomposition_layers",
+    "layer_blocks",
+    "remove_branches",
+    "remove_trivial",
+    "residual_blocks",
+    "zero_ablation",
     "Accuracy",
     "CheckpointError",
     "DatasetNotFoundError",

@@ -269,6 +269,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "cifar10": functools.partial(_cifar, fine=False),
     "cifar100": functools.partial(_cifar, fine=True),
     "imagefolder": _imagefolder,
+    "shapes": lambda split, root, **kw: __import__("cnn_redundancy.synthetic", fromlist=["load_shapes"]).load_shapes(split, root, **kw),
 }
 
 

@@ -197,6 +197,10 @@ class Split:
         self._down = build(True)
         self._obs = build(False)
         self.n_frontier = len(frontier)
+        # node names in the traced graph: callers that record a full forward pass can feed the
+        # downstream part from it instead of running upstream() again
+        self.frontier_names = tuple(f.name for f in frontier)
+        self.layer_input_name = layer_in.name
 
     def upstream(self, x: torch.Tensor) -> SplitState:
         """Run everything that does not depend on the layer, once per batch."""

@@ -90,3 +90,49 @@ def random_images(n: int = 64, shape: tuple[int, int, int] = (1, 12, 12), classe
     x = torch.randn(n, *shape, generator=g)
     y = torch.randint(0, classes, (n,), generator=g)
     return torch.utils.data.TensorDataset(x, y)
+
+
+# --------------------------------------------------------------------------- zero-ablation (issue 4)
+
+
+def zero_branch_resnet(*, seed: int = 0, input_size: int = 12, zero_block: str = "layer1.1") -> nn.Module:
+    """A ResNet-20 of width 4 (4/8/16 channels, one input channel) with random BN parameters whose block
+    ``zero_block`` ends in a BN with zero weight and bias: its branch adds exactly nothing, so
+    zeroing its convs or removing its branch leaves the output unchanged."""
+    from .models import get_model
+
+    torch.manual_seed(seed)
+    m = get_model("resnet20", in_channels=1, num_classes=10, width=4, input_size=input_size)
+    g = _seeded(seed)
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            with torch.no_grad():
+                mod.weight.copy_(1 + 0.3 * torch.randn(mod.num_features, generator=g))
+                mod.bias.copy_(0.2 * torch.randn(mod.num_features, generator=g))
+                mod.running_mean.copy_(0.1 * torch.randn(mod.num_features, generator=g))
+                mod.running_var.copy_(0.5 + torch.rand(mod.num_features, generator=g))
+    bn = m.get_submodule(zero_block).bn2
+    with torch.no_grad():
+        bn.weight.zero_()
+        bn.bias.zero_()
+    return m.eval()
+
+
+class PlainNet(nn.Module):
+    """A VGG-like net without shortcuts: conv1 -> relu -> conv2 -> relu -> conv3 -> relu -> pool -> fc (no bias)."""
+
+    def __init__(self, in_channels: int = 1, width: int = 6, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(width, 2 * width, 3, padding=1, bias=False)
+        self.relu3 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(2 * width, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(self.flatten(self.pool(self.relu3(self.conv3(x)))))

@@ -15,6 +15,7 @@ __all__ = ["main", "build_parser"]
 COMMAND_MODULES = [
     "cnn_redundancy.cli.basic",
     "cnn_redundancy.cli.impulse",
+    "cnn_redundancy.cli.ablation",
 ]
 
 

@@ -46,6 +46,8 @@ def list_models() -> list[str]:
 
 def _load_zoo() -> None:
     from . import lenet  # noqa: F401
+    from .resnet import CifarResNet  # noqa: F401
+    from .segmentation import PSPNet  # noqa: F401
 
 
 def model_spec(model: nn.Module) -> dict[str, Any] | None:
