@@ -100,5 +100,5 @@ def _impulse(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    run_demo(args.out, epochs=args.epochs, repeats=args.repeats, limit=args.limit, seed=args.seed, quiet=args.quiet)
+    run_demo(args.out, epochs=args.epochs, repeats=args.repeats, limit=args.limit, seed=args.seed)
     return 0
