@@ -18,11 +18,29 @@ from .metrics import Accuracy, Dice, cosine_per_channel, get_metric, ncc_matrix
 from .models import get_model, list_models, register_model
 from .progress import set_progress
 from .results import Result
+from .routing import (
+    LabelResult,
+    LayerSkippingResult,
+    layer_skipping_experiment,
+    predict_exits,
+    strongest_activation_labels,
+    train_router,
+)
+from .skipnet import SkipNetwork, count_macs, train_skip_network
 from .training import evaluate, fit, seed_everything
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "train_skip_network",
+    "count_macs",
+    "SkipNetwork",
+    "train_router",
+    "strongest_activation_labels",
+    "predict_exits",
+    "layer_skipping_experiment",
+    "LayerSkippingResult",
+    "LabelResult",
     "Accuracy",
     "CheckpointError",
     "DatasetNotFoundError",
