@@ -2,8 +2,8 @@
 
 :class:`SkipNetwork` wraps a model with equal-size conv layers (``equal_width_cnn``). Image ``i``
 with exit ``k`` runs conv layers ``0..k`` and then the dense layer of exit ``k``; the conv layers
-after ``k`` are *not called* for it. A mini-batch is processed stage by stage on the shrinking set
-of images that still need the next layer (images are batched by exit), so skipped layers cost
+after ``k`` are *not called* for it. A mini-batch is sorted by exit and processed stage by stage on the
+shrinking, contiguous set of images that still need the next layer (images are batched by exit), so skipped layers cost
 nothing at inference and receive no gradient from those images in training.
 
 Also here: MAC counting, latency measurement, the training loop for routed and joint (every exit)
@@ -166,26 +166,28 @@ class SkipNetwork(nn.Module):
     def forward(self, x: torch.Tensor, exits: torch.Tensor | Sequence[int] | int | None = None) -> torch.Tensor:
         """Logits ``[B, classes]``; image ``i`` runs conv layers ``0..exits[i]`` only."""
         exits = self._check_exits(x, exits)
-        idx = torch.arange(len(x), device=x.device)
-        parts, order = [], []
-        h = x
+        if len(exits) and bool((exits == exits[0]).all()):  # one exit for the whole batch
+            h = x
+            for k in range(int(exits[0]) + 1):
+                h = self._stages[k](h)
+            return self._heads[int(exits[0])](h)
+        # Sort by exit, deepest first: after stage k the images leaving at k are the last rows, and the
+        # images going on are a contiguous prefix (a view, no copy).
+        order = torch.argsort(exits, descending=True, stable=True)
+        counts = torch.bincount(exits, minlength=self.depth).tolist()
+        h = x[order]
+        remaining, parts = len(x), []
         for k in range(self.depth):
             h = self._stages[k](h)
-            done = exits[idx] == k
-            if bool(done.all()):
-                parts.append(self._heads[k](h))
-                order.append(idx)
+            if counts[k]:
+                parts.append(self._heads[k](h[remaining - counts[k] : remaining]))
+                remaining -= counts[k]
+            if remaining == 0:
                 break
-            if bool(done.any()):
-                parts.append(self._heads[k](h[done]))
-                order.append(idx[done])
-                h, idx = h[~done], idx[~done]
-        if len(parts) == 1:
-            return parts[0]
-        out = torch.cat(parts)
-        inverse = torch.empty(len(x), dtype=torch.long, device=x.device)
-        perm = torch.cat(order)
-        inverse[perm] = torch.arange(len(perm), device=x.device)
+            h = h[:remaining]
+        out = torch.cat(parts[::-1])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=x.device)
         return out[inverse]
 
     def all_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -327,7 +329,10 @@ def train_skip_network(
 
 
 def measure_latency(fn: Callable[[torch.Tensor], object], x: torch.Tensor, *, repeats: int = 3, batch_size: int = 256) -> float:
-    """Median over ``repeats`` of the wall time per image (seconds) of ``fn`` over ``x`` in batches, without gradients."""
+    """Best (minimum) over ``repeats`` of the wall time per image (seconds) of ``fn`` over ``x`` in batches, without gradients.
+
+    The minimum, as ``timeit`` recommends: on a shared machine the other runs measure the load, not the code.
+    """
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     times = []
@@ -338,8 +343,7 @@ def measure_latency(fn: Callable[[torch.Tensor], object], x: torch.Tensor, *, re
             for i in range(0, len(x), batch_size):
                 fn(x[i : i + batch_size])
             times.append((time.perf_counter() - t0) / len(x))
-    times.sort()
-    return times[len(times) // 2]
+    return min(times)
 
 
 def stack_inputs(data: Dataset | DataLoader, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
