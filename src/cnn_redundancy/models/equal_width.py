@@ -134,21 +134,7 @@ class RouterCNN(nn.Module):
         return self.fc(self.flatten(x))
 
 
-@register_model("equal_width_cnn")
-def equal_width_cnn(
-    channels: Sequence[int] = (16, 16, 16),
-    in_channels: int = 1,
-    num_classes: int = 10,
-    input_size: int = 28,
-    kernel_size: int = 3,
-    activation: str = "relu",
-    head: str = "shared",
-) -> EqualWidthCNN:
-    """The layer-skipping paper's CNN 1: equal-size conv layers (no pooling) and one dense layer."""
-    return EqualWidthCNN(channels, in_channels, num_classes, input_size, kernel_size, activation, head)
-
-
-@register_model("router_cnn")
-def router_cnn(in_channels: int = 1, num_classes: int = 3, input_size: int = 28, width: int = 8) -> RouterCNN:
-    """A small CNN routing each image to an exit (the paper's CNN 2)."""
-    return RouterCNN(in_channels, num_classes, input_size, width)
+#: The layer-skipping paper's CNN 1: equal-size conv layers (no pooling) and one dense layer.
+equal_width_cnn = register_model("equal_width_cnn")(EqualWidthCNN)
+#: A small CNN routing each image to an exit (the paper's CNN 2).
+router_cnn = register_model("router_cnn")(RouterCNN)
