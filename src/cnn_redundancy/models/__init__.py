@@ -45,10 +45,8 @@ def list_models() -> list[str]:
 
 
 def _load_zoo() -> None:
-    from . import (
-        equal_width,  # noqa: F401
-        lenet,  # noqa: F401
-    )
+    from . import lenet  # noqa: F401
+    from .equal_width import EqualWidthCNN  # noqa: F401
 
 
 def model_spec(model: nn.Module) -> dict[str, Any] | None:
