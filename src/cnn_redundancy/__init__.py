@@ -20,6 +20,15 @@ from .models import get_model, list_models, register_model
 from .progress import set_progress
 from .removal import BranchRemoved, RemovalResult, remove_branches, remove_trivial
 from .results import Result
+from .routing import (
+    LabelResult,
+    LayerSkippingResult,
+    layer_skipping_experiment,
+    predict_exits,
+    strongest_activation_labels,
+    train_router,
+)
+from .skipnet import SkipNetwork, count_macs, train_skip_network
 from .training import evaluate, fit, seed_everything
 
 __version__ = "0.1.0"
@@ -34,6 +43,15 @@ __all__ = [
     "remove_trivial",
     "residual_blocks",
     "zero_ablation",
+    "train_skip_network",
+    "count_macs",
+    "SkipNetwork",
+    "train_router",
+    "strongest_activation_labels",
+    "predict_exits",
+    "layer_skipping_experiment",
+    "LayerSkippingResult",
+    "LabelResult",
     "Accuracy",
     "CheckpointError",
     "DatasetNotFoundError",

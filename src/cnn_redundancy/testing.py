@@ -136,3 +136,51 @@ class PlainNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
         return self.fc(self.flatten(self.pool(self.relu3(self.conv3(x)))))
+
+
+# --- layer skipping (routing.py, skipnet.py) -------------------------------------------------
+
+__all__ += ["layer_response_net", "layer_response_images"]
+
+
+def layer_response_net(input_size: int = 4) -> nn.Module:
+    """An ``equal_width_cnn`` (3 conv layers, 3 maps, 1x1 kernels, no bias) whose layer ``k`` map 0 is input channel ``k``.
+
+    conv1 is the identity, conv2 copies channel 1 to its map 0 (and keeps 1, 2), conv3 copies
+    channel 2 to its map 0 (and keeps 1, 2). With non-negative images, the mean absolute
+    activation of map 0 of layer ``k`` is the mean of input channel ``k``: which images excite
+    which layer is known in advance (see :func:`layer_response_images`).
+    """
+    from .models import get_model
+
+    m = get_model("equal_width_cnn", channels=[3, 3, 3], in_channels=3, kernel_size=1, input_size=input_size)
+    with torch.no_grad():
+        for conv, src in ((m.conv1, (0, 1, 2)), (m.conv2, (1, 1, 2)), (m.conv3, (2, 1, 2))):
+            conv.weight.zero_()
+            conv.bias.zero_()
+            for out_c, in_c in enumerate(src):
+                conv.weight[out_c, in_c] = 1.0
+    return m.eval()
+
+
+def layer_response_images(input_size: int = 4) -> torch.utils.data.TensorDataset:
+    """Eight 3-channel constant images for :func:`layer_response_net`; channel ``k`` drives layer ``k``.
+
+    With ``top=2`` and ``feature_maps=1``: layer 0 selects images 0 and 1, layer 1 images 2 and 3,
+    layer 2 images 4 and 1. Image 1 is selected by layers 0 and 2, so it is labelled 2.
+    Expected: indices ``[0, 1, 2, 3, 4]``, labels ``[0, 2, 1, 1, 2]``.
+    """
+    levels = torch.tensor(
+        [  # channel 0, 1, 2
+            [9.0, 0.0, 0.0],
+            [8.0, 0.0, 7.0],
+            [0.0, 9.0, 0.0],
+            [1.0, 8.0, 0.0],
+            [0.0, 1.0, 9.0],
+            [2.0, 2.0, 2.0],
+            [3.0, 3.0, 1.0],
+            [0.5, 0.5, 0.5],
+        ]
+    )
+    x = levels[:, :, None, None].expand(-1, -1, input_size, input_size).contiguous()
+    return torch.utils.data.TensorDataset(x, torch.arange(len(x)) % 2)

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "cnn_redundancy.cli.basic",
     "cnn_redundancy.cli.impulse",
     "cnn_redundancy.cli.ablation",
+    "cnn_redundancy.cli.routing",
 ]
 
 

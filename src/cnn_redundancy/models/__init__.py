@@ -46,6 +46,7 @@ def list_models() -> list[str]:
 
 def _load_zoo() -> None:
     from . import lenet  # noqa: F401
+    from .equal_width import EqualWidthCNN  # noqa: F401
     from .resnet import CifarResNet  # noqa: F401
     from .segmentation import PSPNet  # noqa: F401
 
