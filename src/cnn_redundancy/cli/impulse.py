@@ -49,8 +49,8 @@ def register(sub) -> None:
         "channel of conv2 and the impulse analysis on both conv layers; write JSON, figures and report.html.",
     )
     p.add_argument("--out", "-o", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, default=5, help="training epochs per network (default 5)")
-    p.add_argument("--repeats", type=int, default=3, help="shuffles per channel (default 3)")
+    p.add_argument("--epochs", type=int, default=4, help="training epochs per network (default 4)")
+    p.add_argument("--repeats", type=int, default=2, help="shuffles per channel (default 2)")
     p.add_argument("--limit", type=int, help="use only this many training and test images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
