@@ -11,18 +11,30 @@ from __future__ import annotations
 
 from .checkpoint import CheckpointError, load_checkpoint, register_surgery, save_checkpoint
 from .data import DatasetNotFoundError, as_loader, load_dataset, subset
+from .distinctiveness import DistinctivenessResult, distinctiveness
 from .graph import Split, SplitUnavailable, default_observe
 from .hooks import capture, eval_mode, hook_count, preserved, replace_input, replace_output
 from .layers import conv_layers, resolve_layer, resolve_layers
 from .metrics import Accuracy, Dice, cosine_per_channel, get_metric, ncc_matrix
 from .models import get_model, list_models, register_model
 from .progress import set_progress
+from .pruning import DistinctivenessImportance, PruneResult, SeededRandomImportance, prune
+from .pruning_trials import TrialsResult, head_to_head, pruning_trials
 from .results import Result
 from .training import evaluate, fit, seed_everything
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "pruning_trials",
+    "head_to_head",
+    "TrialsResult",
+    "prune",
+    "SeededRandomImportance",
+    "PruneResult",
+    "DistinctivenessImportance",
+    "distinctiveness",
+    "DistinctivenessResult",
     "Accuracy",
     "CheckpointError",
     "DatasetNotFoundError",

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_data_args, add_model_args, add_out_arg, data_from_args, model_from_args, out_dir, parse_kw, say
+from .common import (
+    add_data_args,
+    add_model_args,
+    add_out_arg,
+    data_from_args,
+    model_from_args,
+    out_dir,
+    parse_kw,
+    say,
+)
 
 
 def register(sub) -> None:

@@ -45,7 +45,10 @@ def list_models() -> list[str]:
 
 
 def _load_zoo() -> None:
-    from . import lenet  # noqa: F401
+    from . import (
+        lenet,  # noqa: F401
+        small_cnn,  # noqa: F401
+    )
 
 
 def model_spec(model: nn.Module) -> dict[str, Any] | None:
