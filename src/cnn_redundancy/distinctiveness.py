@@ -93,7 +93,10 @@ class ActivationStats:
                 + (a * s)[:, None] * b[None, :] + b[:, None] * (a * s)[None, :] + self.n * b[:, None] * b[None, :])
 
     def angles(self, center: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(angles [K, K] in degrees, norms [K])``; rows/columns of zero-norm vectors are NaN."""
+        """``(angles [K, K] in degrees, norms [K])``; rows/columns of zero-norm vectors are NaN.
+
+        The diagonal is 0, except for a zero-norm (degenerate) vector, whose diagonal entry is NaN too.
+        """
         g = self.centered_gram(center)
         diag = g.diagonal().clamp_min(0.0)
         norms = diag.sqrt()
@@ -105,6 +108,7 @@ class ActivationStats:
         ang[dead, :] = math.nan
         ang[:, dead] = math.nan
         ang.fill_diagonal_(0.0)
+        ang[dead, dead] = math.nan
         return ang, norms
 
 
@@ -168,7 +172,8 @@ def activation_stats(
                 for layer in names:
                     norms, means = _pick(events, layer, obs[layer])
                     if layer not in stats:
-                        stats[layer] = ActivationStats.empty(norms.shape[1])
+                        k = getattr(model.get_submodule(layer), "out_channels", norms.shape[1])
+                        stats[layer] = ActivationStats.empty(k)
                     if norms.shape[1] != stats[layer].gram.shape[0]:
                         raise ValueError(f"{obs[layer]!r} has {norms.shape[1]} channels, not the {stats[layer].gram.shape[0]} of {layer!r}")
                     stats[layer].update(norms, means)
@@ -197,8 +202,8 @@ class DistinctivenessResult(Result):
     Attributes:
         layers: analysed conv layers. observed: the module whose output gave each layer's vectors.
         center: ``None``, ``"mean"`` or ``"minmax"``. n_samples: length of every vector.
-        angles: ``layer -> K x K`` angles in degrees (diagonal 0; NaN for a kernel whose
-            (centered) vector is zero: it is listed in ``degenerate``).
+        angles: ``layer -> K x K`` angles in degrees (diagonal 0; NaN row, column and diagonal entry
+            for a kernel whose (centered) vector is zero: it is listed in ``degenerate``).
         norms: ``layer -> [K]`` norm of each (centered) vector.
         mean_norm: ``layer -> [K]`` mean Frobenius norm of each kernel's activation map.
         mean_activation: ``layer -> [K]`` mean value of each kernel's activation map.
@@ -268,7 +273,7 @@ def result_from_stats(stats: dict[str, ActivationStats], obs: dict[str, str], ce
         res.norms[name] = norms.tolist()
         res.mean_norm[name] = (st.sums / st.n).tolist()
         res.mean_activation[name] = (st.act_sum / st.n).tolist()
-        res.degenerate[name] = torch.nonzero(torch.isnan(ang).any(1)).flatten().tolist()
+        res.degenerate[name] = torch.nonzero(torch.isnan(ang.diagonal())).flatten().tolist()
     return res
 
 

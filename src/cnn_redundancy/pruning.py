@@ -297,6 +297,8 @@ def prune(
     surgeon = Surgeon(pruned, x)
     pruned.eval()
     removable = sum(max(0, m.out_channels - 1) for n, m in pruned.named_modules() if n in names)
+    if steps and removable == 0:
+        raise ValueError(f"Nothing to prune: each of {', '.join(names)} has one kernel left")
     if steps > removable:
         raise ValueError(f"steps={steps} but the layers {', '.join(names)} have only {removable} removable kernels "
                          "(each layer keeps at least one)")
@@ -363,7 +365,7 @@ def _least_distinct(surgeon: Surgeon, stats, center, remove) -> dict[str, Any]:
     for layer, st in stats.items():
         ang, _ = st.angles(center)
         mean_norm = st.sums / st.n
-        dead = torch.isnan(ang).any(1).nonzero().flatten().tolist()
+        dead = torch.isnan(ang.diagonal()).nonzero().flatten().tolist()
         for d in dead:  # a kernel with a zero (centered) vector carries no information: it goes first
             if (best is None or best[0] > -1) and surgeon.can_remove(layer):
                 best = (-1.0, layer, d, None, "its activation vector is zero" + (" after centering" if center else ""))
@@ -433,7 +435,7 @@ def _gedeon_harris(surgeon: Surgeon, stats, center, thresholds, merge_scale) -> 
             continue  # grouped convs: merging would have to pair whole groups; left to least-distinct
         ang, _ = st.angles(center)
         k = ang.shape[0]
-        for d in torch.isnan(ang).any(1).nonzero().flatten().tolist():
+        for d in torch.isnan(ang.diagonal()).nonzero().flatten().tolist():
             if (best is None or best[0] > -1) and surgeon.can_remove(layer):
                 best = (-1.0, "remove-constant", layer, d, None, None)
         for i in range(k):
@@ -571,9 +573,10 @@ class DistinctivenessImportance:
         ang, _ = st.angles(self.center)
         if self.center is not None:
             ang = torch.minimum(ang, 180.0 - ang)  # complementary pairs are redundant too
-        ang = ang.nan_to_num(nan=-1.0)  # degenerate kernels first
+        dead = torch.isnan(ang.diagonal())
+        ang = ang.nan_to_num(nan=math.inf)
         ang.fill_diagonal_(math.inf)
-        score = ang.min(1).values
+        score = torch.where(dead, torch.full_like(ang[0], -1.0), ang.min(1).values)  # degenerate kernels first
         mean_norm = st.sums / st.n
         tiebreak = 1e-6 * mean_norm / mean_norm.max().clamp_min(1e-300)
         return (score + tiebreak)[idxs].float()
