@@ -99,7 +99,7 @@ def test_distinctiveness_as_torch_pruning_importance():
 @pytest.mark.parametrize(
     "name,kw,shape",
     [("torchvision:resnet18", {"num_classes": 10}, (3, 32, 32)),
-     ("torchvision:mobilenet_v2", {"num_classes": 10}, (3, 32, 32)),
+     ("torchvision:mobilenet_v2", {"num_classes": 10, "width_mult": 0.25}, (3, 32, 32)),
      (f"{T.__file__}:grouped_conv_net", {}, (1, 12, 12))],
 )
 def test_pruned_models_run_and_save_load(name, kw, shape, tmp_path):
@@ -145,9 +145,9 @@ def test_prune_result_round_trip(tmp_path):
 
 
 def test_pruning_trials_tables_and_gap():
-    tr = cr.subset(cr.load_dataset("mnist5k", "train"), 128)
-    te = cr.subset(cr.load_dataset("mnist5k", "test"), 64)
-    r = cr.pruning_trials("lenet5", tr, te, trials=2, steps=2, epochs=1)
+    tr = cr.subset(cr.load_dataset("mnist5k", "train"), 96)
+    te = cr.subset(cr.load_dataset("mnist5k", "test"), 48)
+    r = cr.pruning_trials("lenet5", tr, te, trials=2, steps=2, epochs=1, batch_size=32)
     assert set(r.test_acc) == {"distinctiveness", "random"}
     assert all(len(row) == 3 for rows in r.test_acc.values() for row in rows)
     # both criteria start from the same trained baseline in each trial
@@ -155,4 +155,20 @@ def test_pruning_trials_tables_and_gap():
     table = r.table("random")
     assert table[0][0] == "Accuracy on test set" and len(table[0]) == 4
     assert set(r.gap["random"]) == {"train", "test"}
-    assert r.to_dict()["train_acc"] == cr.pruning_trials("lenet5", tr, te, trials=2, steps=2, epochs=1).to_dict()["train_acc"]
+    assert len(r.removed["distinctiveness"][0]) == 2 and r.seconds > 0
+
+
+def test_cli_reproduce_quick_and_prune(tmp_path):
+    from cnn_redundancy.cli import main
+
+    out = tmp_path / "rep"
+    assert main(["-q", "reproduce", "distinctiveness", "--quick", "--out", str(out)]) == 0
+    assert (out / "report.html").exists() and (out / "distinctiveness_trials.png").exists()
+    section = (out / "sections" / "distinctiveness.json").read_text()
+    assert "Table 1" in section and "Average gap" in section
+    trials = cr.Result.load(out / "distinctiveness_trials.json")
+    assert trials.trials == 2 and len(trials.test_acc["distinctiveness"][0]) == 3
+    assert main(["-q", "prune", "--model", "lenet5", "--limit", "64", "--steps", "2", "--criterion", "l1",
+                 "--out", str(tmp_path / "pr")]) == 0
+    pruned = cr.load_checkpoint(tmp_path / "pr" / "model.pt")
+    assert pruned.conv1.out_channels + pruned.conv2.out_channels == 20

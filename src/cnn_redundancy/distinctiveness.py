@@ -92,24 +92,44 @@ class ActivationStats:
         return (a[:, None] * a[None, :] * self.gram
                 + (a * s)[:, None] * b[None, :] + b[:, None] * (a * s)[None, :] + self.n * b[:, None] * b[None, :])
 
-    def angles(self, center: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(angles [K, K] in degrees, norms [K])``; rows/columns of zero-norm vectors are NaN.
-
-        The diagonal is 0, except for a zero-norm (degenerate) vector, whose diagonal entry is NaN too.
-        """
+    def cosines(self, center: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(cosines [K, K], degenerate mask [K], norms [K])`` of the (centered) vectors."""
         g = self.centered_gram(center)
         diag = g.diagonal().clamp_min(0.0)
         norms = diag.sqrt()
         tol = 1e-12 * float(diag.max()) if diag.numel() else 0.0
         dead = diag <= tol
-        denom = norms[:, None] * norms[None, :]
-        cos = (g / torch.where(denom > 0, denom, torch.ones_like(denom))).clamp(-1.0, 1.0)
+        safe = torch.where(dead, torch.ones_like(norms), norms)
+        cos = (g / (safe[:, None] * safe[None, :])).clamp_(-1.0, 1.0)
+        return cos, dead, norms
+
+    def angles(self, center: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(angles [K, K] in degrees, norms [K])``; rows/columns of zero-norm vectors are NaN.
+
+        The diagonal is 0, except for a zero-norm (degenerate) vector, whose diagonal entry is NaN too.
+        """
+        cos, dead, norms = self.cosines(center)
         ang = torch.rad2deg(torch.arccos(cos))
         ang[dead, :] = math.nan
         ang[:, dead] = math.nan
         ang.fill_diagonal_(0.0)
         ang[dead, dead] = math.nan
         return ang, norms
+
+    def least_distinct(self, center: str | None) -> tuple[float, int, int] | None:
+        """``(angle, i, j)`` of the pair with the smallest angle (degenerate kernels left out), or ``None``."""
+        cos, dead, _ = self.cosines(center)
+        k = cos.shape[0]
+        if k < 2:
+            return None
+        masked = cos.masked_fill(~torch.ones(k, k, dtype=torch.bool).triu(1), -math.inf)
+        masked[dead, :] = -math.inf
+        masked[:, dead] = -math.inf
+        flat = int(torch.argmax(masked))
+        i, j = divmod(flat, k)
+        if masked[i, j] == -math.inf:
+            return None
+        return math.degrees(math.acos(float(cos[i, j]))), i, j
 
 
 def _resolve_observe(model: nn.Module, names: list[str], observe: ObserveSpec) -> dict[str, str]:

@@ -361,29 +361,22 @@ def _pick_weaker(mean_norm: torch.Tensor, i: int, j: int, remove: str) -> tuple[
 
 
 def _least_distinct(surgeon: Surgeon, stats, center, remove) -> dict[str, Any]:
-    best = None
+    best = None  # (angle, layer, removed, kept, reason)
     for layer, st in stats.items():
-        ang, _ = st.angles(center)
-        mean_norm = st.sums / st.n
-        dead = torch.isnan(ang.diagonal()).nonzero().flatten().tolist()
-        for d in dead:  # a kernel with a zero (centered) vector carries no information: it goes first
-            if (best is None or best[0] > -1) and surgeon.can_remove(layer):
-                best = (-1.0, layer, d, None, "its activation vector is zero" + (" after centering" if center else ""))
-        k = ang.shape[0]
-        iu = torch.triu_indices(k, k, offset=1)
-        vals = ang[iu[0], iu[1]]
-        order = torch.argsort(torch.nan_to_num(vals, nan=math.inf), stable=True)
-        for o in order.tolist():
-            a = float(vals[o])
-            if math.isnan(a) or (best is not None and a >= best[0]):
-                break
-            i, j = int(iu[0, o]), int(iu[1, o])
-            r, kept = _pick_weaker(mean_norm, i, j, remove)
-            if surgeon.can_remove(layer):
-                why = ("the weaker of the pair (smaller mean activation norm)" if remove == "weaker" and r != max(i, j)
-                       else "the higher index of the pair" + (" (equal mean activation norms)" if remove == "weaker" else ""))
-                best = (a, layer, r, kept, why)
-                break
+        if not surgeon.can_remove(layer):
+            continue
+        _, dead, _ = st.cosines(center)
+        if bool(dead.any()):  # a kernel with a zero (centered) vector carries no information: it goes first
+            d = int(dead.nonzero()[0])
+            best = (-1.0, layer, d, None, "its activation vector is zero" + (" after centering" if center else ""))
+            break
+        pair = st.least_distinct(center)
+        if pair is not None and (best is None or pair[0] < best[0]):
+            a, i, j = pair
+            r, kept = _pick_weaker(st.sums / st.n, i, j, remove)
+            why = ("the weaker of the pair (smaller mean activation norm)" if remove == "weaker" and r != max(i, j)
+                   else "the higher index of the pair" + (" (equal mean activation norms)" if remove == "weaker" else ""))
+            best = (a, layer, r, kept, why)
     if best is None:
         raise ValueError("No removable kernel pair left (every candidate layer has one kernel)")
     angle, layer, r, kept, why = best

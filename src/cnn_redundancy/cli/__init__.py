@@ -14,6 +14,7 @@ __all__ = ["main", "build_parser"]
 
 COMMAND_MODULES = [
     "cnn_redundancy.cli.basic",
+    "cnn_redundancy.cli.distinctiveness",
 ]
 
 
