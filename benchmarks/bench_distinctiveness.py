@@ -55,28 +55,29 @@ def throughput() -> None:
         data = torch.utils.data.TensorDataset(x, torch.zeros(n, dtype=torch.long))
         loader = DataLoader(data, batch_size=256)
 
-        def plain():
+        def plain(model=model, loader=loader):
             with torch.no_grad():
                 for xb, _ in loader:
                     model(xb)
 
         plain()  # warm-up
         t_plain = _best(plain)
-        t_dist = _best(lambda: activation_stats(model, loader))
+        t_dist = _best(lambda model=model, loader=loader: activation_stats(model, loader))
         print(f"{name}: plain inference {n / t_plain:.0f} img/s, activation vectors {n / t_dist:.0f} img/s, "
               f"ratio {t_plain / t_dist:.2f} (target >= 0.9)")
 
 
 def _peak_child(n: int) -> int:
+    here = os.path.dirname(os.path.abspath(__file__))
     code = (
-        "import resource, torch, sys; sys.path.insert(0, %r);"
+        f"import resource, torch, sys; sys.path.insert(0, {here!r});"
         "from bench_distinctiveness import OnTheFly; from cnn_redundancy import get_model;"
         "from cnn_redundancy.distinctiveness import activation_stats;"
         "m = get_model('lenet5', width=4).eval(); activation_stats(m, OnTheFly(256), batch_size=128);"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "activation_stats(m, OnTheFly(%d), batch_size=128);"
+        f"activation_stats(m, OnTheFly({n}), batch_size=128);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
-    ) % (os.path.dirname(os.path.abspath(__file__)), n)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
