@@ -50,7 +50,8 @@ class ActivationStats:
     Attributes:
         gram: ``[K, K]`` float64, ``sum_n u_n u_n^T`` over samples.
         sums, mins, maxs: ``[K]`` float64 per-kernel sum, minimum and maximum of the vector.
-        act_sum: ``[K]`` float64 sum over samples of the spatial mean of each activation map.
+        act_sum: ``[K]`` float64 sum over samples of the spatial mean of each activation map
+            (only accumulated with ``activation_stats(..., means=True)``).
         n: number of samples.
     """
 
@@ -67,12 +68,14 @@ class ActivationStats:
         return cls(torch.zeros(k, k, **f), torch.zeros(k, **f), torch.full((k,), math.inf, **f),
                    torch.full((k,), -math.inf, **f), torch.zeros(k, **f))
 
-    def update(self, norms: torch.Tensor, means: torch.Tensor) -> None:
-        self.gram += norms.T @ norms
+    def update(self, norms: torch.Tensor, means: torch.Tensor | None = None) -> None:
+        self.gram.addmm_(norms.T, norms)
         self.sums += norms.sum(0)
-        self.mins = torch.minimum(self.mins, norms.min(0).values)
-        self.maxs = torch.maximum(self.maxs, norms.max(0).values)
-        self.act_sum += means.sum(0)
+        lo, hi = torch.aminmax(norms, dim=0)
+        torch.minimum(self.mins, lo, out=self.mins)
+        torch.maximum(self.maxs, hi, out=self.maxs)
+        if means is not None:
+            self.act_sum += means.sum(0)
         self.n += norms.shape[0]
 
     def centered_gram(self, center: str | None) -> torch.Tensor:
@@ -146,12 +149,12 @@ def _resolve_observe(model: nn.Module, names: list[str], observe: ObserveSpec) -
     return {names[0]: resolve_layer(model, observe, types=None)}
 
 
-def _reduce(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample, per-channel Frobenius norm and mean of an activation ``[B, K, ...]``."""
+def _reduce(t: torch.Tensor, means: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-sample, per-channel Frobenius norm (and mean, if asked) of an activation ``[B, K, ...]``."""
     if t.dim() < 2:
         raise ValueError(f"observed activation must be [batch, channels, ...], got shape {tuple(t.shape)}")
-    flat = t.detach().reshape(t.shape[0], t.shape[1], -1).to(torch.float64 if t.dtype == torch.float64 else torch.float32)
-    return torch.linalg.vector_norm(flat, dim=2).double(), flat.mean(2).double()
+    flat = t.detach().reshape(t.shape[0], t.shape[1], -1)
+    return torch.linalg.vector_norm(flat, dim=2).double(), flat.mean(2).double() if means else None
 
 
 def activation_stats(
@@ -160,11 +163,18 @@ def activation_stats(
     layers: LayerSpec = None,
     *,
     observe: ObserveSpec = None,
+    means: bool = False,
     batch_size: int = 256,
     device: str | torch.device | None = None,
     progress: bool | None = None,
 ) -> tuple[dict[str, ActivationStats], dict[str, str]]:
     """Stream the data once and accumulate each layer's :class:`ActivationStats`.
+
+    Only the observed module's first call after each layer's call is reduced (a ReLU module shared
+    by several calls, as in torchvision's ``BasicBlock``, is reduced once, at the right call).
+
+    Args:
+        means: also accumulate each map's mean value (``act_sum``; the Gedeon-Harris fold needs it).
 
     Returns:
         ``(stats by layer, observed module by layer)``. The model is left as found.
@@ -174,11 +184,21 @@ def activation_stats(
     loader = as_loader(data, batch_size)
     dev = torch.device(device) if device is not None else next((p.device for p in model.parameters()), torch.device("cpu"))
     watched = sorted(set(names) | set(obs.values()))
-    reduce_for = set(obs.values())
-    events: list[tuple[str, Any]] = []
+    layer_set = set(names)
+    pending: dict[str, list[str]] = {}
+    results: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
-    def fn(name: str, t: torch.Tensor):
-        events.append((name, _reduce(t) if name in reduce_for else None))
+    def fn(name: str, t: torch.Tensor) -> None:
+        waiting = pending.pop(name, None)
+        if waiting:
+            r = _reduce(t, means)
+            for layer in waiting:
+                results[layer] = r
+        if name in layer_set:
+            if obs[name] == name:
+                results[name] = _reduce(t, means)
+            else:
+                pending.setdefault(obs[name], []).append(name)
 
     stats: dict[str, ActivationStats] = {}
     with preserved(model), torch.no_grad(), capture(model, watched, fn=fn):
@@ -187,32 +207,25 @@ def activation_stats(
         try:
             for batch in loader:
                 x = batch[0] if isinstance(batch, list | tuple) else batch
-                events.clear()
+                pending.clear()
+                results.clear()
                 model(x.to(dev))
                 for layer in names:
-                    norms, means = _pick(events, layer, obs[layer])
+                    if layer not in results:
+                        raise ValueError(f"observe={obs[layer]!r} was not called after {layer!r} in the forward pass")
+                    norms, mean = results[layer]
                     if layer not in stats:
                         k = getattr(model.get_submodule(layer), "out_channels", norms.shape[1])
                         stats[layer] = ActivationStats.empty(k)
                     if norms.shape[1] != stats[layer].gram.shape[0]:
                         raise ValueError(f"{obs[layer]!r} has {norms.shape[1]} channels, not the {stats[layer].gram.shape[0]} of {layer!r}")
-                    stats[layer].update(norms, means)
+                    stats[layer].update(norms, mean)
                 bar.update(1)
         finally:
             bar.close()
-            events.clear()
+            pending.clear()
+            results.clear()
     return stats, obs
-
-
-def _pick(events: list[tuple[str, Any]], layer: str, observed: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The observed module's first call after ``layer``'s call (a shared ReLU is called several times)."""
-    start = next((i for i, (n, _) in enumerate(events) if n == layer), None)
-    if start is None:
-        raise ValueError(f"layer {layer!r} was not called in the forward pass")
-    for n, val in events[start:]:
-        if n == observed and val is not None:
-            return val
-    raise ValueError(f"observe={observed!r} was not called after {layer!r}")
 
 
 @dataclasses.dataclass
@@ -226,7 +239,6 @@ class DistinctivenessResult(Result):
             for a kernel whose (centered) vector is zero: it is listed in ``degenerate``).
         norms: ``layer -> [K]`` norm of each (centered) vector.
         mean_norm: ``layer -> [K]`` mean Frobenius norm of each kernel's activation map.
-        mean_activation: ``layer -> [K]`` mean value of each kernel's activation map.
         degenerate: ``layer -> kernel indices`` whose (centered) vector is zero.
     """
 
@@ -237,7 +249,6 @@ class DistinctivenessResult(Result):
     angles: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)
     norms: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     mean_norm: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-    mean_activation: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     degenerate: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     kind = "distinctiveness"
 
@@ -292,7 +303,6 @@ def result_from_stats(stats: dict[str, ActivationStats], obs: dict[str, str], ce
         res.angles[name] = ang.tolist()
         res.norms[name] = norms.tolist()
         res.mean_norm[name] = (st.sums / st.n).tolist()
-        res.mean_activation[name] = (st.act_sum / st.n).tolist()
         res.degenerate[name] = torch.nonzero(torch.isnan(ang.diagonal())).flatten().tolist()
     return res
 

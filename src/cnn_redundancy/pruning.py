@@ -323,7 +323,7 @@ def prune(
                 break
             if criterion == "distinctiveness":
                 stats, _ = activation_stats(pruned, data, prunable, observe={n: obs[n] for n in prunable},
-                                            batch_size=batch_size, progress=False)
+                                            means=rule == "gedeon-harris", batch_size=batch_size, progress=False)
                 if rule == "least-distinct":
                     entry = _least_distinct(surgeon, stats, center, remove)
                 else:

@@ -102,6 +102,7 @@ def pruning_trials(
     rule: str = "least-distinct",
     center: str | None = None,
     activation_data: Dataset | None = None,
+    train_eval: Dataset | None = None,
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-4,
     seed: int = 0,
@@ -116,6 +117,7 @@ def pruning_trials(
         steps: kernels removed per trial and criterion.
         epochs, lr, weight_decay, batch_size: baseline training (Adam).
         activation_data: data for the activation vectors (default ``train``, as in the paper).
+        train_eval: data on which "train accuracy" is measured (default ``train``).
         finetune_epochs: optional fine-tuning after every step (``finetune_lr``).
         seed: trial ``t`` uses ``seed + t`` for initialization, training and the random criterion.
 
@@ -142,6 +144,7 @@ def pruning_trials(
         model=model_name, criteria=criteria, trials=trials, steps=steps,
         train_acc={c: [] for c in criteria}, test_acc={c: [] for c in criteria}, removed={c: [] for c in criteria})
     act_data = activation_data if activation_data is not None else train
+    tr_eval = train_eval if train_eval is not None else train
     bar = progress_bar(trials * len(criteria), f"trials {model_name}", enabled=progress, unit="run")
     try:
         for t in range(trials):
@@ -149,14 +152,14 @@ def pruning_trials(
             torch.manual_seed(s)
             base = get_model(model_name, **kw)
             fit(base, train, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=s, progress=False)
-            acc0 = (evaluate(base, train, progress=False), evaluate(base, test, progress=False))
+            acc0 = (evaluate(base, tr_eval, progress=False), evaluate(base, test, progress=False))
             for crit in criteria:
                 tr_acc, te_acc = [acc0[0]], [acc0[1]]
 
                 def after(entry: dict[str, Any], model: nn.Module, tr_acc=tr_acc, te_acc=te_acc, s=s) -> bool:
                     if finetune_epochs:
                         fit(model, train, epochs=finetune_epochs, lr=finetune_lr, batch_size=batch_size, seed=s, progress=False)
-                    tr_acc.append(evaluate(model, train, progress=False))
+                    tr_acc.append(evaluate(model, tr_eval, progress=False))
                     te_acc.append(evaluate(model, test, progress=False))
                     return False
 
@@ -316,7 +319,7 @@ def reproduce_distinctiveness(
     Settings (documented in ``docs/distinctiveness.md``): ``small_cnn_mnist`` (the paper's two conv
     layers of nine 9x9 kernels, max pool 2 for 28x28 inputs), Adam lr 1e-3, batch 64, 3 epochs per
     trial on the 4,000 training images, 10 trials, 9 kernels pruned (half of the 18); activation
-    vectors over the training set, as in the paper. ``quick``: 2 trials, 2 steps, 1 epoch, 512/256
+    vectors and train accuracy over a fixed 1,000-image subset of the training set. ``quick``: 2 trials, 2 steps, 1 epoch, 512/256
     images, head-to-head on lenet5 with 2 criteria at 25% fewer MACs. ``compare=False`` skips the head-to-head.
 
     Returns:
@@ -338,7 +341,9 @@ def reproduce_distinctiveness(
         train, test = subset(train, 256, seed=seed), subset(test, 128, seed=seed)
         trials, steps, epochs = 2, 2, 1
         head_to_head_models, crits, reductions, latency_runs = ("lenet5",), ("distinctiveness", "random"), (0.25,), 3
-    res = pruning_trials(model, train, test, trials=trials, steps=steps, epochs=epochs, seed=seed)
+    sub = subset(train, 1000, seed=seed)  # activation vectors and train accuracy: a fixed 1,000-image subset
+    res = pruning_trials(model, train, test, trials=trials, steps=steps, epochs=epochs, seed=seed,
+                         activation_data=sub, train_eval=sub)
     res.save(out / "distinctiveness_trials.json")
     save_figure(res.plot(), out / "distinctiveness_trials.png")
     cols = ["", *[str(i) for i in range(steps + 1)]]
@@ -373,7 +378,7 @@ def reproduce_distinctiveness(
             fit(m, train, epochs=epochs, seed=seed, progress=False)
             h = head_to_head(m, train, test, criteria=crits, seed=seed, name=mname, reductions=reductions,
                              latency_runs=latency_runs,
-                             activation_data=subset(train, 1000, seed=seed))
+                             activation_data=sub)
             h.save(out / f"head_to_head_{mname}.json")
             save_figure(h.plot(), out / f"head_to_head_{mname}.png")
             tables.append(Table(f"{mname}: criteria at the same MACs reduction (test accuracy %, without / with 1 epoch "

@@ -11,6 +11,14 @@ from .common import add_data_args, add_model_args, add_out_arg, data_from_args, 
 CRITERIA = ("distinctiveness", "random", "l1", "l2", "fpgm", "taylor")
 
 
+def _add_common(p: argparse.ArgumentParser, out: str) -> None:
+    add_model_args(p)
+    add_data_args(p, split="train")
+    add_out_arg(p, out)
+    p.add_argument("--layers", nargs="*", help="conv layers (names or globs; default all)")
+    p.add_argument("--center", choices=["mean", "minmax"], help="center the vectors (lets complementary pairs appear)")
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "distinctiveness",
@@ -18,11 +26,7 @@ def register(sub) -> None:
         description="Distinctiveness of every pair of kernels of each conv layer (angle between their activation "
         "vectors over the data, degrees). Writes <out>/distinctiveness.json and a figure; prints the least distinct pairs.",
     )
-    add_model_args(p)
-    add_data_args(p, split="train")
-    add_out_arg(p, "runs/distinctiveness")
-    p.add_argument("--layers", nargs="*", help="conv layers (names or globs; default all)")
-    p.add_argument("--center", choices=["mean", "minmax"], help="center the vectors (lets complementary pairs appear)")
+    _add_common(p, "runs/distinctiveness")
     p.add_argument("--top", type=int, default=10, help="pairs to print (default 10)")
     p.set_defaults(func=_distinctiveness)
 
@@ -32,14 +36,10 @@ def register(sub) -> None:
         description="Remove --steps kernels one at a time (distinctiveness, random, l1, l2, fpgm, taylor) with real "
         "structural removal. Writes <out>/prune.json and <out>/model.pt (a checkpoint that loads with --checkpoint).",
     )
-    add_model_args(p)
-    add_data_args(p, split="train")
-    add_out_arg(p, "runs/prune")
+    _add_common(p, "runs/prune")
     p.add_argument("--criterion", default="distinctiveness", choices=CRITERIA)
     p.add_argument("--steps", type=int, default=1, help="kernels to remove (default 1)")
     p.add_argument("--rule", default="least-distinct", choices=["least-distinct", "gedeon-harris"])
-    p.add_argument("--center", choices=["mean", "minmax"], help="center the activation vectors")
-    p.add_argument("--layers", nargs="*", help="candidate conv layers (default all)")
     p.add_argument("--no-eval", action="store_true", help="skip test accuracy before/after")
     p.set_defaults(func=_prune)
 

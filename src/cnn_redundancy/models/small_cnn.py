@@ -73,26 +73,14 @@ class SmallCNN(nn.Module):
         return self.fc3(self.act4(self.fc2(x)))
 
 
-@register_model("small_cnn")
-def small_cnn(
-    in_channels: int = 3,
-    num_classes: int = 7,
-    input_size: int | tuple[int, int] | list[int] = (576, 720),
-    kernels: int = 9,
-    kernel_size: int = 9,
-    pool: int = 9,
-    padding: int | None = None,
-    conv_activation: str = "relu",
-) -> SmallCNN:
-    """The paper's baseline (SFEW: 3x576x720 inputs, 7 classes); every size is a parameter.
+small_cnn = register_model("small_cnn")(SmallCNN)
+"""The paper's baseline (SFEW: 3x576x720 inputs, 7 classes); every size is a parameter.
 
-    Example:
-        >>> m = small_cnn(input_size=(96, 120))
-        >>> m.conv1.out_channels, m.fc1.out_features
-        (9, 126)
-    """
-    return SmallCNN(in_channels, num_classes, tuple(_pair(input_size)) if not isinstance(input_size, int) else input_size,
-                    kernels, kernel_size, pool, padding, conv_activation)
+Example:
+    >>> m = small_cnn(input_size=(96, 120))
+    >>> m.conv1.out_channels, m.fc1.out_features
+    (9, 126)
+"""
 
 
 @register_model("small_cnn_mnist")
