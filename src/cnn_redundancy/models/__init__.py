@@ -45,10 +45,8 @@ def list_models() -> list[str]:
 
 
 def _load_zoo() -> None:
-    from . import (
-        lenet,  # noqa: F401
-        small_cnn,  # noqa: F401
-    )
+    from . import lenet  # noqa: F401
+    from .small_cnn import SmallCNN  # noqa: F401
 
 
 def model_spec(model: nn.Module) -> dict[str, Any] | None:
