@@ -184,3 +184,63 @@ def layer_response_images(input_size: int = 4) -> torch.utils.data.TensorDataset
     )
     x = levels[:, :, None, None].expand(-1, -1, input_size, input_size).contiguous()
     return torch.utils.data.TensorDataset(x, torch.arange(len(x)) % 2)
+
+
+# --- distinctiveness pruning (issue 3) -----------------------------------------------------------
+
+__all__ += ["GroupedConvNet", "grouped_conv_net", "complementary_pair_net", "constant_images"]
+
+
+class GroupedConvNet(nn.Module):
+    """conv1 (c_in->8) -> act1 -> conv2 (8->8, groups=2) -> act2 -> conv3 (8->4) -> act3 -> pool -> fc."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 12) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.act2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(8, 4, 3, padding=1)
+        self.act3 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4, num_classes)
+        self.input_shape = (in_channels, input_size, input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.fc(self.flatten(self.pool(self.act3(self.conv3(x)))))
+
+
+def grouped_conv_net(*, seed: int = 0, in_channels: int = 1, input_size: int = 12) -> GroupedConvNet:
+    """A small net with a grouped (groups=2, not depthwise) conv, seeded weights, eval mode."""
+    torch.manual_seed(seed)
+    return GroupedConvNet(in_channels=in_channels, input_size=input_size).eval()
+
+
+def complementary_pair_net(*, seed: int = 0, input_size: int = 12) -> nn.Sequential:
+    """``conv`` (1->3 kernels, 1x1) -> ``act`` (ReLU) -> pool -> fc, on inputs in [0, 1] (see below).
+
+    Kernel 0 computes ``x``, kernel 1 ``1 - x`` (weight -1, bias 1) and kernel 2 ``relu(x - 0.5)``.
+    For images constant per sample (value ``t`` in [0, 1], :func:`constant_images`), the
+    activation norms of kernels 0 and 1 are ``s t`` and ``s (1 - t)`` (``s`` = image side):
+    complementary, yet both non-negative, so their plain angle is under 90 degrees while their
+    centered angle is 180.
+    """
+    from collections import OrderedDict
+
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(1, 3, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0, 1.0]).reshape(3, 1, 1, 1))
+        conv.bias.copy_(torch.tensor([0.0, 1.0, -0.5]))
+    return nn.Sequential(OrderedDict(conv=conv, act=nn.ReLU(), pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                                     fc=nn.Linear(3, 2))).eval()
+
+
+def constant_images(n: int = 32, *, input_size: int = 12, seed: int = 0):
+    """A TensorDataset of ``n`` single-channel images, each constant with a value drawn in [0, 1]."""
+    g = _seeded(seed)
+    t = torch.rand(n, generator=g)
+    x = t[:, None, None, None].expand(n, 1, input_size, input_size).contiguous()
+    return torch.utils.data.TensorDataset(x, torch.zeros(n, dtype=torch.long))

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "cnn_redundancy.cli.impulse",
     "cnn_redundancy.cli.ablation",
     "cnn_redundancy.cli.routing",
+    "cnn_redundancy.cli.distinctiveness",
 ]
 
 

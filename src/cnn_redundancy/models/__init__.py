@@ -49,6 +49,7 @@ def _load_zoo() -> None:
     from .equal_width import EqualWidthCNN  # noqa: F401
     from .resnet import CifarResNet  # noqa: F401
     from .segmentation import PSPNet  # noqa: F401
+    from .small_cnn import SmallCNN  # noqa: F401
 
 
 def model_spec(model: nn.Module) -> dict[str, Any] | None:
