@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import register_surgery
+from .cost import count_macs_params
 from .data import as_loader
 from .distinctiveness import CENTERINGS, ObserveSpec, _resolve_observe, activation_stats
 from .hooks import preserved
@@ -52,15 +53,6 @@ __all__ = [
 CRITERIA = ("distinctiveness", "random", "l1", "l2", "fpgm", "taylor")
 RULES = ("least-distinct", "gedeon-harris")
 SURGERY_KIND = "prune-channels"
-
-
-def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """``(MACs, parameters)`` of ``model`` for ``example_inputs`` (Torch-Pruning's counter)."""
-    import torch_pruning as tp
-
-    with preserved(model), torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
-    return int(macs), int(params)
 
 
 def _example(data, example_inputs: torch.Tensor | None) -> torch.Tensor:

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .cost import count_macs_params, cpu_latency
 from .models import get_model
 from .progress import progress_bar
-from .pruning import CRITERIA, count_macs_params, prune
+from .pruning import CRITERIA, prune
 from .results import Result, make_meta
 from .training import evaluate, fit
 
@@ -180,20 +181,6 @@ def pruning_trials(
         }
     res.seconds = time.perf_counter() - t0
     return res
-
-
-def cpu_latency(model: nn.Module, example_inputs: torch.Tensor, *, runs: int = 20, warmup: int = 3) -> float:
-    """Median wall-clock seconds of ``model(example_inputs)`` on CPU, eval mode, no gradients."""
-    from .hooks import eval_mode
-
-    times = []
-    with eval_mode(model), torch.no_grad():
-        for i in range(warmup + runs):
-            t0 = time.perf_counter()
-            model(example_inputs)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 @dataclasses.dataclass

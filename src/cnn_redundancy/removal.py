@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import statistics
-import time
 from typing import Any
 
 import torch
@@ -21,6 +19,7 @@ from torch import nn
 
 from .ablation import is_residual_block, residual_blocks, shortcut_output, zero_ablation
 from .checkpoint import register_surgery
+from .cost import model_cost
 from .layers import get_module
 from .metrics import Metric, get_metric
 from .models import model_spec
@@ -86,25 +85,6 @@ def _example(data) -> torch.Tensor:
     from .data import as_loader
 
     return next(iter(as_loader(data, 1)))[0][:1]
-
-
-def model_cost(model: nn.Module, example: torch.Tensor, *, repeats: int = 15, batch: int = 16) -> dict[str, float]:
-    """Parameters, MACs (Torch-Pruning's counter) and median CPU latency (ms) for a batch of ``batch`` inputs."""
-    import torch_pruning as tp
-
-    with torch.no_grad():
-        was = model.training
-        model.eval()
-        macs, params = tp.utils.count_ops_and_params(model, example)
-        x = example.expand(batch, *example.shape[1:]).contiguous()
-        model(x)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t) * 1000)
-        model.train(was)
-    return {"params": int(params), "macs": int(macs), "latency_ms": statistics.median(times)}
 
 
 @dataclasses.dataclass
