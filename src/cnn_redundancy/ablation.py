@@ -265,7 +265,7 @@ class AblationResult(Result):
         handles += [Patch(color="tab:red", label="decomposition layer"), Patch(color="tab:blue", label="other")]
         if self.unchanged:
             handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="output unchanged"))
-        ax.legend(handles=handles, fontsize=7, loc="lower left")
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         ax.set_title(title or f"zero-ablation, scope={self.scope}, mode={self.mode}")
         fig.tight_layout()
         return fig

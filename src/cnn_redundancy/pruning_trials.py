@@ -392,6 +392,6 @@ def reproduce_distinctiveness(
         findings=[f for f in findings if f],
         tables=tables,
         figures=figures,
-        order=30,
+        order=20,
     )
     return write_report(out, [section])
