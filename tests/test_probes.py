@@ -137,3 +137,14 @@ def test_plot(data):
     res = pixel_shuffle(TinyCNN().eval(), data, "conv2", batch_size=32)
     fig = res.plot()
     assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "accuracy"
+
+
+def test_partial_results_are_written_per_batch(data, tmp_path):
+    m = TinyCNN().eval()
+    part = tmp_path / "partial.json"
+    with pytest.raises(RuntimeError, match="disk went away"):
+        channel_shuffle(m, _FailingLoader(data, batch_size=16), "conv2", partial=part)
+    kept = Result.load(part)
+    assert kept.meta["complete"] is False and kept.samples == 16 and len(kept.cosine) == 4
+    full = channel_shuffle(m, data, "conv2", batch_size=16, partial=part)
+    assert full.meta["complete"] is True and Result.load(part).samples == 96  # last partial covers everything

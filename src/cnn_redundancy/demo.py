@@ -84,7 +84,7 @@ def run_demo(
         _log(f"{label}: test accuracy {acc:.4f}", quiet)
         r: dict[str, Any] = {"accuracy": acc, "params": sum(p.numel() for p in model.parameters())}
         for mode, fn in (("channel", channel_shuffle), ("pixel", pixel_shuffle)):
-            res = fn(model, test, "conv2", repeats=repeats, batch_size=256, seed=seed)
+            res = fn(model, test, "conv2", repeats=repeats, batch_size=256, seed=seed, partial=out / f"{tag}_{mode}_shuffle.json")
             res.save(out / f"{tag}_{mode}_shuffle.json")
             save_figure(res.plot(title=f"{label}: {mode} shuffle of the input of conv2"), out / f"{tag}_{mode}_shuffle.png")
             r[mode] = res

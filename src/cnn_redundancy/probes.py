@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -205,6 +206,7 @@ def probe(
     engine: str = "auto",
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    partial: str | os.PathLike | None = None,
 ) -> ProbeResult:
     """Channel- or pixel-shuffle probe of ``layer``'s input channels (see :func:`channel_shuffle`)."""
     if mode not in MODES:
@@ -249,8 +251,16 @@ def probe(
                 else:
                     _naive_batch(model, name, obs, x, y, b, chans, mode, repeats, seed, acc, base, bar)
                 n_seen += len(x)
+                if partial is not None:
+                    _result(acc, base, name, obs, mode, chans, repeats, loader.batch_size, metric, used, seed, n_seen,
+                            complete=False).save(partial)  # fmt: skip
         finally:
             bar.close()
+    return _result(acc, base, name, obs, mode, chans, repeats, loader.batch_size, metric, used, seed, n_seen, complete=True)
+
+
+def _result(acc: _Accumulator, base, name, obs, mode, chans, repeats, batch_size, metric, used, seed, n_seen, *, complete) -> ProbeResult:
+    """A ProbeResult from the running sums (``complete=False``: over the first ``n_seen`` samples only)."""
     assert acc.cos_sum is not None
     cos = (acc.cos_sum / (n_seen * repeats)).tolist()
     metric_mean: list[float] = []
@@ -262,9 +272,11 @@ def probe(
             metric_mean.append(mu)
             metric_std.append(math.sqrt(sum((v - mu) ** 2 for v in vals) / repeats))
     params = {"layer": name, "observe": obs, "mode": mode, "channels": chans, "repeats": repeats,
-              "batch_size": loader.batch_size, "metric": metric, "engine": used}  # fmt: skip
+              "batch_size": batch_size, "metric": metric, "engine": used}  # fmt: skip
+    meta = make_meta(f"{mode}_shuffle", params, seed)
+    meta["complete"] = complete
     return ProbeResult(
-        meta=make_meta(f"{mode}_shuffle", params, seed),
+        meta=meta,
         layer=name,
         observe=obs,
         mode=mode,
@@ -342,6 +354,7 @@ def channel_shuffle(
     engine: str = "auto",
     device=None,
     progress: bool | None = None,
+    partial: str | os.PathLike | None = None,
 ) -> ProbeResult:
     """Shuffle each input channel of ``layer`` across the samples of each mini-batch.
 
@@ -364,6 +377,9 @@ def channel_shuffle(
         seed: seed of every permutation (same seed, same result).
         metric: ``"accuracy"``, ``"dice"``, or ``None`` for the cosine alone (fastest).
         engine: ``"auto"`` (fast where the model is fx-traceable), ``"fast"`` or ``"naive"``.
+        partial: a JSON path rewritten after every batch with the result so far
+            (``meta["complete"]`` is False and ``samples`` counts the samples seen), so an
+            interrupted run keeps what it measured.
 
     Returns:
         :class:`ProbeResult`.
@@ -375,7 +391,7 @@ def channel_shuffle(
         1.0
     """
     return probe(model, data, layer, mode="channel", observe=observe, channels=channels, repeats=repeats,
-                 batch_size=batch_size, seed=seed, metric=metric, engine=engine, device=device, progress=progress)  # fmt: skip
+                 batch_size=batch_size, seed=seed, metric=metric, engine=engine, device=device, progress=progress, partial=partial)  # fmt: skip
 
 
 def pixel_shuffle(
@@ -392,6 +408,7 @@ def pixel_shuffle(
     engine: str = "auto",
     device=None,
     progress: bool | None = None,
+    partial: str | os.PathLike | None = None,
 ) -> ProbeResult:
     """Permute the pixels of each input channel of ``layer``, independently in each sample.
 
@@ -405,4 +422,4 @@ def pixel_shuffle(
         1.0
     """
     return probe(model, data, layer, mode="pixel", observe=observe, channels=channels, repeats=repeats,
-                 batch_size=batch_size, seed=seed, metric=metric, engine=engine, device=device, progress=progress)  # fmt: skip
+                 batch_size=batch_size, seed=seed, metric=metric, engine=engine, device=device, progress=progress, partial=partial)  # fmt: skip

@@ -65,7 +65,7 @@ def _shuffle(args: argparse.Namespace) -> int:
     chans = [int(c) for c in args.channels.split(",")] if args.channels else None
     res = probe(model, data, args.layer, mode=args.mode, observe=args.observe, channels=chans, repeats=args.repeats,
                 batch_size=args.batch_size, seed=args.seed, metric=None if args.metric == "none" else args.metric,
-                engine=args.engine)  # fmt: skip
+                engine=args.engine, partial=out_dir(args) / f"{args.mode}_shuffle.json")  # fmt: skip
     out = out_dir(args)
     path = res.save(out / f"{args.mode}_shuffle.json")
     save_figure(res.plot(title=f"{args.mode} shuffle of the input of {res.layer}"), out / f"{args.mode}_shuffle.png")
