@@ -48,8 +48,10 @@ def throughput() -> None:
     import cnn_redundancy as cr
     from cnn_redundancy.distinctiveness import activation_stats
 
+    # the per-batch float64 Gram update is a fixed cost per kernel pair: it weighs most on tiny inputs
     for name, kw, shape, n in (("lenet5", {"width": 4}, (1, 28, 28), 4096),
-                               ("torchvision:resnet18", {"num_classes": 10}, (3, 32, 32), 512)):
+                               ("torchvision:resnet18", {"num_classes": 10}, (3, 32, 32), 512),
+                               ("torchvision:resnet18", {"num_classes": 10}, (3, 64, 64), 512)):
         model = cr.get_model(name, **kw).eval()
         x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
         data = torch.utils.data.TensorDataset(x, torch.zeros(n, dtype=torch.long))
@@ -66,7 +68,7 @@ def throughput() -> None:
         t_setup = time.perf_counter() - t0
         t_plain = _best(plain)
         t_dist = _best(lambda model=model, loader=loader, obs=obs: activation_stats(model, loader, observe=obs))
-        print(f"{name}: plain inference {n / t_plain:.0f} img/s, activation vectors {n / t_dist:.0f} img/s, "
+        print(f"{name} {shape[1]}x{shape[2]}: plain inference {n / t_plain:.0f} img/s, activation vectors {n / t_dist:.0f} img/s, "
               f"ratio {t_plain / t_dist:.2f} (target >= 0.9); one-time observe resolution (fx trace per layer) "
               f"{t_setup:.2f} s for {len(obs)} layers")
 
