@@ -71,11 +71,18 @@ def test_preserved_keeps_user_hooks():
 def test_capture_after_takes_first_call_after_layer():
     m = get_model("torchvision:resnet18", num_classes=10).eval()
     x = torch.randn(1, 3, 32, 32)
-    with capture_after(m, "layer1.0.conv2", "layer1.0.relu") as store, capture(m, ["layer1.0.bn2"]) as bn:
+    pairs = {"layer1.0.conv1": "layer1.0.relu", "layer1.0.conv2": "layer1.0.relu", "layer1.1.conv1": "layer1.1.conv1"}
+    with capture_after(m, pairs) as store, capture(m, ["layer1.0.bn1", "layer1.0.bn2", "maxpool"], fn=lambda n, t: t.clone()) as c:
         m(x)
-    # the relu after conv2 acts on bn2(conv2) + identity; it is the second call of that module
-    assert store["obs"].shape == bn["layer1.0.bn2"].shape
-    assert (store["obs"] >= 0).all()
+    # the relu is called twice in the block: after bn1 (first call after conv1), then on bn2 + identity
+    # (references are copied at hook time: the block adds and applies ReLU in place)
+    assert torch.equal(store["layer1.0.conv1"], torch.relu(c["layer1.0.bn1"]))
+    assert torch.allclose(store["layer1.0.conv2"], torch.relu(c["layer1.0.bn2"] + c["maxpool"]))
+    assert store["layer1.1.conv1"].shape == (1, 64, 8, 8)  # observe == layer: the layer's own output
+    with capture_after(m, pairs, fn=lambda name, t: t.sum()) as sums:
+        m(x)
+    assert sums["layer1.0.conv1"] == store["layer1.0.conv1"].sum()
+    assert hook_count(m) == 0
 
 
 def test_count_calls():

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import as_loader
 from .graph import default_observe
-from .hooks import capture, preserved
+from .hooks import capture_after, preserved
 from .layers import LayerSpec, resolve_layer, resolve_layers
 from .progress import progress_bar
 from .results import Result, make_meta
@@ -183,31 +183,13 @@ def activation_stats(
     obs = _resolve_observe(model, names, observe)
     loader = as_loader(data, batch_size)
     dev = torch.device(device) if device is not None else next((p.device for p in model.parameters()), torch.device("cpu"))
-    watched = sorted(set(names) | set(obs.values()))
-    layer_set = set(names)
-    pending: dict[str, list[str]] = {}
-    results: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-
-    def fn(name: str, t: torch.Tensor) -> None:
-        waiting = pending.pop(name, None)
-        if waiting:
-            r = _reduce(t, means)
-            for layer in waiting:
-                results[layer] = r
-        if name in layer_set:
-            if obs[name] == name:
-                results[name] = _reduce(t, means)
-            else:
-                pending.setdefault(obs[name], []).append(name)
-
     stats: dict[str, ActivationStats] = {}
-    with preserved(model), torch.no_grad(), capture(model, watched, fn=fn):
+    with preserved(model), torch.no_grad(), capture_after(model, obs, fn=lambda _, t: _reduce(t, means)) as results:
         model.eval()
         bar = progress_bar(len(loader), "activation vectors", enabled=progress, unit="batch")
         try:
             for batch in loader:
                 x = batch[0] if isinstance(batch, list | tuple) else batch
-                pending.clear()
                 results.clear()
                 model(x.to(dev))
                 for layer in names:
@@ -223,8 +205,6 @@ def activation_stats(
                 bar.update(1)
         finally:
             bar.close()
-            pending.clear()
-            results.clear()
     return stats, obs
 
 

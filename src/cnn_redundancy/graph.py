@@ -225,8 +225,3 @@ class Split:
         if self._clone_layer_out:
             layer_out = layer_out.clone()
         return self._obs(*self._frontier(state), layer_out)
-
-    def train(self, mode: bool = True) -> Split:
-        for g in (self._up, self._down, self._obs):
-            g.train(mode)
-        return self

@@ -8,7 +8,7 @@ restores every module's train/eval flag, removes any hook left behind by code in
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -197,24 +197,43 @@ def count_calls(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, in
 
 
 @contextlib.contextmanager
-def capture_after(model: nn.Module, layer: str, observe: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Keep, under key ``"obs"``, the first output of module ``observe`` after ``layer`` is called.
+def capture_after(
+    model: nn.Module,
+    pairs: Mapping[str, str],
+    *,
+    fn: Callable[[str, torch.Tensor], object] | None = None,
+) -> Iterator[dict[str, object]]:
+    """For each ``layer: observe`` pair, keep the first output of ``observe`` after ``layer`` is called.
 
-    A module used twice in a forward pass (a shared ReLU, say) is observed at its first call
-    after ``layer``; ``observe == layer`` keeps the layer's own output.
+    A module used several times in a forward pass (a shared ReLU, say) is read at its first call
+    after each layer; ``observe == layer`` keeps the layer's own output. With ``fn``, the value kept
+    is ``fn(observe, output)``, computed once per call however many layers wait for it.
+
+    Yields:
+        A dict from layer name to the kept value; a layer's entry is dropped when it is called again.
     """
-    store: dict[str, torch.Tensor] = {}
-    armed = [False]
+    store: dict[str, object] = {}
+    pending: dict[str, dict[str, None]] = {}
 
-    def arm(mod, args):
-        armed[0] = True
-        store.clear()
+    def arm(layer: str):
+        def pre(mod, args):
+            store.pop(layer, None)
+            pending.setdefault(pairs[layer], {})[layer] = None
 
-    def keep(mod, args, out):
-        if armed[0] and "obs" not in store:
-            store["obs"] = out.detach()
+        return pre
 
-    handles = [model.get_submodule(layer).register_forward_pre_hook(arm)]
-    handles.append(model.get_submodule(observe).register_forward_hook(keep))
+    def keep(observe: str):
+        def hook(mod, args, out):
+            waiting = pending.pop(observe, None)
+            if waiting:
+                t = out[0] if isinstance(out, tuple | list) else out
+                value = fn(observe, t.detach()) if fn is not None else t.detach()
+                for layer in waiting:
+                    store[layer] = value
+
+        return hook
+
+    handles = [model.get_submodule(layer).register_forward_pre_hook(arm(layer)) for layer in pairs]
+    handles += [model.get_submodule(o).register_forward_hook(keep(o)) for o in dict.fromkeys(pairs.values())]
     with _registered(handles):
         yield store

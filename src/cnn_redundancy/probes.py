@@ -316,11 +316,11 @@ def _fast_batch(split: Split, conv, x, y, b, chans, mode, repeats, seed, acc: _A
 
 
 def _naive_batch(model, name, obs_name, x, y, b, chans, mode, repeats, seed, acc: _Accumulator, base, bar) -> None:
-    with capture_after(model, name, obs_name) as store:
+    with capture_after(model, {name: obs_name}) as store:
         out = forward_checked(model, x)
-        if "obs" not in store:
+        if name not in store:
             raise ValueError(f"observe={obs_name!r} was not called after {name!r}")
-        clean_obs = store["obs"]
+        clean_obs = store[name]
         if base is not None:
             base.update(out, y)
         for r in range(repeats):
@@ -336,7 +336,7 @@ def _naive_batch(model, name, obs_name, x, y, b, chans, mode, repeats, seed, acc
                     out = model(x)
                 if acc.metrics is not None:
                     acc.metrics[r][i].update(out, y)
-                acc.add_cosine(i, clean_obs, store["obs"])
+                acc.add_cosine(i, clean_obs, store[name])
                 bar.update(1)
 
 
