@@ -94,7 +94,7 @@ class ArrayDataset(Dataset):
         return self._convert(self.images[i]), self.labels[i]
 
     def subset(self, indices) -> ArrayDataset:
-        """A new ArrayDataset holding only ``indices`` (no copy of the pixels' meaning)."""
+        """A new ArrayDataset holding only ``indices``, with the same classes and normalization."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         out = ArrayDataset.__new__(ArrayDataset)
         out.__dict__.update(self.__dict__)

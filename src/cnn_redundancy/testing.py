@@ -5,6 +5,8 @@ Each builder returns a model in eval mode whose analysis results are known in ad
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -44,13 +46,7 @@ def single_conv(kernel: torch.Tensor, *, bias: float | None = None) -> nn.Sequen
         conv.weight.copy_(kernel)
         if bias is not None:
             conv.bias.fill_(bias)
-    return nn.Sequential(collections_ordered(conv=conv)).eval()
-
-
-def collections_ordered(**mods: nn.Module):
-    from collections import OrderedDict
-
-    return OrderedDict(mods)
+    return nn.Sequential(OrderedDict(conv=conv)).eval()
 
 
 def duplicated_kernels_net(*, seed: int = 0, in_channels: int = 1, input_size: int = 12) -> TinyCNN:
@@ -81,7 +77,7 @@ def cascade_net(k1: torch.Tensor, k2: torch.Tensor) -> nn.Sequential:
     with torch.no_grad():
         c1.weight.copy_(k1.reshape(c1.weight.shape))
         c2.weight.copy_(k2.reshape(c2.weight.shape))
-    return nn.Sequential(collections_ordered(conv1=c1, act=nn.ReLU(), conv2=c2)).eval()
+    return nn.Sequential(OrderedDict(conv1=c1, act=nn.ReLU(), conv2=c2)).eval()
 
 
 def random_images(n: int = 64, shape: tuple[int, int, int] = (1, 12, 12), classes: int = 10, *, seed: int = 0):
