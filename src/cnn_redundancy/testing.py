@@ -223,7 +223,6 @@ def complementary_pair_net(*, seed: int = 0, input_size: int = 12) -> nn.Sequent
     complementary, yet both non-negative, so their plain angle is under 90 degrees while their
     centered angle is 180.
     """
-    from collections import OrderedDict
 
     torch.manual_seed(seed)
     conv = nn.Conv2d(1, 3, 1)
