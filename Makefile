@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cnn-redundancy demo --out $(OUT)
 
 test: $(STAMP)
-	CNN_REDUNDANCY_QUIET=1 $(PY) -m pytest -n 2 tests
+	CNN_REDUNDANCY_QUIET=1 $(PY) -m pytest -n 2 --doctest-modules src/cnn_redundancy tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -14,7 +14,7 @@ import time
 import torch
 
 import cnn_redundancy as cr
-from cnn_redundancy.ablation import zero_ablation
+from cnn_redundancy import zero_ablation
 
 
 def main() -> int:
@@ -28,7 +28,7 @@ def main() -> int:
     zero_ablation(model, cr.subset(data, 8), scope="layer")  # warm-up: one-time imports and code generation
     one = statistics.median(_timed(lambda: cr.evaluate(model, data))[0] for _ in range(3))
     runs = [(_timed(lambda: zero_ablation(model, data, scope="layer")),
-             _timed(lambda: zero_ablation(model, data, scope="layer", fast=False))) for _ in range(2)]
+             _timed(lambda: zero_ablation(model, data, scope="layer", engine="naive"))) for _ in range(2)]
     (t_fast, fast), (t_naive, naive) = min(r[0] for r in runs), min(r[1] for r in runs)  # least disturbed of two
     same = fast.scores == naive.scores and fast.baseline == naive.baseline and fast.changed == naive.changed
     print(f"{name}, {n} mnist5k images, {L} conv layers, {torch.get_num_threads()} thread(s)")

@@ -46,7 +46,8 @@ def _best(fn, repeats=5) -> float:
 
 def throughput() -> None:
     import cnn_redundancy as cr
-    from cnn_redundancy.distinctiveness import activation_stats
+    from cnn_redundancy.analyses.distinctiveness import activation_stats
+    from cnn_redundancy.core.observe import resolve_observe
 
     # the per-batch float64 Gram update is a fixed cost per kernel pair: it weighs most on tiny inputs
     for name, kw, shape, n in (("lenet5", {"width": 4}, (1, 28, 28), 4096),
@@ -64,12 +65,12 @@ def throughput() -> None:
 
         plain()  # warm-up
         t0 = time.perf_counter()
-        obs = {layer: cr.default_observe(model, layer) for layer in cr.conv_layers(model)}  # one-time setup
+        obs = resolve_observe(model, cr.conv_layers(model))  # one-time setup (one fx trace)
         t_setup = time.perf_counter() - t0
         t_plain = _best(plain)
         t_dist = _best(lambda model=model, loader=loader, obs=obs: activation_stats(model, loader, observe=obs))
         print(f"{name} {shape[1]}x{shape[2]}: plain inference {n / t_plain:.0f} img/s, activation vectors {n / t_dist:.0f} img/s, "
-              f"ratio {t_plain / t_dist:.2f} (target >= 0.9); one-time observe resolution (fx trace per layer) "
+              f"ratio {t_plain / t_dist:.2f} (target >= 0.9); one-time observe resolution (one fx trace) "
               f"{t_setup:.2f} s for {len(obs)} layers")
 
 
@@ -78,7 +79,7 @@ def _peak_child(n: int) -> int:
     code = (
         f"import resource, torch, sys; sys.path.insert(0, {here!r});"
         "from bench_distinctiveness import OnTheFly; from cnn_redundancy import get_model;"
-        "from cnn_redundancy.distinctiveness import activation_stats;"
+        "from cnn_redundancy.analyses.distinctiveness import activation_stats;"
         "m = get_model('lenet5', width=4).eval(); activation_stats(m, OnTheFly(256), batch_size=128);"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
         f"activation_stats(m, OnTheFly({n}), batch_size=128);"
@@ -89,7 +90,7 @@ def _peak_child(n: int) -> int:
 
 
 def memory() -> None:
-    from cnn_redundancy.distinctiveness import ActivationStats
+    from cnn_redundancy.analyses.distinctiveness import ActivationStats
 
     small, large = _peak_child(1024), _peak_child(8192)
     st = ActivationStats.empty(64)
@@ -101,8 +102,10 @@ def memory() -> None:
 
 def resnet_step() -> None:
     import cnn_redundancy as cr
-    from cnn_redundancy.distinctiveness import activation_stats
-    from cnn_redundancy.pruning import Surgeon, _least_distinct
+    from cnn_redundancy.analyses.distinctiveness import activation_stats
+    from cnn_redundancy.compress.pruning.rules import least_distinct
+    from cnn_redundancy.compress.pruning.surgeon import Surgeon
+    from cnn_redundancy.core.observe import resolve_observe
 
     model = cr.get_model("torchvision:resnet18", num_classes=10).eval()
     data = OnTheFly(64, (3, 32, 32))
@@ -110,16 +113,16 @@ def resnet_step() -> None:
     surgeon = Surgeon(model, torch.zeros(1, 3, 32, 32))
     t_graph = time.perf_counter() - t0
     names = cr.conv_layers(model)
-    obs = {n: cr.default_observe(model, n) for n in names}
+    obs = resolve_observe(model, names)
     for step in range(3):
         t0 = time.perf_counter()
         prunable = [n for n in names if surgeon.can_remove(n)]
         t_rest = time.perf_counter() - t0
         t0 = time.perf_counter()
-        stats, _ = activation_stats(model, data, prunable, observe={n: obs[n] for n in prunable}, batch_size=64)
+        stats = activation_stats(model, data, prunable, observe={n: obs[n] for n in prunable}, batch_size=64)
         t_pass = time.perf_counter() - t0
         t0 = time.perf_counter()
-        entry = _least_distinct(surgeon, stats, None, "weaker")
+        entry = least_distinct(surgeon, stats, None, "weaker")
         t_rest += time.perf_counter() - t0
         print(f"resnet18 step {step + 1}: distinctiveness pass {t_pass:.2f} s (64 images, 20 layers); "
               f"prunability check + selection + removal {t_rest:.3f} s (target well under 1 s); removed {entry['removed']}")

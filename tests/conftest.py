@@ -21,7 +21,7 @@ def _seed():
 
 
 def _snapshot(model: torch.nn.Module):
-    from cnn_redundancy.hooks import hook_count
+    from cnn_redundancy.core.hooks import hook_count
 
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     modes = [m.training for m in model.modules()]
@@ -29,7 +29,7 @@ def _snapshot(model: torch.nn.Module):
 
 
 def assert_same(model: torch.nn.Module, snap) -> None:
-    from cnn_redundancy.hooks import hook_count
+    from cnn_redundancy.core.hooks import hook_count
 
     state, modes, hooks = snap
     now = model.state_dict()

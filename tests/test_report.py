@@ -1,7 +1,7 @@
 import pytest
 
+from cnn_redundancy.core.results import Result
 from cnn_redundancy.report import Figure, Section, Table, load_sections, write_report
-from cnn_redundancy.results import Result
 
 
 def test_sections_collect_into_one_report(tmp_path):

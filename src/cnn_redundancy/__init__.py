@@ -1,37 +1,40 @@
 """cnn-redundancy: find, explain and remove redundancy in trained PyTorch CNNs.
 
+The public surface: every analysis and its result, what compresses a model, models, data,
+training and checkpoints. The shared mechanics (hooks, tracing, the sweep engine, the registry)
+live in :mod:`cnn_redundancy.core`.
+
 Example:
     >>> import cnn_redundancy as cr
     >>> model = cr.get_model("lenet5")
     >>> cr.conv_layers(model)
     ['conv1', 'conv2']
+    >>> [a.name for a in cr.list_analyses()][:3]
+    ['channel-shuffle', 'pixel-shuffle', 'impulse']
 """
 
 from __future__ import annotations
 
-from .ablation import AblationResult, decomposition_layers, layer_blocks, residual_blocks, zero_ablation
+from .analyses.ablation import AblationResult, zero_ablation
+from .analyses.activation_labels import LabelResult, strongest_activation_labels
+from .analyses.distinctiveness import DistinctivenessResult, distinctiveness
+from .analyses.impulse import ImpulseResult, impulse_response
+from .analyses.shuffle import ShuffleResult, channel_shuffle, pixel_shuffle
 from .checkpoint import CheckpointError, load_checkpoint, register_surgery, save_checkpoint
-from .data import DatasetNotFoundError, as_loader, load_dataset, subset
-from .distinctiveness import DistinctivenessResult, distinctiveness
-from .graph import Split, SplitUnavailable, default_observe
-from .hooks import capture, eval_mode, hook_count, preserved, replace_input, replace_output
-from .layers import conv_layers, resolve_layer, resolve_layers
-from .metrics import Accuracy, Dice, cosine_per_channel, get_metric, ncc_matrix
+from .compress.pruning import DistinctivenessImportance, PruneResult, SeededRandomImportance, prune
+from .compress.pruning.trials import HeadToHeadResult, TrialsResult, head_to_head, pruning_trials
+from .compress.removal import BranchRemoved, RemovalResult, remove_branches, remove_trivial
+from .compress.skipnet import RouterResult, SkipNetwork, predict_exits, train_router, train_skip_network
+from .core.cost import count_macs, count_macs_params, measure_latency
+from .core.layers import conv_layers
+from .core.metrics import Accuracy, Dice, Metric
+from .core.progress import set_progress
+from .core.registry import get_analysis, list_analyses
+from .core.results import Result
+from .core.structure import decomposition_layers, layer_blocks, residual_blocks
+from .data import DatasetNotFoundError, load_dataset, subset
+from .experiments.layer_skipping import LayerSkippingResult, layer_skipping_experiment
 from .models import get_model, list_models, register_model
-from .progress import set_progress
-from .pruning import DistinctivenessImportance, PruneResult, SeededRandomImportance, prune
-from .pruning_trials import TrialsResult, head_to_head, pruning_trials
-from .removal import BranchRemoved, RemovalResult, remove_branches, remove_trivial
-from .results import Result
-from .routing import (
-    LabelResult,
-    LayerSkippingResult,
-    layer_skipping_experiment,
-    predict_exits,
-    strongest_activation_labels,
-    train_router,
-)
-from .skipnet import SkipNetwork, count_macs, train_skip_network
 from .training import evaluate, fit, seed_everything
 
 __version__ = "0.1.0"
@@ -39,37 +42,38 @@ __version__ = "0.1.0"
 __all__ = [
     "AblationResult",
     "Accuracy",
-    "as_loader",
     "BranchRemoved",
-    "capture",
+    "channel_shuffle",
     "CheckpointError",
     "conv_layers",
-    "cosine_per_channel",
     "count_macs",
+    "count_macs_params",
     "DatasetNotFoundError",
     "decomposition_layers",
-    "default_observe",
     "Dice",
     "distinctiveness",
     "DistinctivenessImportance",
     "DistinctivenessResult",
-    "eval_mode",
     "evaluate",
     "fit",
-    "get_metric",
+    "get_analysis",
     "get_model",
     "head_to_head",
-    "hook_count",
+    "HeadToHeadResult",
+    "impulse_response",
+    "ImpulseResult",
     "LabelResult",
     "layer_blocks",
     "layer_skipping_experiment",
     "LayerSkippingResult",
+    "list_analyses",
     "list_models",
     "load_checkpoint",
     "load_dataset",
-    "ncc_matrix",
+    "measure_latency",
+    "Metric",
+    "pixel_shuffle",
     "predict_exits",
-    "preserved",
     "prune",
     "PruneResult",
     "pruning_trials",
@@ -78,19 +82,15 @@ __all__ = [
     "RemovalResult",
     "remove_branches",
     "remove_trivial",
-    "replace_input",
-    "replace_output",
     "residual_blocks",
-    "resolve_layer",
-    "resolve_layers",
     "Result",
+    "RouterResult",
     "save_checkpoint",
     "seed_everything",
     "SeededRandomImportance",
     "set_progress",
+    "ShuffleResult",
     "SkipNetwork",
-    "Split",
-    "SplitUnavailable",
     "strongest_activation_labels",
     "subset",
     "train_router",

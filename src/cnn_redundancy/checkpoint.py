@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .core.results import atomic_write
 from .models import get_model, model_spec, set_model_spec
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint", "register_surgery"]
@@ -67,12 +68,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

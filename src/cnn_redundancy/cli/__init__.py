@@ -1,7 +1,8 @@
-"""Command-line front end: ``cnn-redundancy <command> ...`` over the public API only.
+"""Command-line front end: ``cnn-redundancy <command> ...``.
 
-Each command lives in a module of this package with ``register(subparsers)`` and, for the
-``reproduce`` command, an optional ``register_reproduce(subparsers)``.
+The analysis commands and the ``reproduce`` subcommands are generated from the registries
+(:mod:`.analyses`); the rest are ``train``, ``evaluate``, ``layers``, ``models``, ``report``,
+``demo`` (:mod:`.basic`) and the commands returning a smaller model (:mod:`.compress`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ __all__ = ["main", "build_parser"]
 
 COMMAND_MODULES = [
     "cnn_redundancy.cli.basic",
-    "cnn_redundancy.cli.impulse",
-    "cnn_redundancy.cli.ablation",
-    "cnn_redundancy.cli.routing",
-    "cnn_redundancy.cli.distinctiveness",
+    "cnn_redundancy.cli.analyses",
+    "cnn_redundancy.cli.compress",
 ]
 
 
@@ -47,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..progress import set_progress
+    from ..core.progress import set_progress
 
     if args.quiet:
         set_progress(False)

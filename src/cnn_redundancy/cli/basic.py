@@ -1,10 +1,11 @@
-"""``train``, ``evaluate``, ``layers``, ``models`` and ``report`` commands."""
+"""``train``, ``evaluate``, ``layers``, ``models``, ``report`` and ``demo`` commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from ..core.results import atomic_write
 from .common import (
     add_data_args,
     add_model_args,
@@ -53,6 +54,20 @@ def register(sub) -> None:
     p.add_argument("folder", help="a run folder, e.g. runs/demo")
     p.set_defaults(func=_report)
 
+    p = sub.add_parser(
+        "demo",
+        help="the main job: LeNet-5 vs LeNet-5x10 on the bundled MNIST, with report",
+        description="Train (or reuse cached) LeNet-5 and LeNet-5x10 on mnist5k, run both shuffle probes on every input "
+        "channel of conv2 and the impulse analysis on both conv layers; write JSON, figures and report.html.",
+    )
+    p.add_argument("--out", "-o", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--epochs", type=int, default=4, help="training epochs per network (default 4)")
+    p.add_argument("--repeats", type=int, default=2, help="shuffles per channel (default 2)")
+    p.add_argument("--limit", type=int, help="use only this many training and test images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: cpu)")
+    p.set_defaults(func=_demo)
+
 
 def _train(args: argparse.Namespace) -> int:
     import torch
@@ -67,10 +82,10 @@ def _train(args: argparse.Namespace) -> int:
     train = data_from_args(args, "train")
     test = data_from_args(args, "test")
     hist = fit(model, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
-               seed=args.seed, val=test, checkpoint=out / "model.pt")
-    acc = evaluate(model, test)
+               seed=args.seed, val=test, checkpoint=out / "model.pt", device=args.device)
+    acc = evaluate(model, test, device=args.device)
     save_checkpoint(model, out / "model.pt", extra={"history": hist, "test_accuracy": acc})
-    (out / "train.json").write_text(json.dumps({"history": hist, "test_accuracy": acc}, indent=1))
+    atomic_write(out / "train.json", json.dumps({"history": hist, "test_accuracy": acc}, indent=1))
     print(f"test accuracy {acc:.4f}; checkpoint {out / 'model.pt'}")
     return 0
 
@@ -78,14 +93,15 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..training import evaluate
 
-    print(f"{args.metric} {evaluate(model_from_args(args), data_from_args(args), args.metric, batch_size=args.batch_size):.4f}")
+    value = evaluate(model_from_args(args), data_from_args(args), args.metric, batch_size=args.batch_size, device=args.device)
+    print(f"{args.metric} {value:.4f}")
     return 0
 
 
 def _layers(args: argparse.Namespace) -> int:
-    from ..layers import conv_layers
+    from ..core.layers import conv_layers
 
-    model = model_from_args(args) if args.checkpoint else __import__("cnn_redundancy").get_model(args.model, **parse_kw(args.model_kw))
+    model = model_from_args(args)
     for n in conv_layers(model):
         m = model.get_submodule(n)
         print(f"{n}\t{m.in_channels}->{m.out_channels}\tkernel {tuple(m.kernel_size)}")
@@ -109,4 +125,11 @@ def _report(args: argparse.Namespace) -> int:
         say(f"no sections under {args.folder}/sections")
         return 1
     print(write_report(args.folder))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ..experiments.impulse import run
+
+    run(args.out, epochs=args.epochs, repeats=args.repeats, limit=args.limit, seed=args.seed, device=args.device)
     return 0

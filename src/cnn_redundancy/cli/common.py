@@ -1,4 +1,4 @@
-"""Options shared by the commands: model, data, output folder, seed."""
+"""Options shared by the commands: model, data, output folder, seed, device."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_model_args", "add_data_args", "add_out_arg", "model_from_args", "data_from_args", "parse_kw", "say"]
+__all__ = ["add_model_args", "add_data_args", "add_out_arg", "model_from_args", "data_from_args", "parse_kw", "say",
+           "out_dir"]  # fmt: skip
 
 
 def parse_kw(items: list[str] | None) -> dict[str, Any]:
@@ -30,11 +31,14 @@ def add_model_args(p: argparse.ArgumentParser, *, default: str = "lenet5") -> No
     g.add_argument("--checkpoint", "-c", help="a checkpoint written by 'cnn-redundancy train' (overrides --model)")
     g.add_argument("--model", "-m", default=default, help=f"model name: registered, torchvision:<name> or file.py:factory (default {default})")
     g.add_argument("--model-kw", nargs="*", metavar="KEY=VALUE", help="model arguments, e.g. width=10")
+    g.add_argument("--device", default=None, help="auto (CUDA when present), cpu, cuda or cuda:N (default: cpu)")
 
 
-def add_data_args(p: argparse.ArgumentParser, *, split: str = "test") -> None:
+def add_data_args(p: argparse.ArgumentParser, *, split: str = "test", required: bool = True) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", "-d", default="mnist5k", help="mnist5k (default), digits, mnist, cifar10, cifar100, imagefolder")
+    names = "mnist5k, digits, mnist, cifar10, cifar100, imagefolder"
+    g.add_argument("--dataset", "-d", default="mnist5k" if required else None,
+                   help=f"{names} (default {'mnist5k' if required else 'none: not needed'})")
     g.add_argument("--root", help="folder with the data set's files (mnist, cifar*, imagefolder)")
     g.add_argument("--split", default=split, choices=["train", "test", "all"], help=f"which split (default {split})")
     g.add_argument("--limit", type=int, help="use only this many samples (a seeded random subset)")

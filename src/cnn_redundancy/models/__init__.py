@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["get_model", "register_model", "list_models", "model_spec", "set_model_spec"]
+__all__ = ["get_model", "register_model", "list_models", "model_spec", "set_model_spec", "copy_spec", "append_surgery"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 SPEC_ATTR = "cnn_redundancy_spec"
@@ -61,6 +61,22 @@ def set_model_spec(model: nn.Module, name: str, kwargs: dict[str, Any], surgery:
     """Attach a spec to ``model`` (used by :func:`get_model` and by structural surgery)."""
     object.__setattr__(model, SPEC_ATTR, {"name": name, "kwargs": copy.deepcopy(kwargs), "surgery": list(surgery or [])})
     return model
+
+
+def copy_spec(src: nn.Module, dst: nn.Module, step: dict[str, Any] | None = None) -> nn.Module:
+    """Give ``dst`` (a changed copy of ``src``) the spec of ``src``, plus the surgery ``step`` that made it."""
+    spec = model_spec(src)
+    if spec is not None:
+        new = copy.deepcopy(spec)
+        if step is not None:
+            new.setdefault("surgery", []).append(step)
+        object.__setattr__(dst, SPEC_ATTR, new)
+    return dst
+
+
+def append_surgery(model: nn.Module, step: dict[str, Any]) -> nn.Module:
+    """Record a structural change made to ``model`` in place, so its checkpoint rebuilds it."""
+    return copy_spec(model, model, step)
 
 
 def _from_file(spec: str, kw: dict) -> nn.Module:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..results import to_plain, versions
+from ..core.results import atomic_write, to_plain, versions
 
 __all__ = ["Section", "Table", "Figure", "save_figure", "write_report", "load_sections"]
 
@@ -55,8 +55,7 @@ class Section:
     def save(self, out_dir: str | os.PathLike) -> Path:
         path = Path(out_dir) / "sections" / f"{self.key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(to_plain(dataclasses.asdict(self)), indent=1))
-        return path
+        return atomic_write(path, json.dumps(to_plain(dataclasses.asdict(self)), indent=1, allow_nan=False))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Section:
@@ -70,11 +69,10 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def load_sections(out_dir: str | os.PathLike) -> list[Section]:
@@ -110,5 +108,4 @@ def write_report(
     env.filters["cell"] = _cell
     page = env.get_template("report.html.j2").render(title=title, sections=ordered, versions=versions())
     path = out_dir / "report.html"
-    path.write_text(page)
-    return path
+    return atomic_write(path, page)

@@ -1,0 +1,347 @@
+"""Distinctiveness of conv kernels: angles between per-kernel activation vectors.
+
+Gedeon and Harris measured how distinct two hidden units are by the angle between their
+activation vectors over the training set. The distinctiveness-pruning paper extends this to conv
+kernels: component ``n`` of kernel ``k``'s activation vector is the Frobenius norm of ``k``'s
+activation map for sample ``n``. Two kernels of the same layer are as distinct as the angle
+between their vectors (degrees).
+
+Everything is streamed: per batch only the ``[B, K]`` norms are formed, and the Gram matrix,
+sums, minima and maxima are accumulated in float64, so memory does not grow with the data set.
+Centering (``"mean"`` or ``"minmax"``) is applied to the accumulated statistics afterwards: both
+are affine maps of each vector, so no second pass is needed.
+
+Example:
+    >>> import cnn_redundancy as cr
+    >>> from cnn_redundancy.testing import duplicated_kernels_net, random_images
+    >>> res = cr.distinctiveness(duplicated_kernels_net(), random_images(32))
+    >>> res.pairs(1)[0]["layer"], res.pairs(1)[0]["i"], res.pairs(1)[0]["j"]
+    ('conv1', 0, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..core.batches import as_loader, batches, forward_checked, resolve_device
+from ..core.hooks import capture_after, preserved
+from ..core.layers import LayerSpec, resolve_layers
+from ..core.observe import ObserveSpec, resolve_observe
+from ..core.progress import progress_bar
+from ..core.registry import analysis, option
+from ..core.results import Partials, Result, make_meta
+
+__all__ = ["DistinctivenessResult", "distinctiveness", "activation_stats", "ActivationStats", "CENTERINGS"]
+
+CENTERINGS = (None, "mean", "minmax")
+
+
+@dataclasses.dataclass
+class ActivationStats:
+    """Streamed statistics of one layer's activation vectors (one vector per kernel, length N).
+
+    Attributes:
+        gram: ``[K, K]`` float64, ``sum_n u_n u_n^T`` over samples.
+        sums, mins, maxs: ``[K]`` float64 per-kernel sum, minimum and maximum of the vector.
+        act_sum: ``[K]`` float64 sum over samples of the spatial mean of each activation map
+            (only accumulated with ``activation_stats(..., means=True)``).
+        n: number of samples.
+    """
+
+    gram: torch.Tensor
+    sums: torch.Tensor
+    mins: torch.Tensor
+    maxs: torch.Tensor
+    act_sum: torch.Tensor
+    n: int = 0
+
+    @classmethod
+    def empty(cls, k: int, device: torch.device | str = "cpu") -> ActivationStats:
+        f = dict(dtype=torch.float64, device=device)
+        return cls(torch.zeros(k, k, **f), torch.zeros(k, **f), torch.full((k,), math.inf, **f),
+                   torch.full((k,), -math.inf, **f), torch.zeros(k, **f))
+
+    def update(self, norms: torch.Tensor, means: torch.Tensor | None = None) -> None:
+        self.gram.addmm_(norms.T, norms)
+        self.sums += norms.sum(0)
+        lo, hi = torch.aminmax(norms, dim=0)
+        torch.minimum(self.mins, lo, out=self.mins)
+        torch.maximum(self.maxs, hi, out=self.maxs)
+        if means is not None:
+            self.act_sum += means.sum(0)
+        self.n += norms.shape[0]
+
+    def centered_gram(self, center: str | None) -> torch.Tensor:
+        """The Gram matrix of the centered vectors ``v' = a v + b`` (exact, from the sums)."""
+        if center is None:
+            return self.gram.clone()
+        if center == "mean":
+            a = torch.ones_like(self.sums)
+            b = -self.sums / self.n
+        elif center == "minmax":
+            span = self.maxs - self.mins
+            a = torch.where(span > 0, 1.0 / span.clamp_min(1e-300), torch.zeros_like(span))
+            b = torch.where(span > 0, -self.mins * a - 0.5, torch.zeros_like(span))
+        else:
+            raise ValueError(f"center must be one of {CENTERINGS}, not {center!r}")
+        s = self.sums
+        return (a[:, None] * a[None, :] * self.gram
+                + (a * s)[:, None] * b[None, :] + b[:, None] * (a * s)[None, :] + self.n * b[:, None] * b[None, :])
+
+    def cosines(self, center: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(cosines [K, K], degenerate mask [K], norms [K])`` of the (centered) vectors."""
+        g = self.centered_gram(center)
+        diag = g.diagonal().clamp_min(0.0)
+        norms = diag.sqrt()
+        tol = 1e-12 * float(diag.max()) if diag.numel() else 0.0
+        dead = diag <= tol
+        safe = torch.where(dead, torch.ones_like(norms), norms)
+        cos = (g / (safe[:, None] * safe[None, :])).clamp_(-1.0, 1.0)
+        return cos, dead, norms
+
+    def angles(self, center: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(angles [K, K] in degrees, norms [K])``; rows/columns of zero-norm vectors are NaN.
+
+        The diagonal is 0, except for a zero-norm (degenerate) vector, whose diagonal entry is NaN too.
+        """
+        cos, dead, norms = self.cosines(center)
+        ang = torch.rad2deg(torch.arccos(cos))
+        ang[dead, :] = math.nan
+        ang[:, dead] = math.nan
+        ang.fill_diagonal_(0.0)
+        ang[dead, dead] = math.nan
+        return ang, norms
+
+    def least_distinct(self, center: str | None) -> tuple[float, int, int] | None:
+        """``(angle, i, j)`` of the pair with the smallest angle (degenerate kernels left out), or ``None``."""
+        cos, dead, _ = self.cosines(center)
+        k = cos.shape[0]
+        if k < 2:
+            return None
+        masked = cos.masked_fill(~torch.ones(k, k, dtype=torch.bool).triu(1), -math.inf)
+        masked[dead, :] = -math.inf
+        masked[:, dead] = -math.inf
+        flat = int(torch.argmax(masked))
+        i, j = divmod(flat, k)
+        if masked[i, j] == -math.inf:
+            return None
+        return math.degrees(math.acos(float(cos[i, j]))), i, j
+
+
+def _reduce(t: torch.Tensor, means: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-sample, per-channel Frobenius norm (and mean, if asked) of an activation ``[B, K, ...]``."""
+    if t.dim() < 2:
+        raise ValueError(f"observed activation must be [batch, channels, ...], got shape {tuple(t.shape)}")
+    flat = t.detach().reshape(t.shape[0], t.shape[1], -1)
+    return torch.linalg.vector_norm(flat, dim=2).double(), flat.mean(2).double() if means else None
+
+
+def activation_stats(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    layers: LayerSpec = None,
+    *,
+    observe: ObserveSpec = None,
+    means: bool = False,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    on_batch: Callable[[dict[str, ActivationStats]], None] | None = None,
+) -> dict[str, ActivationStats]:
+    """Stream the data once and accumulate each layer's :class:`ActivationStats`.
+
+    Only the observed module's first call after each layer's call is reduced (a ReLU module shared
+    by several calls, as in torchvision's ``BasicBlock``, is reduced once, at the right call).
+
+    Args:
+        observe: where each layer's activation is read (see :func:`cnn_redundancy.core.observe.resolve_observe`).
+        means: also accumulate each map's mean value (``act_sum``; the Gedeon-Harris fold needs it).
+        on_batch: called with the statistics so far after every batch.
+
+    Returns:
+        Statistics by layer. The model is left as found.
+    """
+    names = resolve_layers(model, layers)
+    obs = resolve_observe(model, names, observe)
+    loader = as_loader(data, batch_size)
+    dev = resolve_device(device, model)
+    stats: dict[str, ActivationStats] = {}
+    with preserved(model), torch.no_grad(), capture_after(model, obs, fn=lambda _, t: _reduce(t, means)) as results, \
+            progress_bar(len(loader), "activation vectors", enabled=progress, unit="batch") as bar:  # fmt: skip
+        model.eval()
+        for b in batches(loader, dev):
+            results.clear()
+            forward_checked(model, b.x)
+            for layer in names:
+                if layer not in results:
+                    raise ValueError(f"observe={obs[layer]!r} was not called after {layer!r} in the forward pass")
+                norms, mean = results[layer]
+                if layer not in stats:
+                    k = getattr(model.get_submodule(layer), "out_channels", norms.shape[1])
+                    stats[layer] = ActivationStats.empty(k, norms.device)
+                if norms.shape[1] != stats[layer].gram.shape[0]:
+                    raise ValueError(f"{obs[layer]!r} has {norms.shape[1]} channels, not the {stats[layer].gram.shape[0]} of {layer!r}")
+                stats[layer].update(norms, mean)
+            bar.update(1)
+            if on_batch is not None:
+                on_batch(stats)
+    return stats
+
+
+@dataclasses.dataclass(eq=False)
+class DistinctivenessResult(Result):
+    """Angles between the activation vectors of every pair of kernels, per layer.
+
+    Attributes:
+        layers: analysed conv layers. observed: the module whose output gave each layer's vectors.
+        center: ``None``, ``"mean"`` or ``"minmax"``. n_samples: length of every vector.
+        angles: ``layer -> K x K`` angles in degrees (diagonal 0; NaN row, column and diagonal entry
+            for a kernel whose (centered) vector is zero: it is listed in ``degenerate``).
+        norms: ``layer -> [K]`` norm of each (centered) vector.
+        mean_norm: ``layer -> [K]`` mean Frobenius norm of each kernel's activation map.
+        degenerate: ``layer -> kernel indices`` whose (centered) vector is zero.
+    """
+
+    layers: list[str] = dataclasses.field(default_factory=list)
+    observed: dict[str, str] = dataclasses.field(default_factory=dict)
+    center: str | None = None
+    n_samples: int = 0
+    angles: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)
+    norms: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    mean_norm: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    degenerate: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    kind = "distinctiveness"
+
+    def pairs(self, limit: int | None = None, *, layer: str | None = None, descending: bool = False) -> list[dict[str, Any]]:
+        """Kernel pairs ``{layer, i, j, angle}`` of the same layer sorted by angle (least distinct first).
+
+        Pairs with an undefined angle (a degenerate kernel) are left out.
+        """
+        out = []
+        for name in [layer] if layer is not None else self.layers:
+            if name not in self.angles:
+                raise ValueError(f"no angles for layer {name!r}; layers: {', '.join(self.layers)}")
+            a = torch.tensor(self.angles[name], dtype=torch.float64)
+            i, j = torch.triu_indices(a.shape[0], a.shape[0], offset=1)
+            vals = a[i, j]
+            ok = ~torch.isnan(vals)
+            out += [{"layer": name, "i": int(p), "j": int(q), "angle": float(v)}
+                    for p, q, v in zip(i[ok].tolist(), j[ok].tolist(), vals[ok].tolist())]
+        out.sort(key=lambda d: (-d["angle"] if descending else d["angle"], d["layer"], d["i"], d["j"]))
+        return out[:limit] if limit is not None else out
+
+    def headline(self, top: int = 10) -> list[str]:
+        """The least distinct pairs, and the kernels whose activation vector is zero."""
+        lines = [f"{p['layer']}: kernels {p['i']} and {p['j']} at {p['angle']:.2f} degrees" for p in self.pairs(top)]
+        lines += [f"{layer}: {len(d)} kernel(s) with a zero activation vector: {d}" for layer, d in self.degenerate.items() if d]
+        return lines
+
+    def plot(self, layer: str | None = None):
+        """Heatmap of a layer's angle matrix and a histogram of every layer's pair angles."""
+        import matplotlib.pyplot as plt
+
+        layer = layer or self.layers[-1]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        im = ax1.imshow(self.angles[layer], cmap="viridis", vmin=0, vmax=180 if self.center else 90)
+        ax1.set_title(f"{layer}: angle between kernels (deg)")
+        ax1.set_xlabel("kernel")
+        ax1.set_ylabel("kernel")
+        fig.colorbar(im, ax=ax1)
+        for name in self.layers:
+            ax2.hist([p["angle"] for p in self.pairs(layer=name)], bins=36, range=(0, 180 if self.center else 90),
+                     alpha=0.6, label=name)
+        ax2.set_xlabel("angle (degrees)")
+        ax2.set_ylabel("pairs")
+        ax2.set_title(f"distinctiveness (center={self.center})")
+        if len(self.layers) <= 10:
+            ax2.legend(fontsize=7)
+        fig.tight_layout()
+        return fig
+
+
+def result_from_stats(stats: dict[str, ActivationStats], obs: dict[str, str], center: str | None,
+                      params: dict[str, Any], seed: int | None = None, complete: bool = True) -> DistinctivenessResult:
+    """Build a :class:`DistinctivenessResult` from accumulated statistics."""
+    meta = make_meta("distinctiveness", params, seed)
+    meta["complete"] = complete
+    res = DistinctivenessResult(meta=meta, layers=list(stats), observed={n: obs[n] for n in stats}, center=center)
+    for name, st in stats.items():
+        ang, norms = st.angles(center)
+        res.n_samples = st.n
+        res.angles[name] = ang.tolist()
+        res.norms[name] = norms.tolist()
+        res.mean_norm[name] = (st.sums / st.n).tolist()
+        res.degenerate[name] = torch.nonzero(torch.isnan(ang.diagonal())).flatten().tolist()
+    return res
+
+
+@analysis("distinctiveness", paper="distinctiveness", result=DistinctivenessResult, options=[
+    option("center", "center the activation vectors (lets complementary pairs appear)", choices=CENTERINGS),
+])  # fmt: skip
+def distinctiveness(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    layers: LayerSpec = None,
+    *,
+    observe: ObserveSpec = None,
+    center: str | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    partial: str | os.PathLike | None = None,
+) -> DistinctivenessResult:
+    """Distinctiveness (angle in degrees) between every pair of kernels of each conv layer.
+
+    Args:
+        model: the network (left as found: weights, hooks, attributes, train/eval flags).
+        data: Dataset or DataLoader of ``(input, label)``; one pass, streamed.
+        layers: conv layers (names, globs, modules); default every ``nn.Conv2d``.
+        observe: the module whose output is the kernel's activation: default the activation after
+            the conv (:func:`cnn_redundancy.core.graph.default_observe`); one module name (single layer) or
+            a dict ``{layer: module}``.
+        center: ``None`` (plain angles, 0-90 degrees since norms are non-negative), ``"mean"``
+            (subtract each vector's mean) or ``"minmax"`` (scale to [0, 1] and subtract 0.5, as Gedeon
+            and Harris did with sigmoid units); centered angles span 0-180 degrees.
+        seed: recorded in the result (nothing is drawn at random).
+        partial: a JSON path rewritten as the work goes with the angles over the batches seen so far.
+
+    Returns:
+        A :class:`DistinctivenessResult`.
+
+    Example:
+        >>> from cnn_redundancy.testing import duplicated_kernels_net, random_images
+        >>> r = distinctiveness(duplicated_kernels_net(), random_images(16), "conv1")
+        >>> round(r.angles["conv1"][0][1], 3)
+        0.0
+    """
+    if center not in CENTERINGS:
+        raise ValueError(f"center must be None, 'mean' or 'minmax', not {center!r}")
+    names = resolve_layers(model, layers)
+    obs = resolve_observe(model, names, observe)
+    params = {"layers": names, "observe": obs, "center": center}
+    seen: dict[str, ActivationStats] = {}
+    done = [False]
+
+    def write() -> None:
+        result_from_stats(seen, obs, center, params, seed, complete=done[0]).save(partial)  # type: ignore[arg-type]
+
+    with Partials(write if partial is not None else None) as partials:
+
+        def on_batch(stats: dict[str, ActivationStats]) -> None:
+            seen.update(stats)
+            partials.started = True
+            partials.maybe()
+
+        stats = activation_stats(model, data, names, observe=obs, batch_size=batch_size, device=device,
+                                 progress=progress, on_batch=on_batch)
+        done[0] = True
+    return result_from_stats(stats, obs, center, params, seed)

@@ -1,0 +1,424 @@
+"""Channel-shuffle and pixel-shuffle probes (impulse-response paper, section 2).
+
+For each input channel ``k`` of a conv layer, perturb channel ``k`` of the layer's input and
+measure (1) the cosine similarity between the clean and perturbed maps of every output channel
+``j`` of the observed activation, per sample, averaged over samples, and (2) the model's metric on
+the whole data set with that channel perturbed.
+
+- channel shuffle: channel ``k`` is permuted across the samples of each mini-batch;
+- pixel shuffle: channel ``k``'s pixels are permuted spatially, independently in each sample.
+
+Each (layer, repeat, channel) is one unit of :func:`cnn_redundancy.core.sweep.sweep`. On its fast
+path a conv is linear in its input, so the perturbed layer output is the clean output plus the
+conv of the change in channel ``k`` alone (one input channel, no bias), and only what lies
+downstream is recomputed (for the cosine alone, only the path to the observed activation). The
+naive engine recomputes the conv on the perturbed input in full forward passes: both give the
+same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..core.layers import LayerSpec, resolve_layers
+from ..core.metrics import cosine_per_channel, get_metric
+from ..core.observe import ObserveSpec, resolve_observe
+from ..core.registry import analysis, option
+from ..core.results import Result, make_meta
+from ..core.sweep import ENGINES, BatchContext, SweepState, Unit, sweep
+
+__all__ = ["ShuffleResult", "channel_shuffle", "pixel_shuffle", "shuffle", "MODES"]
+
+MODES = ("channel", "pixel")
+
+
+@dataclasses.dataclass(eq=False)
+class ShuffleResult(Result):
+    """Result of a channel- or pixel-shuffle probe, per conv layer.
+
+    Attributes:
+        mode: ``"channel"`` or ``"pixel"``.
+        layers: the probed conv layers; their input channels are perturbed.
+        observed: layer -> the module whose output is compared (the layer's activation by default).
+        channels: layer -> the perturbed input channels ``k``.
+        cosine: ``cosine[layer][i][j]``: mean over samples (and repeats) of the cosine similarity of
+            observed channel ``j`` when input channel ``channels[layer][i]`` is perturbed.
+        mean_cosine: ``cosine[layer][i]`` averaged over ``j``.
+        metric: layer -> the model's metric with each channel perturbed (mean over repeats); empty
+            when ``metric=None``.
+        metric_std: standard deviation over repeats (0 with one repeat).
+        max_change: layer -> per channel, the largest absolute change of the model output (of the
+            observation without a metric) on the first batch; 0 means the shuffle changed nothing.
+        baseline: the unperturbed metric (``None`` when ``metric=None``).
+        metric_name: e.g. ``"accuracy"``. samples: number of samples.
+    """
+
+    mode: str = "channel"
+    layers: list[str] = dataclasses.field(default_factory=list)
+    observed: dict[str, str] = dataclasses.field(default_factory=dict)
+    channels: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    cosine: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)
+    mean_cosine: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    metric: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    metric_std: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    max_change: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    baseline: float | None = None
+    metric_name: str | None = "accuracy"
+    samples: int = 0
+
+    def _layer(self, layer: str | None) -> str:
+        if layer is None:
+            if len(self.layers) != 1:
+                raise ValueError(f"this result covers {len(self.layers)} layers; name one of {', '.join(self.layers)}")
+            return self.layers[0]
+        if layer not in self.layers:
+            raise ValueError(f"no results for layer {layer!r}; layers: {', '.join(self.layers)}")
+        return layer
+
+    def metric_drop(self, layer: str | None = None) -> list[float]:
+        """``baseline - metric[layer][i]`` per perturbed channel (empty without a metric)."""
+        layer = self._layer(layer)
+        if self.baseline is None:
+            return []
+        return [self.baseline - m for m in self.metric[layer]]
+
+    def summary(self, layer: str | None = None) -> dict[str, float]:
+        """Mean/min cosine and mean/max metric drop over the channels of one layer."""
+        layer = self._layer(layer)
+        mc = self.mean_cosine[layer]
+        out = {"mean_cosine": sum(mc) / len(mc), "min_cosine": min(mc)}
+        if self.metric.get(layer):
+            drops = self.metric_drop(layer)
+            out.update(mean_drop=sum(drops) / len(drops), max_drop=max(drops), baseline=float(self.baseline))
+        return out
+
+    def headline(self) -> list[str]:
+        """One line per layer: mean and least cosine, and the metric drop."""
+        lines = []
+        for layer in self.layers:
+            s = self.summary(layer)
+            line = f"{layer}: {self.mode} shuffle, mean cosine {s['mean_cosine']:.4f} (min {s['min_cosine']:.4f})"
+            if "baseline" in s:
+                line += (f"; baseline {self.metric_name} {s['baseline']:.4f}, mean drop {s['mean_drop']:.4f}, "
+                         f"max drop {s['max_drop']:.4f}")
+            lines.append(line)
+        return lines
+
+    def plot(self, layer: str | None = None, *, title: str | None = None):
+        """One layer: bars of the mean cosine and the metric per channel against the baseline (paper
+        figs 5-6). Several layers: the spread of both per layer."""
+        if layer is None and len(self.layers) > 1:
+            return self._plot_layers(title)
+        import matplotlib.pyplot as plt
+
+        layer = self._layer(layer)
+        mc, metric = self.mean_cosine[layer], self.metric.get(layer) or []
+        panels = 2 if metric else 1
+        fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.6), squeeze=False)
+        x = list(range(len(mc)))
+        labels = [str(c) for c in self.channels[layer]]
+        step = max(1, len(x) // 20)
+        ax = axes[0, 0]
+        ax.bar(x, mc, color="#4a78b5")
+        lo = min(mc)
+        ax.set_ylim(min(0.0, lo - 0.05) if lo < 0.5 else max(0.0, lo - 0.1), 1.0)
+        ax.set_xlabel(f"perturbed input channel k of {layer}")
+        ax.set_ylabel(f"mean cosine similarity of {self.observed[layer]}")
+        ax.set_title(f"{self.mode} shuffle: cosine similarity")
+        ax.set_xticks(x[::step], labels[::step])
+        if metric:
+            std = self.metric_std[layer]
+            ax = axes[0, 1]
+            ax.bar(x, metric, yerr=std if any(std) else None, color="#d08a3a")
+            ax.axhline(self.baseline, color="green", lw=2, label=f"baseline {self.baseline:.4f}")
+            ax.set_xlabel(f"perturbed input channel k of {layer}")
+            ax.set_ylabel(self.metric_name or "metric")
+            ax.set_title(f"{self.mode} shuffle: {self.metric_name}")
+            lo = min(min(metric), self.baseline)
+            top = min(1.0, max(max(metric), self.baseline) + 0.02) if self.metric_name == "accuracy" else None
+            ax.set_ylim(max(0.0, lo - 0.05), top)
+            ax.set_xticks(x[::step], labels[::step])
+            ax.legend(loc="lower right")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        return fig
+
+    def _plot_layers(self, title: str | None):
+        import matplotlib.pyplot as plt
+
+        n = len(self.layers)
+        has_metric = any(self.metric.values())
+        panels = 2 if has_metric else 1
+        fig, axes = plt.subplots(panels, 1, figsize=(max(6.0, 0.3 * n + 2), 3.2 * panels), squeeze=False)
+        ax = axes[0, 0]
+        ax.boxplot([self.mean_cosine[layer] for layer in self.layers], showfliers=True)
+        ax.set_ylabel("mean cosine similarity per channel")
+        ax.set_title(f"{self.mode} shuffle: one box per layer (each point a shuffled input channel)")
+        if has_metric:
+            ax2 = axes[1, 0]
+            ax2.boxplot([self.metric_drop(layer) for layer in self.layers], showfliers=True)
+            ax2.set_ylabel(f"{self.metric_name} drop per channel")
+            ax2.axhline(0, color="gray", lw=0.8)
+        for a in axes[:, 0]:
+            a.set_xticks(range(1, n + 1), self.layers, rotation=90 if n > 6 else 0, fontsize=7)
+            a.set_xlabel("layer whose input channels are shuffled")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        return fig
+
+
+def _batch_generator(seed: int, repeat: int, batch: int) -> torch.Generator:
+    # a distinct, reproducible stream per (seed, repeat, batch), shared by both engines
+    return torch.Generator().manual_seed((seed * 1_000_003 + repeat * 10_007 + batch) % (2**63))
+
+
+def _permutations(mode: str, seed: int, repeat: int, batch: int, n_channels: int, shape: torch.Size) -> list[torch.Tensor]:
+    """One permutation per channel: of the batch (channel mode) or of each sample's pixels (pixel mode)."""
+    g = _batch_generator(seed, repeat, batch)
+    n, hw = shape[0], shape[2] * shape[3]
+    if mode == "channel":
+        return [torch.randperm(n, generator=g) for _ in range(n_channels)]
+    return [torch.argsort(torch.rand(n, hw, generator=g), dim=1) for _ in range(n_channels)]
+
+
+def _perturbed_channel(x: torch.Tensor, k: int, perm: torch.Tensor, mode: str) -> torch.Tensor:
+    """Channel ``k`` of ``x`` after the perturbation ``perm`` (``[N, H, W]``)."""
+    xk = x[:, k]
+    if mode == "channel":
+        return xk[perm.to(x.device)]
+    flat = xk.flatten(1)
+    return torch.gather(flat, 1, perm.to(x.device)).view_as(xk)
+
+
+def _channel_delta(conv: nn.Conv2d, delta_k: torch.Tensor, k: int) -> torch.Tensor:
+    """The conv's output change when only input channel ``k`` changes by ``delta_k`` (``[N, H, W]``)."""
+    per_group = conv.in_channels // conv.groups
+    g = k // per_group
+    out_per_group = conv.out_channels // conv.groups
+    rows = slice(g * out_per_group, (g + 1) * out_per_group)
+    w = conv.weight[rows, k % per_group : k % per_group + 1]
+    x = delta_k[:, None]
+    if conv.padding_mode != "zeros":
+        x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+        part = F.conv2d(x, w, None, conv.stride, 0, conv.dilation)
+    else:
+        part = F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation)
+    if conv.groups == 1:
+        return part
+    full = part.new_zeros(part.shape[0], conv.out_channels, *part.shape[2:])
+    full[:, rows] = part
+    return full
+
+
+def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, str], mode: str, repeats: int,
+           seed: int) -> list[Unit]:  # fmt: skip
+    units = []
+    for layer in layers:
+        n = len(chans[layer])
+
+        def perm(ctx: BatchContext, inp: torch.Tensor, r: int, i: int, layer=layer, n=n) -> torch.Tensor:
+            return ctx.cached((layer, r), lambda: _permutations(mode, seed, r, ctx.index, n, inp.shape))[i]
+
+        for r in range(repeats):
+            for i, k in enumerate(chans[layer]):
+
+                def exact(ctx, conv, inp, out, r=r, i=i, k=k, perm=perm):
+                    x = inp.clone()
+                    x[:, k] = _perturbed_channel(inp, k, perm(ctx, inp, r, i), mode)
+                    return conv.forward(x)
+
+                def fast(ctx, conv, inp, out, r=r, i=i, k=k, perm=perm):
+                    delta = _perturbed_channel(inp, k, perm(ctx, inp, r, i), mode) - inp[:, k]
+                    return out + _channel_delta(conv, delta, k)
+
+                units.append(Unit((layer, r, i), {layer: exact}, fast=fast, observe=observed[layer]))
+    return units
+
+
+def _check_channels(model: nn.Module, layers: list[str], channels: Sequence[int] | None) -> dict[str, list[int]]:
+    out = {}
+    for layer in layers:
+        n_in = model.get_submodule(layer).in_channels
+        if channels is None:
+            out[layer] = list(range(n_in))
+            continue
+        chans = list(channels)
+        if not chans:
+            raise ValueError("channels is empty")
+        bad_type = [c for c in chans if isinstance(c, bool) or not isinstance(c, int)]
+        if bad_type:
+            raise ValueError(f"channels must be integer indices, got {bad_type}")
+        bad = [c for c in chans if not 0 <= c < n_in]
+        if bad:
+            raise ValueError(f"channels {bad} out of range: {layer} has {n_in} input channels (0..{n_in - 1})")
+        out[layer] = chans
+    return out
+
+
+def shuffle(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    layers: LayerSpec = None,
+    *,
+    mode: str = "channel",
+    observe: ObserveSpec = None,
+    metric: str | None = "accuracy",
+    channels: Sequence[int] | None = None,
+    repeats: int = 1,
+    engine: str = "auto",
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    partial: str | os.PathLike | None = None,
+) -> ShuffleResult:
+    """Channel- or pixel-shuffle probe of the input channels of conv ``layers`` (see :func:`channel_shuffle`)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'channel' or 'pixel', not {mode!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be 'auto', 'fast' or 'naive', not {engine!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, not {repeats!r}")
+    names = resolve_layers(model, layers, types=(nn.Conv2d,))
+    observed = resolve_observe(model, names, observe)
+    chans = _check_channels(model, names, channels)
+    metric_name = get_metric(metric).name if metric is not None else None
+    units = _units(names, chans, observed, mode, repeats, seed)
+    index = {u.key: i for i, u in enumerate(units)}
+    cos_sum: dict[str, torch.Tensor] = {}
+
+    def on_observe(i: int, clean: torch.Tensor, pert: torch.Tensor) -> None:
+        layer, _, ci = units[i].key
+        cos = cosine_per_channel(clean, pert).sum(0)
+        if layer not in cos_sum:
+            cos_sum[layer] = torch.zeros(len(chans[layer]), cos.numel(), dtype=torch.float64, device=cos.device)
+        cos_sum[layer][ci] += cos
+
+    def result(state: SweepState) -> ShuffleResult:
+        res = ShuffleResult(mode=mode, layers=names, observed=observed, channels=chans, baseline=None,
+                            metric_name=metric_name, samples=state.n_seen,
+                            meta=make_meta(f"{mode}_shuffle", {
+                                "layers": names, "observe": observed, "mode": mode, "channels": chans,
+                                "repeats": repeats, "batch_size": loader_batch, "metric": metric_name,
+                                "engine": "fast" if all(state.fast) else "naive"}, seed))  # fmt: skip
+        res.meta["complete"] = state.complete
+        if state.baseline is not None and state.n_seen:
+            res.baseline = state.baseline.compute()
+        for layer in names:
+            n = len(chans[layer])
+            seen = torch.tensor([sum(state.seen[index[(layer, r, i)]] for r in range(repeats)) for i in range(n)],
+                                dtype=torch.float64)
+            if layer in cos_sum:
+                cos = (cos_sum[layer].cpu() / seen.clamp_min(1)[:, None]).tolist()
+                res.cosine[layer] = cos
+                res.mean_cosine[layer] = [sum(row) / len(row) for row in cos]
+            if state.metrics is not None:
+                res.metric[layer], res.metric_std[layer] = [], []
+                for i in range(n):
+                    vals = [state.metrics[index[(layer, r, i)]].compute() for r in range(repeats)
+                            if state.seen[index[(layer, r, i)]]]  # fmt: skip
+                    mu = sum(vals) / len(vals) if vals else math.nan
+                    res.metric[layer].append(mu)
+                    res.metric_std[layer].append(math.sqrt(sum((v - mu) ** 2 for v in vals) / len(vals)) if vals else math.nan)
+            if state.max_change:
+                res.max_change[layer] = [max(state.max_change[index[(layer, r, i)]] for r in range(repeats)) for i in range(n)]
+        return res
+
+    loader_batch = data.batch_size if isinstance(data, DataLoader) else batch_size
+    write = (lambda state: result(state).save(partial)) if partial is not None else None
+    state = sweep(model, data, units, metric=metric, on_observe=on_observe, batch_size=batch_size, device=device,
+                  engine=engine, progress=progress, desc=f"{mode} shuffle", partial=write)
+    return result(state)
+
+
+def _probe(mode: str, doc: str):
+    """``channel_shuffle`` / ``pixel_shuffle``: :func:`shuffle` with its mode fixed (one signature for both)."""
+
+    def probe(
+        model: nn.Module,
+        data: Dataset | DataLoader,
+        layers: LayerSpec = None,
+        *,
+        observe: ObserveSpec = None,
+        metric: str | None = "accuracy",
+        channels: Sequence[int] | None = None,
+        repeats: int = 1,
+        engine: str = "auto",
+        batch_size: int = 256,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        progress: bool | None = None,
+        partial: str | os.PathLike | None = None,
+    ) -> ShuffleResult:
+        return shuffle(model, data, layers, mode=mode, observe=observe, metric=metric, channels=channels,
+                       repeats=repeats, engine=engine, batch_size=batch_size, seed=seed, device=device,
+                       progress=progress, partial=partial)  # fmt: skip
+
+    probe.__name__ = probe.__qualname__ = f"{mode}_shuffle"
+    probe.__doc__ = doc
+    options = [
+        option("channels", "input channels to perturb (default all)", type=int, nargs="*"),
+        option("repeats", "independent shuffles per channel; the metric is reported as mean and std"),
+        option("engine", "computation: auto (fast where traceable), fast, naive", choices=ENGINES),
+    ]
+    return analysis(f"{mode}-shuffle", paper="impulse", result=ShuffleResult, options=options,
+                    example={"repeats": 2})(probe)
+
+
+channel_shuffle = _probe("channel", """Shuffle each input channel of conv layers across the samples of each mini-batch.
+
+    For every input channel ``k`` of each conv layer, channel ``k`` of the layer's input is
+    permuted across the samples of each mini-batch (a seeded permutation per batch, channel and
+    repeat). Measured: the cosine similarity between the clean and perturbed maps of every channel
+    ``j`` of the observed activation, per sample, averaged over samples (both norms zero: 1; one
+    zero: 0), and the model's metric on the whole data set with channel ``k`` perturbed.
+
+    Args:
+        model: a trained network (left exactly as found).
+        data: a Dataset or DataLoader of ``(input, label)`` pairs. With a Dataset, ``batch_size``
+            sets the mini-batch within which channels are shuffled; a DataLoader's own batches are used.
+        layers: the conv layers whose input is perturbed (names, globs or modules; default all).
+        observe: module whose output is compared; default: each layer's activation after its
+            nonlinearity where the model makes that identifiable
+            (:func:`cnn_redundancy.core.graph.default_observe`), else the layer's output. One module
+            for one layer, or a dict ``{layer: module}``.
+        metric: ``"accuracy"``, ``"dice"``, or ``None`` for the cosine alone (fastest).
+        channels: input channels to perturb (default: all).
+        repeats: independent shuffles per channel; the metric is reported as mean and std.
+        engine: ``"auto"`` (fast where the model is fx-traceable), ``"fast"`` or ``"naive"``.
+        seed: seed of every permutation (same seed, same result).
+        partial: a JSON path rewritten as the work goes (at least every 30 s, on an error or
+            interrupt, and at the end) with the result so far: ``meta["complete"]`` is False and
+            each channel's numbers cover the batches it has seen.
+
+    Returns:
+        :class:`ShuffleResult`.
+
+    Example:
+        >>> from cnn_redundancy.testing import ignored_channel_net, random_images
+        >>> res = channel_shuffle(ignored_channel_net(2), random_images(32), "conv2", metric=None)
+        >>> round(res.mean_cosine["conv2"][2], 6)
+        1.0
+    """)
+
+pixel_shuffle = _probe("pixel", """Permute the pixels of each input channel of conv layers, independently in each sample.
+
+    Same arguments and measurements as :func:`channel_shuffle`; the perturbation of channel ``k`` is
+    a seeded random spatial permutation of its pixels, drawn independently for every sample.
+
+    Example:
+        >>> from cnn_redundancy.testing import ignored_channel_net, random_images
+        >>> res = pixel_shuffle(ignored_channel_net(1), random_images(16), "conv2", metric=None)
+        >>> round(res.mean_cosine["conv2"][1], 6)
+        1.0
+    """)

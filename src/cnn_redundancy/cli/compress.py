@@ -1,0 +1,122 @@
+"""Commands that return a smaller model: ``prune``, ``remove-trivial``, ``route`` (labels and a router)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_data_args, add_model_args, add_out_arg, data_from_args, model_from_args, out_dir, say
+
+CRITERIA = ("distinctiveness", "random", "l1", "l2", "fpgm", "taylor")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="progressively remove kernels (physically) with a criterion",
+        description="Remove --steps kernels one at a time (distinctiveness, random, l1, l2, fpgm, taylor) with real "
+        "structural removal. Writes <out>/prune.json and <out>/model.pt (a checkpoint that loads with --checkpoint).",
+    )
+    add_model_args(p)
+    add_data_args(p, split="train")
+    add_out_arg(p, "runs/prune")
+    p.add_argument("--layers", nargs="*", help="conv layers (names or globs; default all)")
+    p.add_argument("--center", choices=["mean", "minmax"], help="center the vectors (lets complementary pairs appear)")
+    p.add_argument("--criterion", default="distinctiveness", choices=CRITERIA)
+    p.add_argument("--steps", type=int, default=1, help="kernels to remove (default 1)")
+    p.add_argument("--rule", default="least-distinct", choices=["least-distinct", "gedeon-harris"])
+    p.add_argument("--no-eval", action="store_true", help="skip test accuracy before/after")
+    p.set_defaults(func=_prune)
+
+    p = sub.add_parser(
+        "remove-trivial",
+        help="remove residual branches whose removal keeps the metric within tolerance",
+        description="Greedily remove trivial residual branches and save the smaller model as <out>/model.pt "
+        "(loadable with --checkpoint) with <out>/removal.json.",
+    )
+    add_model_args(p)
+    add_data_args(p)
+    add_out_arg(p, "runs/remove-trivial")
+    p.add_argument("--metric", default="accuracy", choices=["accuracy", "dice"])
+    p.add_argument("--tolerance", type=float, default=0.01, help="largest allowed metric drop (default 0.01)")
+    p.set_defaults(func=_remove)
+
+    p = sub.add_parser(
+        "route",
+        help="label images by the conv layer of their strongest activations; train a router",
+        description="Strongest-activation labels (as the strongest-activations command) and, with --router-epochs > 0, "
+        "a router (CNN 2) trained on them, saved as <out>/router.pt.",
+    )
+    add_model_args(p, default="equal_width_cnn")
+    add_data_args(p, split="train")
+    add_out_arg(p, "runs/route")
+    p.add_argument("--layers", nargs="*", help="conv layers (names or globs; default all)")
+    p.add_argument("--feature-maps", type=int, default=10, help="first feature maps per layer (default 10)")
+    p.add_argument("--top", type=int, default=10, help="images per feature map (default 10)")
+    p.add_argument("--where", default="activation", choices=["activation", "conv"], help="score the activation (default) or the conv output")
+    p.add_argument("--router-epochs", type=int, default=0, help="train a router for this many epochs (default 0: no router)")
+    p.set_defaults(func=_route)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from ..checkpoint import save_checkpoint
+    from ..compress.pruning import prune
+    from ..training import evaluate
+
+    out = out_dir(args)
+    model = model_from_args(args)
+    data = data_from_args(args)
+    res = prune(model, data, criterion=args.criterion, steps=args.steps, rule=args.rule, center=args.center,
+                layers=args.layers or None, seed=args.seed, batch_size=args.batch_size, device=args.device)
+    extra = {}
+    if not args.no_eval:
+        test = data_from_args(args, "test")
+        extra = {"test_acc_before": evaluate(model, test, device=args.device),
+                 "test_acc_after": evaluate(res.model, test, device=args.device)}
+    res.save(out / "prune.json")
+    save_checkpoint(res.model, out / "model.pt", extra=extra)
+    for h in res.history:
+        print(f"step {h['step']}: {h['action']} {h['layer']} kernel {h['kernel']}: {h['reason']}")
+    print(f"params {res.params_before} -> {res.params_after}; MACs {res.macs_before} -> {res.macs_after}")
+    if extra:
+        print(f"test accuracy {extra['test_acc_before']:.4f} -> {extra['test_acc_after']:.4f}")
+    say(f"wrote {out / 'prune.json'} and {out / 'model.pt'}")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from ..checkpoint import save_checkpoint
+    from ..compress.removal import remove_trivial
+
+    out = out_dir(args)
+    res = remove_trivial(model_from_args(args), data_from_args(args), tolerance=args.tolerance, metric=args.metric,
+                         batch_size=args.batch_size, device=args.device)
+    res.save(out / "removal.json")
+    save_checkpoint(res.model, out / "model.pt", extra={"removed": res.removed, args.metric: res.final})
+    print(f"{args.metric} {res.baseline:.4f} -> {res.final:.4f}; removed {len(res.removed)} branches: {', '.join(res.removed)}")
+    for k in res.before:
+        print(f"{k:10s} {res.before[k]:>14,.4g} -> {res.after[k]:,.4g}")
+    print(f"wrote {out / 'model.pt'}")
+    return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    from ..analyses.activation_labels import strongest_activation_labels
+    from ..report import save_figure
+
+    out = out_dir(args)
+    model = model_from_args(args)
+    data = data_from_args(args)
+    labels = strongest_activation_labels(model, data, args.layers or None, feature_maps=args.feature_maps,
+                                         top=args.top, where=args.where, batch_size=args.batch_size, device=args.device)
+    labels.save(out / "labels.json")
+    save_figure(labels.plot(data), out / "labels.png")
+    print("images labelled per layer: " + ", ".join(f"{k}={v}" for k, v in labels.counts.items()))
+    if args.router_epochs > 0:
+        from ..checkpoint import save_checkpoint
+        from ..compress.skipnet import train_router
+
+        router = train_router(data, labels, epochs=args.router_epochs, seed=args.seed, device=args.device)
+        save_checkpoint(router.model, out / "router.pt", extra={"history": router.history, "layers": labels.layers})
+        print(f"router: training accuracy {router.history['train_metric'][-1]:.3f}; checkpoint {out / 'router.pt'}")
+    print(f"wrote {out / 'labels.json'}")
+    return 0

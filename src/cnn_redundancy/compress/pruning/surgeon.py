@@ -1,0 +1,118 @@
+"""Physical removal of conv kernels through Torch-Pruning's ``DependencyGraph``, and its replay on load.
+
+The dependency graph keeps residual, grouped and depthwise couplings consistent; in a grouped
+(non-depthwise) conv one kernel is removed at the same position of every group. Every removal is
+recorded, and :func:`cnn_redundancy.checkpoint.load_checkpoint` replays the recorded removals
+(surgery kind ``prune-channels``) on a freshly built model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...checkpoint import register_surgery
+
+__all__ = ["Surgeon", "SURGERY_KIND", "kernels"]
+
+SURGERY_KIND = "prune-channels"
+
+
+class Surgeon:
+    """A model, its dependency graph (built once) and the bookkeeping of removed kernels.
+
+    Attributes:
+        model: the model being pruned (changed in place).
+        original: ``conv name -> original index`` of each of its current kernels.
+        removals: ``[[layer, [indices]], ...]`` in the order applied (indices at that time).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
+        import torch_pruning as tp
+
+        self.tp = tp
+        self.model = model
+        with torch.enable_grad():
+            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        self.original = {n: list(range(m.out_channels)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+        self.removals: list[list[Any]] = []
+        self._groups: dict[str, int] = {}
+        self._removable: dict[str, bool] = {}
+
+    def module(self, layer: str) -> nn.Conv2d:
+        return self.model.get_submodule(layer)  # type: ignore[return-value]
+
+    def group(self, layer: str, idxs: list[int]):
+        return self.dg.get_pruning_group(self.module(layer), self.tp.prune_conv_out_channels, idxs)
+
+    def _aligned_groups(self, layer: str) -> int:
+        """Number of channel groups the layer's kernels must be removed in (grouped convs); cached."""
+        if layer not in self._groups:
+            g = 1
+            for dep, _ in self.group(layer, [0]):
+                m = dep.target.module
+                if isinstance(m, nn.Conv2d) and 1 < m.groups < m.out_channels:
+                    g = g * m.groups // math.gcd(g, m.groups)
+            self._groups[layer] = g
+        return self._groups[layer]
+
+    def aligned(self, layer: str, idx: int) -> list[int]:
+        """``idx`` and its partners at the same position of every group of a grouped conv."""
+        k = self.module(layer).out_channels
+        g = self._aligned_groups(layer)
+        if g == 1:
+            return [idx]
+        if k % g:
+            raise ValueError(f"{layer!r} has {k} kernels, not a multiple of its {g} coupled conv groups")
+        per = k // g
+        return [idx % per + q * per for q in range(g)]
+
+    def can_remove(self, layer: str) -> bool:
+        """Whether one kernel (with its aligned partners) can go, leaving every coupled layer a kernel; cached until a removal."""
+        if layer not in self._removable:
+            m = self.module(layer)
+            idxs = self.aligned(layer, 0)
+            self._removable[layer] = m.out_channels > len(idxs) and bool(self.dg.check_pruning_group(self.group(layer, idxs)))
+        return self._removable[layer]
+
+    def remove(self, layer: str, idxs: list[int]) -> dict[str, list[int]]:
+        """Remove kernels ``idxs`` of ``layer`` and every coupled channel; returns original indices removed per conv."""
+        group = self.group(layer, sorted(idxs))
+        removed: dict[str, list[int]] = {}
+        name_of = self.dg._module2name
+        for dep, dep_idxs in group:
+            m = dep.target.module
+            depthwise = isinstance(m, nn.Conv2d) and m.groups == m.out_channels > 1
+            if isinstance(m, nn.Conv2d) and (depthwise or self.dg.is_out_channel_pruning_fn(dep.handler)):
+                n = name_of[m]
+                if n in removed:
+                    continue
+                removed[n] = [self.original[n][i] for i in sorted(dep_idxs)]
+                drop = set(dep_idxs)
+                self.original[n] = [o for i, o in enumerate(self.original[n]) if i not in drop]
+        group.prune()
+        self._removable.clear()
+        self.removals.append([layer, sorted(int(i) for i in idxs)])
+        return removed
+
+    def consumers(self, layer: str, idx: int) -> list[tuple[nn.Module, list[int]]]:
+        """Modules reading channel ``idx`` of ``layer`` (conv / linear inputs) with the input indices it maps to."""
+        fns = (self.tp.prune_conv_in_channels, self.tp.prune_linear_in_channels)
+        return [(dep.target.module, sorted(ix)) for dep, ix in self.group(layer, [idx]) if dep.handler in fns]
+
+
+@register_surgery(SURGERY_KIND)
+def _replay(model: nn.Module, step: dict[str, Any]) -> nn.Module:
+    """Repeat recorded kernel removals on a freshly built model (used by ``load_checkpoint``)."""
+    surgeon = Surgeon(model, torch.zeros(step["input_shape"]))
+    for layer, idxs in step["removals"]:
+        surgeon.group(layer, idxs).prune()
+    return model
+
+
+def kernels(model: nn.Module) -> dict[str, int]:
+    """Number of kernels of every conv layer."""
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}

@@ -1,0 +1,313 @@
+"""Trace a model once with ``torch.fx`` and split it at any layer: upstream once, downstream only.
+
+Perturbation sweeps change one layer's output and need the model output many times for the same
+batch. :class:`Traced` traces the model **once per analysis** (never per layer or per unit) and
+hands out, for any layer called exactly once,
+
+- a :class:`Split`: every node that depends on the layer (its *downstream*) as a module taking
+  the layer's output plus every other value the downstream part needs (e.g. a residual shortcut
+  taken before the layer: the *frontier*), returning the model output and observed activations;
+  an *observe-only* variant computes just the observed activations;
+- a *recorder*: the whole forward pass returning the output and the values of chosen nodes (a
+  split's frontier, the layer's input and output, observed activations), so that one clean pass
+  per batch feeds every split;
+- :meth:`Traced.default_observe`: the activation module after a conv.
+
+This works for any fx-traceable model (``nn.Sequential`` or not, residual, multi-branch). Tracing
+never changes the user's modules: attributes a ``forward`` writes while it is traced (a cached
+tensor, a call counter) are restored. Models that cannot be traced raise
+:class:`SplitUnavailable`; the sweep engine then falls back to full forward passes with hooks.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+__all__ = ["Traced", "Split", "SplitState", "SplitUnavailable", "trace", "default_observe", "ACTIVATIONS"]
+
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Tanhshrink,
+)  # fmt: skip
+_CHANNELWISE = (nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d)
+_INPLACE_FUNCS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+class SplitUnavailable(RuntimeError):
+    """The model cannot be split at this layer (not fx-traceable, or the layer is called twice)."""
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaves: set[str]):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def _module_states(model: nn.Module) -> list[tuple[nn.Module, dict, dict, dict, dict]]:
+    return [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+
+
+def _restore_states(states) -> None:
+    for m, attrs, params, buffers, modules in states:
+        m.__dict__.clear()
+        m.__dict__.update(attrs)
+        for d, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, modules)):
+            d.clear()
+            d.update(saved)
+
+
+def _graph_module(root: nn.Module, graph: fx.Graph) -> fx.GraphModule:
+    try:
+        return fx.GraphModule(root, graph)
+    except Exception as e:  # code generation fails on odd module names (a quote, say)
+        raise SplitUnavailable(f"fx cannot generate code for this model: {type(e).__name__}: {e}") from e
+
+
+def trace(model: nn.Module, leaves: Iterable[str] = ()) -> fx.GraphModule:
+    """Symbolically trace ``model`` (sharing its modules and weights), keeping ``leaves`` as calls.
+
+    The model is left exactly as found: attributes its ``forward`` writes during tracing are restored.
+    """
+    tracer = _Tracer(set(leaves))
+    states = _module_states(model)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # fx raises many types for untraceable code
+        raise SplitUnavailable(f"{type(model).__name__} is not fx-traceable: {type(e).__name__}: {e}") from e
+    finally:
+        _restore_states(states)
+    return _graph_module(tracer.root, graph)
+
+
+def _is_inplace(gm: fx.GraphModule, n: fx.Node) -> bool:
+    if n.op == "call_module":
+        return bool(getattr(gm.get_submodule(n.target), "inplace", False))
+    if n.op == "call_function":
+        return n.target in _INPLACE_FUNCS or getattr(n.target, "__name__", "").endswith("_") or bool(n.kwargs.get("inplace"))
+    if n.op == "call_method":
+        return str(n.target).endswith("_")
+    return False
+
+
+def _keep(v):
+    """A recorded value, safe from in-place ops later in the forward pass (tensors are cloned)."""
+    return v.clone() if isinstance(v, torch.Tensor) else v
+
+
+class Traced:
+    """A model traced once; splits, recorders and observe points all reuse the one graph.
+
+    Args:
+        model: the network (shared, not copied: weight changes are seen by every split).
+        leaves: module names kept as single calls in the graph (e.g. residual blocks that are split
+            points); ``torch.nn`` layers are always kept.
+
+    Raises:
+        SplitUnavailable: the model is not fx-traceable.
+    """
+
+    def __init__(self, model: nn.Module, leaves: Iterable[str] = ()) -> None:
+        self.model = model
+        self.gm = trace(model, leaves)
+        self.order = list(self.gm.graph.nodes)
+        self.pos = {n: i for i, n in enumerate(self.order)}
+        self._splits: dict[tuple[str, tuple[str, ...]], Split] = {}
+
+    def node(self, name: str) -> fx.Node:
+        """The graph node calling module ``name``; it must be called exactly once."""
+        nodes = [n for n in self.order if n.op == "call_module" and n.target == name]
+        if len(nodes) != 1:
+            raise SplitUnavailable(f"layer {name!r} is called {len(nodes)} times in the traced graph (need exactly once)")
+        return nodes[0]
+
+    def default_observe(self, layer: str) -> str:
+        """The module holding the layer's activation ``f(conv(x))``, or the layer itself.
+
+        Follows the layer's output through modules used by nothing else (batch norm, dropout,
+        identity) to the first activation module (ReLU, Tanh, ...). If the path branches or meets a
+        function (e.g. a residual addition), the layer output itself is observed.
+        """
+        try:
+            node = self.node(layer)
+        except SplitUnavailable:
+            return layer
+        while len(node.users) == 1:
+            user = next(iter(node.users))
+            if user.op != "call_module":
+                break
+            mod = self.gm.get_submodule(user.target)
+            if isinstance(mod, ACTIVATIONS):
+                return str(user.target)
+            if not isinstance(mod, _CHANNELWISE):
+                break
+            node = user
+        return layer
+
+    def split(self, layer: str, observe: Sequence[str] = ()) -> Split:
+        """The :class:`Split` at ``layer`` (built once per layer and observe list)."""
+        key = (layer, tuple(observe))
+        if key not in self._splits:
+            self._splits[key] = Split(self, layer, observe)
+        return self._splits[key]
+
+    def recorder(self, names: Sequence[str]) -> fx.GraphModule:
+        """The forward pass returning ``(output, (clone of each named node's value, ...))``."""
+        nodes = {n.name: n for n in self.order}
+        missing = [n for n in names if n not in nodes]
+        if missing:
+            raise SplitUnavailable(f"recorded graph lacks nodes {missing[:3]}")
+        g = fx.Graph(owning_module=self.gm)
+        env: dict[fx.Node, fx.Node] = {}
+        for n in self.order:
+            if n.op == "output":
+                result = fx.map_arg(n.args[0], lambda a: env[a])
+            else:
+                env[n] = g.node_copy(n, lambda a: env[a])
+        kept = tuple(g.call_function(_keep, (env[nodes[name]],)) for name in names)
+        g.output((result, kept))
+        return _graph_module(self.gm, g)
+
+
+def default_observe(model: nn.Module, layer: str) -> str:
+    """The activation module after ``layer`` (see :meth:`Traced.default_observe`); the layer itself
+    when the model is not traceable."""
+    try:
+        return Traced(model).default_observe(layer)
+    except SplitUnavailable:
+        return layer
+
+
+@dataclass
+class SplitState:
+    """Upstream values for one batch: the frontier and the layer's input."""
+
+    frontier: tuple
+    layer_input: torch.Tensor
+
+
+class Split:
+    """A model split at ``layer`` (see the module docstring).
+
+    Args:
+        model: the network, or a :class:`Traced` of it (the trace is then reused).
+        layer: dotted name of a module called exactly once per forward pass.
+        observe: module names whose output (first call after the layer) the downstream part
+            returns; ``layer`` itself may be listed (its output is then the given layer output).
+
+    Attributes:
+        frontier_names, layer_input_name, layer_output_name, observe_names: node names in the
+        traced graph, so that a recorder of the full forward pass (:meth:`Traced.recorder`) can
+        feed the downstream part without running :meth:`upstream`.
+
+    Example:
+        >>> from cnn_redundancy.models import get_model
+        >>> m = get_model("lenet5").eval()
+        >>> s = Split(m, "conv2", observe=["act2"])
+        >>> x = torch.randn(2, 1, 28, 28)
+        >>> st = s.upstream(x)
+        >>> out, (act,) = s.downstream(st, s.layer_forward(st.layer_input))
+        >>> torch.allclose(out, m(x), atol=1e-6)
+        True
+    """
+
+    def __init__(self, model: nn.Module | Traced, layer: str, observe: Sequence[str] = ()) -> None:
+        traced = model if isinstance(model, Traced) else Traced(model, {layer, *observe})
+        self.layer = layer
+        self.observe = list(observe)
+        self.module = traced.model.get_submodule(layer)
+        gm, order, pos = traced.gm, traced.order, traced.pos
+        t = traced.node(layer)
+        if t.kwargs or len(t.args) != 1 or not isinstance(t.args[0], fx.Node):
+            raise SplitUnavailable(f"layer {layer!r} must be called with one tensor argument")
+        down = {t}
+        for n in order[pos[t] + 1 :]:
+            if any(a in down for a in n.all_input_nodes):
+                down.add(n)
+        out_node = order[-1]
+        if out_node.op != "output" or out_node not in down:
+            raise SplitUnavailable(f"the model output does not depend on layer {layer!r}")
+        obs_nodes: list[fx.Node] = []
+        for name in self.observe:
+            if name == layer:
+                obs_nodes.append(t)
+                continue
+            cands = [n for n in order if n.op == "call_module" and n.target == name and n in down]
+            if not cands:
+                raise ValueError(f"observe={name!r} is not computed after layer {layer!r}; observe a module downstream of it")
+            obs_nodes.append(cands[0])
+        frontier: list[fx.Node] = []
+        for n in order:
+            if n in down and n is not t:
+                for a in n.all_input_nodes:
+                    if a not in down and a not in frontier:
+                        frontier.append(a)
+        layer_in = t.args[0]
+        # frontier values that a downstream in-place op would overwrite are cloned per call
+        self._clone = [
+            any(_is_inplace(gm, u) and u.args and u.args[0] is f for u in f.users if u in down) for f in frontier
+        ]
+        self._clone_layer_out = any(_is_inplace(gm, u) and u.args and u.args[0] is t for u in t.users)
+        self._parts = (gm, order, down, t, frontier, layer_in, out_node, obs_nodes)
+        self._built: dict[str, fx.GraphModule] = {}
+        self.n_frontier = len(frontier)
+        self.frontier_names = tuple(f.name for f in frontier)
+        self.layer_input_name = layer_in.name
+        self.layer_output_name = t.name
+        self.observe_names = tuple(o.name for o in obs_nodes)
+
+    def _module(self, which: str) -> fx.GraphModule:
+        """The upstream, downstream or observe-only module, generated on first use."""
+        if which not in self._built:
+            gm, order, down, t, frontier, layer_in, out_node, obs_nodes = self._parts
+            g = fx.Graph(owning_module=gm)
+            env: dict[fx.Node, fx.Node] = {}
+            if which == "up":
+                for n in order:
+                    if n not in down and n.op != "output":
+                        env[n] = g.node_copy(n, lambda a: env[a])
+                g.output((tuple(env[f] for f in frontier), env[layer_in]))
+            else:
+                for i, f in enumerate(frontier):
+                    env[f] = g.placeholder(f"frontier_{i}")
+                env[t] = g.placeholder("layer_out")
+                for n in order:
+                    if n in down and n is not t and n.op != "output":
+                        env[n] = g.node_copy(n, lambda a: env[a])
+                observed = tuple(env[o] for o in obs_nodes)
+                g.output((fx.map_arg(out_node.args[0], lambda a: env[a]), observed) if which == "down" else observed)
+            g.eliminate_dead_code()
+            self._built[which] = _graph_module(gm, g)
+        return self._built[which]
+
+    def upstream(self, x: torch.Tensor) -> SplitState:
+        """Run everything that does not depend on the layer, once per batch."""
+        frontier, layer_in = self._module("up")(x)
+        return SplitState(tuple(frontier), layer_in)
+
+    def layer_forward(self, layer_input: torch.Tensor) -> torch.Tensor:
+        """The layer's own output for a given input."""
+        return self.module(layer_input)
+
+    def _frontier(self, state: SplitState) -> tuple:
+        return tuple(v.clone() if c else v for v, c in zip(state.frontier, self._clone))
+
+    def downstream(self, state: SplitState, layer_out: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Model output and observed activations, given the layer's output (never modified)."""
+        if self._clone_layer_out:
+            layer_out = layer_out.clone()
+        return self._module("down")(*self._frontier(state), layer_out)
+
+    def observed(self, state: SplitState, layer_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Only the observed activations (computes no more of the graph than they need)."""
+        if self._clone_layer_out:
+            layer_out = layer_out.clone()
+        return self._module("obs")(*self._frontier(state), layer_out)

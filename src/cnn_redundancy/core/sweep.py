@@ -1,0 +1,276 @@
+"""The one perturbation engine: every perturbation analysis is a list of units handed to :func:`sweep`.
+
+A *unit* replaces the output of one or more modules during the forward pass (a shuffled input
+channel, a zeroed conv, a removed residual branch) and the engine measures, per unit, the model's
+metric over the data and (optionally) an observed activation against its clean value. What every
+analysis gets for free:
+
+- **the fast path**: the model is traced once (:class:`~cnn_redundancy.core.graph.Traced`); one
+  recorded clean forward pass per batch feeds every unit, and each unit recomputes only what lies
+  downstream of its module (:class:`~cnn_redundancy.core.graph.Split`). Units that touch several
+  modules, modules called twice and untraceable models fall back to full forward passes with
+  output-replacing hooks (``engine="naive"`` forces that path; ``"fast"`` refuses the fallback);
+- **the change check**: on the first batch, the largest change of the model output (or of the
+  observation, without a metric) each unit caused, so that "no effect" is never reported for a
+  perturbation that changed nothing;
+- **metric streaming** over batches (memory flat in the data size), the device, one progress
+  bar, and **partial results** written at least every ``partial_every`` seconds of work, when the
+  run raises or is interrupted, and at its end.
+
+Every unit's counts are kept apart (``seen``), so a partial result is consistent at any moment.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .batches import as_loader, batches, explained, resolve_device
+from .graph import SplitState, SplitUnavailable, Traced
+from .hooks import capture_after, preserved, replacing
+from .metrics import Metric, get_metric
+from .progress import progress_bar
+from .results import PARTIAL_EVERY, Partials
+
+__all__ = ["Unit", "BatchContext", "SweepState", "sweep", "ENGINES", "PARTIAL_EVERY"]
+
+ENGINES = ("auto", "fast", "naive")
+
+Replace = Callable[["BatchContext", nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass
+class Unit:
+    """One perturbation of a sweep.
+
+    Attributes:
+        key: the analysis' name for the unit (a layer, a ``(layer, repeat, channel)`` tuple, ...).
+        replace: module name -> ``fn(ctx, module, input, output) -> new output``; applied to every
+            named module in the same forward pass.
+        fast: optional cheaper equivalent of ``replace`` for the split path (single-module units),
+            given the module's clean input and output.
+        observe: module whose output (its first call after the unit's module) is observed, or ``None``.
+    """
+
+    key: Hashable
+    replace: dict[str, Replace]
+    fast: Replace | None = None
+    observe: str | None = None
+
+    @property
+    def point(self) -> str | None:
+        """The single module the unit changes (``None`` when it changes several)."""
+        return next(iter(self.replace)) if len(self.replace) == 1 else None
+
+
+@dataclasses.dataclass
+class BatchContext:
+    """What a unit's replacement may use: the global batch index and a cache cleared every batch."""
+
+    index: int
+    cache: dict[Hashable, Any] = dataclasses.field(default_factory=dict)
+
+    def cached(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """``make()`` once per batch and key (e.g. the permutations shared by a repeat's channels)."""
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+
+@dataclasses.dataclass
+class SweepState:
+    """The running (and, once ``complete``, final) measurements of a sweep.
+
+    Attributes:
+        units: the units swept. baseline: the clean metric (``None`` without a metric).
+        metrics: one metric per unit (``None`` without a metric).
+        seen: samples measured per unit. n_seen: samples of the clean passes.
+        max_change: per unit, the largest absolute change it caused on the first batch (NaN until measured).
+        changed: per unit, whether it changed the output at all on the first batch.
+        fast: per unit, whether the split fast path measured it. fallback: why some units were not.
+        complete: the whole data set was swept.
+    """
+
+    units: list[Unit]
+    baseline: Metric | None
+    metrics: list[Metric] | None
+    seen: list[int]
+    n_seen: int = 0
+    max_change: list[float] = dataclasses.field(default_factory=list)
+    changed: list[bool] = dataclasses.field(default_factory=list)
+    fast: list[bool] = dataclasses.field(default_factory=list)
+    fallback: str = ""
+    complete: bool = False
+
+
+def _fresh(metric: str | Metric) -> Metric:
+    return copy.deepcopy(get_metric(metric))
+
+
+class _Plan:
+    """Which units run on the split path, and the traced graph, splits and recorder they share."""
+
+    def __init__(self, model: nn.Module, units: Sequence[Unit], engine: str) -> None:
+        self.model, self.units = model, list(units)
+        self.splits: dict[str, Any] = {}
+        self.recorder, self.names = None, []
+        self.why = ""
+        observe_at: dict[str, str | None] = {}
+        for u in units:
+            if u.point is not None and observe_at.setdefault(u.point, u.observe) != u.observe:
+                raise ValueError(f"units at {u.point!r} observe both {observe_at[u.point]!r} and {u.observe!r}")
+        points = [p for p in observe_at]
+        if engine != "naive" and points:
+            try:
+                traced = Traced(model, {*points, *(o for o in observe_at.values() if o)})
+                for p in points:
+                    try:
+                        self.splits[p] = traced.split(p, [observe_at[p]] if observe_at[p] else [])
+                    except SplitUnavailable as e:
+                        self.why = self.why or str(e)
+                names: list[str] = []
+                for s in self.splits.values():
+                    for n in (*s.frontier_names, s.layer_input_name, s.layer_output_name, *s.observe_names):
+                        if n not in names:
+                            names.append(n)
+                self.recorder = traced.recorder(names) if self.splits else None
+                self.names = names
+            except SplitUnavailable as e:
+                self.splits, self.why = {}, str(e)
+        multi = [u for u in units if u.point is None]
+        if multi and not self.why:
+            self.why = f"{len(multi)} unit(s) change several modules at once"
+        self.fast = [u.point in self.splits for u in units]
+        if engine == "fast" and not all(self.fast):
+            raise SplitUnavailable(self.why or "the fast path is unavailable")
+        if engine == "auto" and any(not f and u.point is not None for u, f in zip(units, self.fast)):
+            warnings.warn(f"{self.why}; those units run full forward passes with hooks", stacklevel=3)
+        self.hook_observe = {u.point: u.observe for u, f in zip(units, self.fast) if not f and u.observe}
+
+    def clean(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The clean output, recorded node values (split path) and clean observations (hook path)."""
+        out, values, observed = None, {}, {}
+        if self.splits:
+            out, kept = self.recorder(x)
+            values = dict(zip(self.names, kept))
+        if out is None or self.hook_observe:
+            with capture_after(self.model, self.hook_observe) as store:
+                full = self.model(x)
+            missing = [p for p in self.hook_observe if p not in store]
+            if missing:
+                raise ValueError(f"observe={self.hook_observe[missing[0]]!r} was not called after {missing[0]!r}")
+            observed = dict(store)  # type: ignore[arg-type]
+            out = full if out is None else out
+        return out, values, observed
+
+    def clean_observation(self, i: int, values, observed) -> torch.Tensor | None:
+        u = self.units[i]
+        if u.observe is None:
+            return None
+        return values[self.splits[u.point].observe_names[0]] if self.fast[i] else observed[u.point]
+
+    def run(self, i: int, ctx: BatchContext, x: torch.Tensor, values, with_output: bool):
+        """``(output or None, observation or None)`` of the model with unit ``i`` applied."""
+        u = self.units[i]
+        if self.fast[i]:
+            s = self.splits[u.point]
+            state = SplitState(tuple(values[n] for n in s.frontier_names), values[s.layer_input_name])
+            new = (u.fast or u.replace[u.point])(ctx, s.module, state.layer_input, values[s.layer_output_name])
+            if with_output:
+                out, obs = s.downstream(state, new)
+            else:
+                out, obs = None, s.observed(state, new)
+            return out, (obs[0] if obs else None)
+        fns = {name: (lambda mod, inp, out, fn=fn: fn(ctx, mod, inp, out)) for name, fn in u.replace.items()}
+        pairs = {u.point: u.observe} if u.observe else {}
+        with replacing(self.model, fns), capture_after(self.model, pairs) as store:
+            out = self.model(x)
+        return out, (store.get(u.point) if u.observe else None)
+
+
+def sweep(
+    model: nn.Module,
+    data,
+    units: Sequence[Unit],
+    *,
+    metric: str | Metric | None = None,
+    on_observe: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    engine: str = "auto",
+    progress: bool | None = None,
+    desc: str = "sweep",
+    partial: Callable[[SweepState], Any] | None = None,
+    partial_every: float = PARTIAL_EVERY,
+) -> SweepState:
+    """Measure every unit over the data (see the module docstring).
+
+    Args:
+        model: the network; left exactly as found (modes, hooks, attributes; weights are never written).
+        data: a Dataset or a DataLoader over it.
+        units: the perturbations.
+        metric: the model's metric per unit and for the clean model, or ``None``.
+        on_observe: ``on_observe(i, clean, perturbed)`` for units with an ``observe`` module, once per batch.
+        engine: ``"auto"`` (the split path wherever it applies), ``"fast"`` (refuse the fallback) or
+            ``"naive"`` (full forward passes with hooks for every unit).
+        partial: called with the state as the sweep goes (see the module docstring).
+
+    Returns:
+        The :class:`SweepState`.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    units = list(units)
+    if not units:
+        raise ValueError("nothing to sweep: no units")
+    if metric is None and on_observe is None:
+        raise ValueError("a sweep needs a metric or an observation")
+    loader = as_loader(data, batch_size)
+    dev = resolve_device(device, model)
+    state = SweepState(units, _fresh(metric) if metric is not None else None,
+                       [_fresh(metric) for _ in units] if metric is not None else None, [0] * len(units))
+    with preserved(model), torch.no_grad():
+        model.eval()
+        plan = _Plan(model, units, engine)
+        state.fast, state.fallback = plan.fast, plan.why
+        first_change: list[tuple[torch.Tensor, torch.Tensor]] = []
+        with progress_bar(len(loader) * len(units), desc, enabled=progress, unit="pass") as bar, \
+                Partials((lambda: partial(state)) if partial is not None else None, partial_every) as partials:  # fmt: skip
+            for b in batches(loader, dev):
+                ctx = BatchContext(b.index)
+                with explained(model, b.x):
+                    clean_out, values, observed = plan.clean(b.x)
+                if state.baseline is not None:
+                    state.baseline.update(clean_out, b.y)
+                for i in range(len(units)):
+                    out, obs = plan.run(i, ctx, b.x, values, metric is not None)
+                    clean_obs = plan.clean_observation(i, values, observed)
+                    if not first_change or len(first_change) < len(units):
+                        first_change.append(_change(out, clean_out) if out is not None else _change(obs, clean_obs))
+                    if state.metrics is not None:
+                        state.metrics[i].update(out, b.y)
+                    if on_observe is not None and obs is not None:
+                        on_observe(i, clean_obs, obs)
+                    state.seen[i] += len(b.x)
+                    bar.update(1)
+                    partials.maybe()
+                state.n_seen += len(b.x)
+                partials.started = True
+                if len(state.max_change) < len(units):
+                    state.max_change = [float(m) for m, _ in first_change]
+                    state.changed = [bool(c) for _, c in first_change]
+            state.complete = True
+    return state
+
+
+def _change(out: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(largest absolute difference, whether anything differs) without a host sync."""
+    diff = (out.double() - clean.double()).abs()
+    biggest = diff.max() if diff.numel() else diff.new_zeros(())
+    return biggest, (out != clean).any() | torch.isnan(biggest)

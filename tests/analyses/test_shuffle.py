@@ -1,0 +1,153 @@
+import pytest
+import torch
+from torch import nn
+
+from cnn_redundancy import get_model
+from cnn_redundancy.analyses.shuffle import ShuffleResult, channel_shuffle, pixel_shuffle, shuffle
+from cnn_redundancy.core.results import Result
+from cnn_redundancy.testing import TinyCNN, ignored_channel_net, random_images
+
+
+def _flat(rows):
+    return [v for r in rows for v in r]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return random_images(96, seed=1)
+
+
+@pytest.mark.parametrize("fn", [channel_shuffle, pixel_shuffle])
+def test_ignored_channel_has_cosine_one_and_no_metric_change(fn, data, unchanged):
+    m = ignored_channel_net(2)
+    with unchanged(m):
+        res = fn(m, data, "conv2", batch_size=32)
+    assert res.observed == {"conv2": "act2"} and res.channels == {"conv2": [0, 1, 2, 3]}
+    assert res.mean_cosine["conv2"][2] == pytest.approx(1.0, abs=1e-12)
+    assert all(c == pytest.approx(1.0, abs=1e-12) for c in res.cosine["conv2"][2])
+    assert res.metric["conv2"][2] == res.baseline
+    assert res.max_change["conv2"][2] == 0.0 and min(res.max_change["conv2"][i] for i in (0, 1, 3)) > 0
+    assert min(res.mean_cosine["conv2"][i] for i in (0, 1, 3)) < 0.99  # the others do change the activation
+
+
+@pytest.mark.parametrize("mode", ["channel", "pixel"])
+def test_fast_and_naive_engines_agree(mode, data):
+    m = ignored_channel_net(1)
+    kw = dict(mode=mode, batch_size=32, repeats=2, seed=5)
+    fast = shuffle(m, data, "conv2", engine="fast", **kw)
+    naive = shuffle(m, data, "conv2", engine="naive", **kw)
+    assert fast.meta["params"]["engine"] == "fast" and naive.meta["params"]["engine"] == "naive"
+    assert fast.metric == naive.metric and fast.baseline == naive.baseline
+    assert _flat(fast.cosine["conv2"]) == pytest.approx(_flat(naive.cosine["conv2"]), abs=1e-6)
+    cos_only = shuffle(m, data, "conv2", engine="fast", metric=None, **kw)
+    assert _flat(cos_only.cosine["conv2"]) == pytest.approx(_flat(fast.cosine["conv2"]), abs=1e-9)
+    assert cos_only.metric == {}
+
+
+class _Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1, groups=2, padding_mode="reflect")
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(6 * 12 * 12, 10)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv2(self.conv1(x))).flatten(1))
+
+
+def test_grouped_reflect_padded_conv_fast_equals_naive(data):
+    m = _Grouped().eval()
+    fast = channel_shuffle(m, data, "conv2", batch_size=48, engine="fast")
+    naive = channel_shuffle(m, data, "conv2", batch_size=48, engine="naive")
+    assert _flat(fast.cosine["conv2"]) == pytest.approx(_flat(naive.cosine["conv2"]), abs=1e-6)
+    assert fast.metric == naive.metric
+
+
+def test_resnet_layer_with_shortcut(unchanged):
+    m = get_model("torchvision:resnet18", num_classes=10).eval()
+    d = random_images(8, (3, 32, 32), seed=2)
+    with unchanged(m):
+        fast = channel_shuffle(m, d, "layer2.0.conv2", channels=[0, 5], batch_size=4, engine="fast")
+        naive = channel_shuffle(m, d, "layer2.0.conv2", channels=[0, 5], batch_size=4, engine="naive")
+    assert _flat(fast.cosine["layer2.0.conv2"]) == pytest.approx(_flat(naive.cosine["layer2.0.conv2"]), abs=1e-5)
+    assert fast.metric == naive.metric
+
+
+def test_seeded_and_json_round_trip(data, tmp_path):
+    m = TinyCNN().eval()
+    a = channel_shuffle(m, data, "conv2", batch_size=32, seed=3, repeats=2)
+    b = channel_shuffle(m, data, "conv2", batch_size=32, seed=3, repeats=2)
+    c = channel_shuffle(m, data, "conv2", batch_size=32, seed=4, repeats=2)
+    assert a.to_dict() == b.to_dict() and a.cosine != c.cosine
+    back = Result.load(a.save(tmp_path / "p.json"))
+    assert isinstance(back, ShuffleResult) and back == a and back.to_dict() == a.to_dict()
+    assert (tmp_path / "p.json").read_text() == b.save(tmp_path / "q.json").read_text()
+    assert len(a.metric_std["conv2"]) == 4 and a.samples == 96
+
+
+def test_dataloader_batches_are_used(data):
+    m = TinyCNN().eval()
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    a = channel_shuffle(m, loader, "conv2", metric=None)
+    b = channel_shuffle(m, data, "conv2", batch_size=16, metric=None)
+    c = channel_shuffle(m, data, "conv2", batch_size=96, metric=None)
+    assert a.cosine == b.cosine and a.cosine != c.cosine
+
+
+def test_observe_any_module(data):
+    m = TinyCNN().eval()
+    res = channel_shuffle(m, data, "conv2", observe="pool2", metric=None, batch_size=32)
+    assert res.observed == {"conv2": "pool2"} and len(res.cosine["conv2"][0]) == 6
+
+
+def test_bad_inputs(data, unchanged):
+    m = TinyCNN().eval()
+    with pytest.raises(ValueError, match="Unknown layer 'conv3'"):
+        channel_shuffle(m, data, "conv3")
+    with pytest.raises(TypeError, match="not a Conv2d"):
+        channel_shuffle(m, data, "fc")
+    with pytest.raises(ValueError, match="out of range: conv2 has 4 input channels"):
+        channel_shuffle(m, data, "conv2", channels=[4])
+    with pytest.raises(ValueError, match="empty"):
+        channel_shuffle(m, torch.utils.data.TensorDataset(torch.zeros(0, 1, 12, 12), torch.zeros(0)), "conv2")
+    with pytest.raises(ValueError, match="mode must be"):
+        shuffle(m, data, "conv2", mode="row")
+    wrong = random_images(8, (3, 12, 12))
+    with unchanged(m), pytest.raises(ValueError, match="does not fit|expected"):
+        channel_shuffle(m, wrong, "conv2", engine="naive")
+
+
+class _FailingLoader(torch.utils.data.DataLoader):
+    def __iter__(self):
+        it = super().__iter__()
+        yield next(it)
+        raise RuntimeError("disk went away")
+
+
+@pytest.mark.parametrize("engine", ["fast", "naive"])
+def test_model_restored_when_the_analysis_raises(engine, data, unchanged):
+    m = TinyCNN().train()
+    with unchanged(m), pytest.raises(RuntimeError, match="disk went away"):
+        channel_shuffle(m, _FailingLoader(data, batch_size=16), "conv2", engine=engine)
+    assert m.training
+
+
+def test_plot(data):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    res = pixel_shuffle(TinyCNN().eval(), data, "conv2", batch_size=32)
+    fig = res.plot()
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "accuracy"
+
+
+def test_partial_results_are_written_per_batch(data, tmp_path):
+    m = TinyCNN().eval()
+    part = tmp_path / "partial.json"
+    with pytest.raises(RuntimeError, match="disk went away"):
+        channel_shuffle(m, _FailingLoader(data, batch_size=16), "conv2", partial=part)
+    kept = Result.load(part)
+    assert kept.meta["complete"] is False and kept.samples == 16 and len(kept.cosine["conv2"]) == 4
+    full = channel_shuffle(m, data, "conv2", batch_size=16, partial=part)
+    assert full.meta["complete"] is True and Result.load(part).samples == 96  # last partial covers everything

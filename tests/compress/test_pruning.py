@@ -1,0 +1,175 @@
+"""Pruning: least-distinct choice, Gedeon-Harris merge/complementary, criteria, real removal, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cnn_redundancy as cr
+import cnn_redundancy.testing as T
+from cnn_redundancy.core.hooks import hook_count
+from cnn_redundancy.testing import TinyCNN, duplicated_kernels_net, random_images
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_least_distinct_removes_duplicates_first_and_leaves_input_untouched():
+    m, d = duplicated_kernels_net().train(), random_images(48)
+    before, hooks = _state(m), hook_count(m)
+    res = cr.prune(m, d, steps=2)
+    got = [(h["layer"], h["kernel"], h["partner"]) for h in res.history]
+    assert sorted(got) == [("conv1", 1, 0), ("conv2", 3, 2)]  # equal norms: the higher index goes
+    assert all(h["angle"] == pytest.approx(0.0, abs=1e-3) for h in res.history)
+    assert res.model.conv1.out_channels == 3 and res.model.conv2.out_channels == 5
+    assert res.model.conv2.in_channels == 3 and res.model.fc.in_features == 5 * 9
+    assert res.params_after < res.params_before and res.macs_after < res.macs_before
+    # the input model is untouched
+    assert m.conv1.out_channels == 4 and all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert m.training and hook_count(m) == hooks
+    # removing a duplicate (not merged) changes the output; the pruned model runs
+    assert res.model(torch.randn(2, 1, 12, 12)).shape == (2, 10)
+
+
+def test_gedeon_harris_merge_of_duplicates_keeps_outputs():
+    m, d = duplicated_kernels_net(), random_images(48)
+    res = cr.prune(m, d, rule="gedeon-harris", steps=2)
+    assert [h["action"] for h in res.history] == ["merge", "merge"]
+    assert res.params_after < res.params_before
+    x = torch.randn(6, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(res.model(x), m(x), atol=1e-5)
+    # the plain least-distinct rule (no merge) does change the outputs
+    plain = cr.prune(m, d, steps=2)
+    with torch.no_grad():
+        assert not torch.allclose(plain.model(x), m(x), atol=1e-3)
+
+
+def test_gedeon_harris_complementary_pair_removed_with_centering_only():
+    m, d = T.complementary_pair_net(), T.constant_images(64)
+    centered = cr.prune(m, d, rule="gedeon-harris", center="mean", steps=1)
+    assert centered.history[0]["action"] == "remove-pair"
+    assert centered.history[0]["removed"] == {"conv": [0, 1]}
+    assert centered.model.conv.out_channels == 1
+    plain = cr.prune(m, d, rule="gedeon-harris", steps=1)  # no pair under 15 or over 165 degrees
+    assert plain.history == [] and "no pair" in plain.stopped
+    # folding: on the mean input the pruned model's output stays close to the original's
+    x = torch.full((1, 1, 12, 12), 0.5)
+    with torch.no_grad():
+        assert torch.allclose(centered.model(x), m(x), atol=0.05)
+
+
+def test_random_is_reproducible_with_a_seed():
+    m, d = TinyCNN().eval(), random_images(16)
+    a = cr.prune(m, d, criterion="random", steps=4, seed=3)
+    b = cr.prune(m, d, criterion="random", steps=4, seed=3)
+    c = cr.prune(m, d, criterion="random", steps=4, seed=4)
+    assert a.to_dict() == b.to_dict()
+    assert [h["removed"] for h in a.history] != [h["removed"] for h in c.history]
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "fpgm", "taylor"])
+def test_standard_criteria_remove_the_least_important(criterion):
+    m, d = TinyCNN().eval(), random_images(16)
+    with torch.no_grad():
+        m.conv2.weight[5] *= 1e-3  # a near-zero filter
+        m.conv2.bias[5] = 0.0
+    res = cr.prune(m, d, criterion=criterion, steps=1)
+    assert res.model.conv1.out_channels + res.model.conv2.out_channels == 9
+    if criterion in ("l1", "l2", "taylor"):
+        assert (res.history[0]["layer"], res.history[0]["kernel"]) == ("conv2", 5)
+
+
+def test_distinctiveness_as_torch_pruning_importance():
+    import torch_pruning as tp
+
+    m = duplicated_kernels_net()
+    dg = tp.DependencyGraph().build_dependency(m, torch.zeros(1, 1, 12, 12))
+    group = dg.get_pruning_group(m.conv1, tp.prune_conv_out_channels, [0, 1, 2, 3])
+    scores = cr.DistinctivenessImportance(random_images(32))(group)
+    assert scores.shape == (4,) and int(scores.argmin()) in (0, 1) and float(scores.min()) < 1e-3
+    rnd = cr.SeededRandomImportance(1)(group), cr.SeededRandomImportance(1)(group)
+    assert torch.equal(*rnd)
+    pruner = tp.pruner.MetaPruner(m, torch.zeros(1, 1, 12, 12), importance=cr.DistinctivenessImportance(random_images(32)),
+                                  pruning_ratio=0.25, ignored_layers=[m.fc])
+    pruner.step()
+    assert m.conv1.out_channels == 3
+
+
+@pytest.mark.parametrize(
+    "name,kw,shape",
+    [("torchvision:resnet18", {"num_classes": 10}, (3, 32, 32)),
+     ("torchvision:mobilenet_v2", {"num_classes": 10, "width_mult": 0.25}, (3, 32, 32)),
+     (f"{T.__file__}:grouped_conv_net", {}, (1, 12, 12))],
+)
+def test_pruned_models_run_and_save_load(name, kw, shape, tmp_path):
+    torch.manual_seed(0)
+    m = cr.get_model(name, **kw).eval()
+    layers = {"torchvision:resnet18": ["layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1"],
+              "torchvision:mobilenet_v2": ["features.2.conv.1.0", "features.1.conv.0.0"]}.get(name)
+    res = cr.prune(m, random_images(8, shape), steps=3, layers=layers)
+    assert res.params_after < res.params_before and res.macs_after < res.macs_before
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        y = res.model(x)
+    assert y.shape == m(x).shape
+    path = cr.save_checkpoint(res.model, tmp_path / "p.pt")
+    back = cr.load_checkpoint(path)
+    with torch.no_grad():
+        assert torch.allclose(back(x), y, atol=1e-6)
+    if "grouped" in name:  # one kernel per group goes: groups stay equal
+        assert all(len(v) % 2 == 0 for h in res.history for k, v in h["removed"].items() if k in ("conv1", "conv2"))
+    if "mobilenet" in name:  # depthwise conv pruned together with the conv feeding it
+        assert any(len(h["removed"]) >= 2 for h in res.history)
+
+
+def test_bad_inputs():
+    m, d = TinyCNN().eval(), random_images(8)
+    with pytest.raises(ValueError, match="Unknown criterion"):
+        cr.prune(m, d, criterion="magic")
+    with pytest.raises(ValueError, match="removable kernels"):
+        cr.prune(m, d, steps=9)  # 3 + 5 removable
+    with pytest.raises(ValueError, match="Unknown rule"):
+        cr.prune(m, d, rule="most-distinct")
+    one = TinyCNN(c1=1).eval()
+    with pytest.raises(ValueError, match="one kernel"):
+        cr.prune(one, d, layers="conv1", steps=1)
+
+
+def test_prune_result_round_trip(tmp_path):
+    res = cr.prune(duplicated_kernels_net(), random_images(16), steps=2, track_macs=True)
+    again = cr.Result.load(res.save(tmp_path / "p.json"))
+    assert again == res and again.model is None
+    assert res.history[-1]["macs"] == res.macs_after
+    assert len(res.plot().axes) == 2
+
+
+def test_pruning_trials_tables_and_gap():
+    tr = cr.subset(cr.load_dataset("mnist5k", "train"), 96)
+    te = cr.subset(cr.load_dataset("mnist5k", "test"), 48)
+    r = cr.pruning_trials("lenet5", tr, te, trials=2, steps=2, epochs=1, batch_size=32)
+    assert set(r.test_acc) == {"distinctiveness", "random"}
+    assert all(len(row) == 3 for rows in r.test_acc.values() for row in rows)
+    # both criteria start from the same trained baseline in each trial
+    assert [row[0] for row in r.test_acc["random"]] == [row[0] for row in r.test_acc["distinctiveness"]]
+    table = r.table("random")
+    assert table[0][0] == "Accuracy on test set" and len(table[0]) == 4
+    assert set(r.gap["random"]) == {"train", "test"}
+    assert len(r.removed["distinctiveness"][0]) == 2 and r.seconds > 0
+
+
+def test_cli_reproduce_quick_and_prune(tmp_path):
+    from cnn_redundancy.cli import main
+
+    out = tmp_path / "rep"
+    assert main(["-q", "reproduce", "distinctiveness", "--quick", "--out", str(out)]) == 0
+    assert (out / "report.html").exists() and (out / "distinctiveness_trials.png").exists()
+    section = (out / "sections" / "distinctiveness.json").read_text()
+    assert "Table 1" in section and "Average gap" in section
+    trials = cr.Result.load(out / "distinctiveness_trials.json")
+    assert trials.trials == 2 and len(trials.test_acc["distinctiveness"][0]) == 3
+    assert main(["-q", "prune", "--model", "lenet5", "--limit", "64", "--steps", "2", "--criterion", "l1",
+                 "--out", str(tmp_path / "pr")]) == 0
+    pruned = cr.load_checkpoint(tmp_path / "pr" / "model.pt")
+    assert pruned.conv1.out_channels + pruned.conv2.out_channels == 20

@@ -1,0 +1,84 @@
+import pytest
+import torch
+from torch import nn
+
+from cnn_redundancy import get_model
+from cnn_redundancy.core.graph import Split, SplitUnavailable, default_observe
+
+
+def _check(model, layer, x, observe=()):
+    s = Split(model.eval(), layer, observe=list(observe))
+    st = s.upstream(x)
+    out, obs = s.downstream(st, s.layer_forward(st.layer_input))
+    assert torch.allclose(out, model(x), atol=1e-5)
+    return s, st, obs
+
+
+def test_split_matches_full_model_lenet_and_resnet():
+    _check(get_model("lenet5"), "conv2", torch.randn(3, 1, 28, 28), ["act2"])
+    tv = get_model("torchvision:resnet18", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    s, st, _ = _check(tv, "layer2.0.conv1", x)
+    assert s.n_frontier == 1  # the block input feeds the downsample shortcut
+    _check(tv, "layer2.0.downsample.0", x)
+    _check(tv, "conv1", x)
+
+
+def test_downstream_really_uses_the_given_layer_output():
+    m = get_model("lenet5").eval()
+    s = Split(m, "conv2", observe=["act2"])
+    st = s.upstream(torch.randn(2, 1, 28, 28))
+    out, (act,) = s.downstream(st, torch.zeros(2, 16, 10, 10))
+    assert torch.all(act == 0)
+    (obs,) = s.observed(st, -torch.ones(2, 16, 10, 10))
+    assert torch.all(obs == 0)  # relu of negatives
+
+
+class _InplaceOnFrontier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 1)
+        self.b = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        y = self.b(h)
+        h += y  # in-place on a value computed upstream of b
+        return h.sum((2, 3))
+
+
+def test_inplace_ops_do_not_corrupt_cached_upstream_values():
+    m = _InplaceOnFrontier().eval()
+    x = torch.randn(2, 1, 4, 4)
+    s = Split(m, "b")
+    st = s.upstream(x)
+    lo = s.layer_forward(st.layer_input)
+    first, _ = s.downstream(st, lo)
+    second, _ = s.downstream(st, lo)
+    assert torch.allclose(first, second) and torch.allclose(first, m(x))
+
+
+class _Dynamic(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow is not traceable
+            return self.conv(x)
+        return x
+
+
+def test_untraceable_model_and_observe_errors():
+    with pytest.raises(SplitUnavailable, match="not fx-traceable"):
+        Split(_Dynamic(), "conv")
+    assert default_observe(_Dynamic(), "conv") == "conv"
+    with pytest.raises(ValueError, match="not computed after"):
+        Split(get_model("lenet5"), "conv2", observe=["act1"])
+
+
+def test_default_observe():
+    assert default_observe(get_model("lenet5"), "conv1") == "act1"
+    tv = get_model("torchvision:resnet18")
+    assert default_observe(tv, "layer1.0.conv1") == "layer1.0.relu"  # through bn1
+    assert default_observe(tv, "layer1.0.conv2") == "layer1.0.conv2"  # bn2 then a residual add

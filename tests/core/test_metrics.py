@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+
+from cnn_redundancy.core.metrics import Accuracy, Dice, cosine_per_channel, get_metric, ncc_matrix
+
+
+def test_accuracy_accumulates():
+    m = Accuracy()
+    m.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))
+    m.update(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    assert m.compute() == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="empty"):
+        Accuracy().compute()
+
+
+def test_dice_on_known_masks():
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, :2, :2] = 1  # 4 foreground pixels
+    pred = torch.zeros(1, 4, 4, dtype=torch.long)
+    pred[0, :2, :1] = 1  # 2 predicted, both correct
+    logits = torch.nn.functional.one_hot(pred, 2).permute(0, 3, 1, 2).float()
+    d = Dice()
+    d.update(logits, target)
+    assert d.compute() == pytest.approx(2 * 2 / (2 + 4))
+    perfect = Dice()
+    perfect.update(torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2).float(), target)
+    assert perfect.compute() == 1.0
+    binary = Dice()
+    binary.update(torch.where(target[:, None] == 1, 5.0, -5.0), target)
+    assert binary.compute() == 1.0
+    assert get_metric("dice").name == "dice"
+    with pytest.raises(ValueError, match="Unknown metric"):
+        get_metric("f1")
+
+
+def test_cosine_conventions():
+    a = torch.randn(3, 2, 4, 4)
+    assert torch.allclose(cosine_per_channel(a, a), torch.ones(3, 2, dtype=torch.float64))
+    assert torch.allclose(cosine_per_channel(a, -a), -torch.ones(3, 2, dtype=torch.float64))
+    z = torch.zeros(1, 1, 2, 2)
+    assert cosine_per_channel(z, z).item() == 1.0
+    assert cosine_per_channel(z, torch.ones(1, 1, 2, 2)).item() == 0.0
+
+
+def test_ncc_known_answers():
+    g = torch.Generator().manual_seed(0)
+    blob = torch.zeros(1, 1, 16, 16)
+    blob[0, 0, 5:9, 4:9] = torch.rand(4, 5, generator=g)
+    shifted = torch.roll(blob, shifts=(3, 2), dims=(2, 3))
+    r = torch.cat([blob, shifted, 2 * blob + 1])
+    m_max = ncc_matrix(r)
+    assert m_max[0, 0] == pytest.approx(1.0) and m_max[0, 2] == pytest.approx(1.0)  # affine copy
+    assert m_max[0, 1] == pytest.approx(1.0)  # shifted copy: NCC 1 with lag max
+    m_zero = ncc_matrix(r, lag="zero")
+    assert m_zero[0, 1] < 0.5 and m_zero[0, 2] == pytest.approx(1.0)
+    assert ncc_matrix(r, max_lag=1)[0, 1] < 0.9  # the shift (3, 2) is out of reach
+    assert ncc_matrix(r, max_lag=3)[0, 1] == pytest.approx(float(m_max[0, 1]))
+    assert torch.allclose(m_max, m_max.T, atol=1e-9)
+
+
+def test_ncc_different_sizes_and_constants():
+    a = torch.zeros(2, 1, 9, 9)
+    a[0, 0, 3:6, 3:6] = torch.arange(9.0).reshape(3, 3)
+    b = a[:1, :, 2:7, 2:7].clone()  # the same pattern in a smaller map
+    m = ncc_matrix(a, b)
+    assert m.shape == (2, 1) and m[0, 0] == pytest.approx(1.0)
+    assert m[1, 0] == 0.0  # a constant response correlates 0 with everything
+    assert not math.isnan(float(ncc_matrix(a)[1, 1]))
+    corner = torch.zeros(2, 1, 8, 8)
+    corner[0, 0, 0, 0], corner[1, 0, 7, 7] = 1.0, 1.0  # would match at a one-pixel overlap
+    assert ncc_matrix(corner)[0, 1] < 0.5
+    with pytest.raises(ValueError, match="maps each"):
+        ncc_matrix(a, torch.zeros(1, 2, 9, 9))

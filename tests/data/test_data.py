@@ -1,0 +1,136 @@
+"""Data loaders, including the torchvision-format loaders on tiny files in the real on-disk formats."""
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnn_redundancy import DatasetNotFoundError, load_dataset, subset
+from cnn_redundancy.core.batches import as_loader, sample_shape
+
+
+def test_mnist5k_split_is_fixed_stratified_and_disjoint():
+    tr, te = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
+    assert len(tr) == 4000 and len(te) == 1000 and len(load_dataset("mnist5k", "all")) == 5000
+    assert tr.input_shape == (1, 28, 28)
+    assert te.labels.bincount().tolist() == [100] * 10
+    x, y = te[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and 0 <= int(y) <= 9
+    again = load_dataset("mnist5k", "test")
+    assert torch.equal(again.images, te.images)
+    other = load_dataset("mnist5k", "test", seed=1)
+    assert not torch.equal(other.images, te.images)
+    # train and test are disjoint: no test image appears in train
+    tr_set = {bytes(im.numpy().tobytes()) for im in tr.images}
+    assert sum(bytes(im.numpy().tobytes()) in tr_set for im in te.images) <= 2  # real MNIST has rare duplicates
+
+
+def test_mnist5k_normalization():
+    raw = load_dataset("mnist5k", "test", normalize=False)
+    x = torch.stack([raw[i][0] for i in range(50)])
+    assert x.min() >= 0 and x.max() <= 1 and x.max() > 0.9
+
+
+def test_digits():
+    tr, te = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert len(tr) + len(te) == 1797 and len(te) == 360
+    assert sample_shape(te) == (1, 8, 8)
+
+
+def _write_idx(path, arr: np.ndarray, magic: int):
+    with open(path, "wb") as f:
+        f.write(struct.pack(">I", magic))
+        for d in arr.shape:
+            f.write(struct.pack(">I", d))
+        f.write(arr.astype(np.uint8).tobytes())
+
+
+def test_torchvision_mnist_from_idx_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, 2049)
+    tr = load_dataset("mnist", "train", root=tmp_path)
+    te = load_dataset("mnist", "test", root=tmp_path)
+    assert len(tr) == 12 and len(te) == 5 and len(load_dataset("mnist", "all", root=tmp_path)) == 17
+    assert te.labels.tolist() == [0, 1, 2, 3, 4] and tr.input_shape == (1, 28, 28)
+
+
+def test_missing_files_give_one_clear_line(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=r"mnist: files not found in .*MNIST/raw"):
+        load_dataset("mnist", "train", root=tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10: missing data_batch_1.*cifar-10-batches-py"):
+        load_dataset("cifar10", "train", root=tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="pass root="):
+        load_dataset("cifar100", "test")
+    with pytest.raises(DatasetNotFoundError, match="not a folder"):
+        load_dataset("imagefolder", "train", root=tmp_path / "nope")
+
+
+def _pickle(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def test_cifar10_and_cifar100_from_pickle_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    c10 = tmp_path / "cifar-10-batches-py"
+    c10.mkdir()
+    for i in range(1, 6):
+        _pickle(c10 / f"data_batch_{i}", {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [i % 10] * 4})
+    _pickle(c10 / "test_batch", {b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), b"labels": [7, 8, 9]})
+    _pickle(c10 / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
+    tr, te = load_dataset("cifar10", "train", root=tmp_path), load_dataset("cifar10", "test", root=tmp_path)
+    assert len(tr) == 20 and len(te) == 3 and te.labels.tolist() == [7, 8, 9]
+    assert te.input_shape == (3, 32, 32) and te.classes[7] == "c7"
+    c100 = tmp_path / "cifar-100-python"
+    c100.mkdir()
+    for part, n in (("train", 6), ("test", 2)):
+        _pickle(c100 / part, {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": list(range(90, 90 + n)), b"coarse_labels": [0] * n})
+    _pickle(c100 / "meta", {b"fine_label_names": [f"f{i}".encode() for i in range(100)]})
+    te100 = load_dataset("cifar100", "test", root=tmp_path)
+    assert te100.labels.tolist() == [90, 91] and te100.classes[91] == "f91"
+    x, _ = te100[0]
+    assert x.shape == (3, 32, 32)
+
+
+def test_imagefolder_with_and_without_split_folders(tmp_path):
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            d = tmp_path / "split" / split / cls
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((10, 12, 3), 40 * i, dtype=np.uint8)).save(d / f"{i}.png")
+    te = load_dataset("imagefolder", "test", root=tmp_path / "split", image_size=(8, 8), grayscale=True)
+    assert len(te) == 6 and te[0][0].shape == (1, 8, 8)
+    for cls in ("a", "b"):
+        d = tmp_path / "flat" / cls
+        d.mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    tr = load_dataset("imagefolder", "train", root=tmp_path / "flat")
+    te = load_dataset("imagefolder", "test", root=tmp_path / "flat")
+    assert len(tr) + len(te) == 10 and len(te) == 2 and te[0][0].shape == (3, 6, 6)
+
+
+def test_bad_names_and_empty_data():
+    with pytest.raises(ValueError, match="Unknown data set 'mnits'"):
+        load_dataset("mnits")
+    with pytest.raises(ValueError, match="split must be"):
+        load_dataset("mnist5k", "val")
+    with pytest.raises(ValueError, match="empty"):
+        as_loader(torch.utils.data.TensorDataset(torch.zeros(0, 1, 4, 4), torch.zeros(0)))
+    with pytest.raises(TypeError, match="Dataset or DataLoader"):
+        as_loader([1, 2, 3])
+
+
+def test_subset_is_seeded():
+    te = load_dataset("mnist5k", "test")
+    a, b, c = subset(te, 50, seed=0), subset(te, 50, seed=0), subset(te, 50, seed=1)
+    assert len(a) == 50 and torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    assert subset(te, None) is te
