@@ -151,3 +151,13 @@ def test_partial_results_are_written_per_batch(data, tmp_path):
     assert kept.meta["complete"] is False and kept.samples == 16 and len(kept.cosine["conv2"]) == 4
     full = channel_shuffle(m, data, "conv2", batch_size=16, partial=part)
     assert full.meta["complete"] is True and Result.load(part).samples == 96  # last partial covers everything
+
+
+def test_several_layers_in_one_call_give_each_layers_own_answer(data):
+    m = TinyCNN().eval()
+    both = channel_shuffle(m, data, "conv*", batch_size=32, repeats=2, seed=1)
+    assert both.layers == ["conv1", "conv2"] and both.observed == {"conv1": "act1", "conv2": "act2"}
+    for layer in both.layers:
+        alone = channel_shuffle(m, data, layer, batch_size=32, repeats=2, seed=1)
+        assert both.cosine[layer] == alone.cosine[layer] and both.metric[layer] == alone.metric[layer]
+    assert len(both.plot().axes) == 2 and len(both.headline()) == 2

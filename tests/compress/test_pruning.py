@@ -156,7 +156,7 @@ def test_pruning_trials_tables_and_gap():
     table = r.table("random")
     assert table[0][0] == "Accuracy on test set" and len(table[0]) == 4
     assert set(r.gap["random"]) == {"train", "test"}
-    assert len(r.removed["distinctiveness"][0]) == 2 and r.seconds > 0
+    assert len(r.removed["distinctiveness"][0]) == 2 and r.meta["seconds"] > 0
 
 
 def test_cli_reproduce_quick_and_prune(tmp_path):

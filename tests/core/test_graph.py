@@ -82,3 +82,73 @@ def test_default_observe():
     tv = get_model("torchvision:resnet18")
     assert default_observe(tv, "layer1.0.conv1") == "layer1.0.relu"  # through bn1
     assert default_observe(tv, "layer1.0.conv2") == "layer1.0.conv2"  # bn2 then a residual add
+
+
+def _count_traces(monkeypatch):
+    import cnn_redundancy.core.graph as g
+
+    calls = []
+    real = g._Tracer.trace
+
+    def counted(self, root, *a, **kw):
+        calls.append(type(root).__name__)
+        return real(self, root, *a, **kw)
+
+    monkeypatch.setattr(g._Tracer, "trace", counted)
+    return calls
+
+
+def test_one_trace_per_analysis_whatever_the_number_of_layers(monkeypatch):
+    import cnn_redundancy as cr
+    from cnn_redundancy.testing import TinyCNN, random_images
+
+    calls = _count_traces(monkeypatch)
+    resnet = get_model("resnet20", in_channels=1, input_size=12, width=4).eval()
+    data = random_images(8, (1, 12, 12))
+    res = cr.zero_ablation(resnet, data, progress=False)
+    assert len(res.units) == 21 and len(calls) == 1
+    calls.clear()
+    cr.distinctiveness(resnet, data)
+    assert len(calls) == 1
+    calls.clear()
+    shuffled = cr.channel_shuffle(TinyCNN().eval(), random_images(8), "conv*")
+    assert shuffled.layers == ["conv1", "conv2"] and len(calls) == 1
+
+
+class _Caching(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.calls = 0
+        self.features = None
+
+    def forward(self, x):
+        self.calls += 1
+        self.features = self.conv(x)
+        return self.features.mean((2, 3))
+
+
+def test_tracing_leaves_attributes_a_forward_writes():
+    m = _Caching()
+    s = Split(m, "conv")
+    assert m.calls == 0 and m.features is None
+    x = torch.randn(2, 1, 5, 5)
+    out, _ = s.downstream(s.upstream(x), m.conv(x))
+    assert torch.allclose(out, m(x)) and m.calls == 1
+
+
+def test_module_names_fx_cannot_write_fall_back_to_hooks():
+    import cnn_redundancy as cr
+    from cnn_redundancy.testing import random_images
+
+    inner = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1))
+    m = nn.Sequential()
+    m.add_module('odd"name', inner)
+    m.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    m.add_module("flat", nn.Flatten())
+    m.eval()
+    data = random_images(8, (1, 6, 6), classes=2)
+    with pytest.warns(UserWarning, match="hooks"):
+        auto = cr.channel_shuffle(m, data, 'odd"name.2', metric=None)
+    naive = cr.channel_shuffle(m, data, 'odd"name.2', metric=None, engine="naive")
+    assert auto.cosine == naive.cosine and auto.meta["params"]["engine"] == "naive"

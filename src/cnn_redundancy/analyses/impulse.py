@@ -319,48 +319,19 @@ def impulse_response(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if lag not in ("max", "zero"):
+        raise ValueError(f"lag must be 'max' or 'zero', not {lag!r}")
+    if max_lag is not None and (isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 0):
+        raise ValueError(f"max_lag must be None or an integer >= 0, not {max_lag!r}")
     names = resolve_layers(model, layers, types=(nn.Conv2d,))
-    if input_shape is not None:
-        shape = tuple(input_shape)
-    elif data is not None:
-        shape = sample_shape(data)
-    else:
-        shape = expected_input_shape(model)
-    if shape is None:
-        raise ValueError("pass input_shape=(C, H, W) or data: the model does not declare its input shape")
-    if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
-        raise ValueError(f"input_shape must be (C, H, W) with positive integers, got {shape}")
-    c, h, w = shape
-    dev = resolve_device(device, model)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    impulses = torch.zeros(c, c, h, w, device=dev, dtype=dtype)
-    for i in range(c):
-        impulses[i, i, h // 2, w // 2] = amplitude
-
-    def run(m: nn.Module) -> dict[str, list]:
-        with preserved(m), torch.no_grad():
-            m.eval()
-            with capture(m, names) as store:
-                forward_checked(m, impulses)
-        missing = [n for n in names if n not in store]
-        if missing:
-            raise ValueError(f"layers {', '.join(missing)} were not called in the forward pass")
-        return {n: store[n].detach().cpu().double().tolist() for n in names}
-
-    network = run(model) if mode in ("network", "both") else {}
-    linear = run(linearized(model)) if mode in ("linear", "both") else {}
+    shape = _input_shape(model, data, input_shape)
+    impulses = _impulses(model, shape, resolve_device(device, model), amplitude)
+    network = _responses(model, names, impulses) if mode in ("network", "both") else {}
+    linear = _responses(linearized(model), names, impulses) if mode in ("linear", "both") else {}
     params = {"layers": names, "input_shape": list(shape), "mode": mode, "lag": lag, "max_lag": max_lag, "amplitude": amplitude}
-    res = ImpulseResult(
-        meta=make_meta("impulse_response", params, seed),
-        layers=names,
-        input_shape=list(shape),
-        mode=mode,
-        responses=linear if mode == "linear" else network,
-        linear_responses=linear if mode == "both" else {},
-        lag=lag,
-        max_lag=max_lag,
-    )
-    res.meta["complete"] = False
+    res = ImpulseResult(meta={**make_meta("impulse_response", params, seed), "complete": False}, layers=names,
+                        input_shape=list(shape), mode=mode, responses=linear if mode == "linear" else network,
+                        linear_responses=linear if mode == "both" else {}, lag=lag, max_lag=max_lag)  # fmt: skip
     with Partials((lambda: res.save(partial)) if partial is not None else None) as partials, \
             progress_bar(len(names), "impulse NCC", enabled=progress, unit="layer") as bar:  # fmt: skip
         for n in names:
@@ -372,3 +343,39 @@ def impulse_response(
             partials.maybe()
         res.meta["complete"] = True
     return res
+
+
+def _input_shape(model: nn.Module, data, input_shape) -> tuple[int, int, int]:
+    """``input_shape``, else the data's input shape, else what the model declares."""
+    if input_shape is not None:
+        shape = tuple(input_shape)
+    elif data is not None:
+        shape = sample_shape(data)
+    else:
+        shape = expected_input_shape(model)
+    if shape is None:
+        raise ValueError("pass input_shape=(C, H, W) or data: the model does not declare its input shape")
+    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        raise ValueError(f"input_shape must be (C, H, W) with positive integers, got {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def _impulses(model: nn.Module, shape: tuple[int, int, int], device: torch.device, amplitude: float) -> torch.Tensor:
+    """One impulse per input channel, at the centre pixel, in the model's floating-point type."""
+    c, h, w = shape
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    impulses = torch.zeros(c, c, h, w, device=device, dtype=dtype)
+    for i in range(c):
+        impulses[i, i, h // 2, w // 2] = amplitude
+    return impulses
+
+
+def _responses(model: nn.Module, names: list[str], impulses: torch.Tensor) -> dict[str, list]:
+    """Every named layer's output for the impulses (model left as found)."""
+    with preserved(model), torch.no_grad(), capture(model, names) as store:
+        model.eval()
+        forward_checked(model, impulses)
+    missing = [n for n in names if n not in store]
+    if missing:
+        raise ValueError(f"layers {', '.join(missing)} were not called in the forward pass")
+    return {n: store[n].detach().cpu().double().tolist() for n in names}

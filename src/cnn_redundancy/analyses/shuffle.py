@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..core.graph import Traced
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.metrics import cosine_per_channel, get_metric
 from ..core.observe import ObserveSpec, resolve_observe
@@ -265,84 +266,70 @@ def _check_channels(model: nn.Module, layers: list[str], channels: Sequence[int]
     return out
 
 
-def shuffle(
-    model: nn.Module,
-    data: Dataset | DataLoader,
-    layers: LayerSpec = None,
-    *,
-    mode: str = "channel",
-    observe: ObserveSpec = None,
-    metric: str | None = "accuracy",
-    channels: Sequence[int] | None = None,
-    repeats: int = 1,
-    engine: str = "auto",
-    batch_size: int = 256,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    progress: bool | None = None,
-    partial: str | os.PathLike | None = None,
-) -> ShuffleResult:
-    """Channel- or pixel-shuffle probe of the input channels of conv ``layers`` (see :func:`channel_shuffle`)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'channel' or 'pixel', not {mode!r}")
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be 'auto', 'fast' or 'naive', not {engine!r}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an integer >= 1, not {repeats!r}")
-    names = resolve_layers(model, layers, types=(nn.Conv2d,))
-    observed = resolve_observe(model, names, observe)
-    chans = _check_channels(model, names, channels)
-    metric_name = get_metric(metric).name if metric is not None else None
-    units = _units(names, chans, observed, mode, repeats, seed)
-    index = {u.key: i for i, u in enumerate(units)}
-    cos_sum: dict[str, torch.Tensor] = {}
+class _Probe:
+    """One probe run: its units, the running cosine sums, and the result at any moment."""
 
-    def on_observe(i: int, clean: torch.Tensor, pert: torch.Tensor) -> None:
-        layer, _, ci = units[i].key
+    def __init__(self, model, layers, observe, metric, channels, mode, repeats, seed, batch_size) -> None:
+        self.names = resolve_layers(model, layers, types=(nn.Conv2d,))
+        self.traced = Traced.maybe(model)  # one trace for the observe points and every split
+        self.observed = resolve_observe(model, self.names, observe, traced=self.traced)
+        self.chans = _check_channels(model, self.names, channels)
+        self.metric_name = get_metric(metric).name if metric is not None else None
+        self.mode, self.repeats, self.seed, self.batch_size = mode, repeats, seed, batch_size
+        self.units = _units(self.names, self.chans, self.observed, mode, repeats, seed)
+        self.index = {u.key: i for i, u in enumerate(self.units)}
+        self.cos_sum: dict[str, torch.Tensor] = {}
+
+    def on_observe(self, i: int, clean: torch.Tensor, pert: torch.Tensor) -> None:
+        layer, _, ci = self.units[i].key
         cos = cosine_per_channel(clean, pert).sum(0)
-        if layer not in cos_sum:
-            cos_sum[layer] = torch.zeros(len(chans[layer]), cos.numel(), dtype=torch.float64, device=cos.device)
-        cos_sum[layer][ci] += cos
+        if layer not in self.cos_sum:
+            self.cos_sum[layer] = torch.zeros(len(self.chans[layer]), cos.numel(), dtype=torch.float64, device=cos.device)
+        self.cos_sum[layer][ci] += cos
 
-    def result(state: SweepState) -> ShuffleResult:
-        res = ShuffleResult(mode=mode, layers=names, observed=observed, channels=chans, baseline=None,
-                            metric_name=metric_name, samples=state.n_seen,
-                            meta=make_meta(f"{mode}_shuffle", {
-                                "layers": names, "observe": observed, "mode": mode, "channels": chans,
-                                "repeats": repeats, "batch_size": loader_batch, "metric": metric_name,
-                                "engine": "fast" if all(state.fast) else "naive"}, seed))  # fmt: skip
-        res.meta["complete"] = state.complete
+    def _units_of(self, layer: str, i: int) -> list[int]:
+        return [self.index[(layer, r, i)] for r in range(self.repeats)]
+
+    def result(self, state: SweepState) -> ShuffleResult:
+        params = {"layers": self.names, "observe": self.observed, "mode": self.mode, "channels": self.chans,
+                  "repeats": self.repeats, "batch_size": self.batch_size, "metric": self.metric_name,
+                  "engine": "fast" if all(state.fast) else "naive"}  # fmt: skip
+        res = ShuffleResult(mode=self.mode, layers=self.names, observed=self.observed, channels=self.chans,
+                            metric_name=self.metric_name, samples=state.n_seen,
+                            meta={**make_meta(f"{self.mode}_shuffle", params, self.seed), "complete": state.complete})
         if state.baseline is not None and state.n_seen:
             res.baseline = state.baseline.compute()
-        for layer in names:
-            n = len(chans[layer])
-            seen = torch.tensor([sum(state.seen[index[(layer, r, i)]] for r in range(repeats)) for i in range(n)],
-                                dtype=torch.float64)
-            if layer in cos_sum:
-                cos = (cos_sum[layer].cpu() / seen.clamp_min(1)[:, None]).tolist()
-                res.cosine[layer] = cos
-                res.mean_cosine[layer] = [sum(row) / len(row) for row in cos]
+        for layer in self.names:
+            per_channel = [self._units_of(layer, i) for i in range(len(self.chans[layer]))]
+            if layer in self.cos_sum:
+                seen = torch.tensor([sum(state.seen[u] for u in us) for us in per_channel], dtype=torch.float64)
+                res.cosine[layer] = (self.cos_sum[layer].cpu() / seen.clamp_min(1)[:, None]).tolist()
+                res.mean_cosine[layer] = [sum(row) / len(row) for row in res.cosine[layer]]
             if state.metrics is not None:
-                res.metric[layer], res.metric_std[layer] = [], []
-                for i in range(n):
-                    vals = [state.metrics[index[(layer, r, i)]].compute() for r in range(repeats)
-                            if state.seen[index[(layer, r, i)]]]  # fmt: skip
-                    mu = sum(vals) / len(vals) if vals else math.nan
-                    res.metric[layer].append(mu)
-                    res.metric_std[layer].append(math.sqrt(sum((v - mu) ** 2 for v in vals) / len(vals)) if vals else math.nan)
+                stats = [_mean_std([state.metrics[u].compute() for u in us if state.seen[u]]) for us in per_channel]
+                res.metric[layer], res.metric_std[layer] = [m for m, _ in stats], [s for _, s in stats]
             if state.max_change:
-                res.max_change[layer] = [max(state.max_change[index[(layer, r, i)]] for r in range(repeats)) for i in range(n)]
+                res.max_change[layer] = [max(state.max_change[u] for u in us) for us in per_channel]
         return res
 
-    loader_batch = data.batch_size if isinstance(data, DataLoader) else batch_size
-    write = (lambda state: result(state).save(partial)) if partial is not None else None
-    state = sweep(model, data, units, metric=metric, on_observe=on_observe, batch_size=batch_size, device=device,
-                  engine=engine, progress=progress, desc=f"{mode} shuffle", partial=write)
-    return result(state)
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mu = sum(values) / len(values)
+    return mu, math.sqrt(sum((v - mu) ** 2 for v in values) / len(values))
+
+
+def shuffle(model: nn.Module, data: Dataset | DataLoader, layers: LayerSpec = None, *, mode: str = "channel",
+            **kw) -> ShuffleResult:  # fmt: skip
+    """Channel- or pixel-shuffle probe (``mode``): :func:`channel_shuffle` or :func:`pixel_shuffle`."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'channel' or 'pixel', not {mode!r}")
+    return (channel_shuffle if mode == "channel" else pixel_shuffle)(model, data, layers, **kw)
 
 
 def _probe(mode: str, doc: str):
-    """``channel_shuffle`` / ``pixel_shuffle``: :func:`shuffle` with its mode fixed (one signature for both)."""
+    """``channel_shuffle`` / ``pixel_shuffle``: one signature and body for both modes."""
 
     def probe(
         model: nn.Module,
@@ -360,9 +347,16 @@ def _probe(mode: str, doc: str):
         progress: bool | None = None,
         partial: str | os.PathLike | None = None,
     ) -> ShuffleResult:
-        return shuffle(model, data, layers, mode=mode, observe=observe, metric=metric, channels=channels,
-                       repeats=repeats, engine=engine, batch_size=batch_size, seed=seed, device=device,
-                       progress=progress, partial=partial)  # fmt: skip
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be 'auto', 'fast' or 'naive', not {engine!r}")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be an integer >= 1, not {repeats!r}")
+        run = _Probe(model, layers, observe, metric, channels, mode, repeats, seed,
+                     data.batch_size if isinstance(data, DataLoader) else batch_size)
+        state = sweep(model, data, run.units, metric=metric, on_observe=run.on_observe, batch_size=batch_size,
+                      device=device, engine=engine, progress=progress, desc=f"{mode} shuffle", traced=run.traced,
+                      partial=(lambda st: run.result(st).save(partial)) if partial is not None else None)
+        return run.result(state)
 
     probe.__name__ = probe.__qualname__ = f"{mode}_shuffle"
     probe.__doc__ = doc

@@ -122,6 +122,19 @@ class Traced:
         self.pos = {n: i for i, n in enumerate(self.order)}
         self._splits: dict[tuple[str, tuple[str, ...]], Split] = {}
 
+    @classmethod
+    def maybe(cls, model: nn.Module) -> Traced | None:
+        """The traced model, or ``None`` when it is not traceable."""
+        try:
+            return cls(model)
+        except SplitUnavailable:
+            return None
+
+    def calls(self, names: Iterable[str]) -> bool:
+        """Whether every named module is a single call in this graph (so splits at it can reuse it)."""
+        called = {n.target for n in self.order if n.op == "call_module"}
+        return all(n in called for n in names)
+
     def node(self, name: str) -> fx.Node:
         """The graph node calling module ``name``; it must be called exactly once."""
         nodes = [n for n in self.order if n.op == "call_module" and n.target == name]

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
-from .graph import SplitUnavailable, Traced
+from .graph import Traced
 from .layers import resolve_layer
 
 __all__ = ["ObserveSpec", "resolve_observe"]
@@ -21,8 +21,11 @@ __all__ = ["ObserveSpec", "resolve_observe"]
 ObserveSpec = str | nn.Module | Mapping[str, str | nn.Module] | None
 
 
-def resolve_observe(model: nn.Module, layers: Sequence[str], observe: ObserveSpec = None) -> dict[str, str]:
+def resolve_observe(model: nn.Module, layers: Sequence[str], observe: ObserveSpec = None, *,
+                    traced: Traced | None = None) -> dict[str, str]:  # fmt: skip
     """``{layer: observed module name}`` for every layer (see the module docstring).
+
+    ``traced``: the model's trace where the caller has one (it is not traced again).
 
     Example:
         >>> from cnn_redundancy.models import get_model
@@ -41,9 +44,6 @@ def resolve_observe(model: nn.Module, layers: Sequence[str], observe: ObserveSpe
     out = {n: resolve_layer(model, given[n], types=None) for n in names if n in given}
     rest = [n for n in names if n not in out]
     if rest:
-        try:
-            traced = Traced(model)
-            out.update({n: traced.default_observe(n) for n in rest})
-        except SplitUnavailable:
-            out.update({n: n for n in rest})
+        traced = traced if traced is not None else Traced.maybe(model)
+        out.update({n: traced.default_observe(n) if traced is not None else n for n in rest})
     return {n: out[n] for n in names}

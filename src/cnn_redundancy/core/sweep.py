@@ -116,7 +116,7 @@ def _fresh(metric: str | Metric) -> Metric:
 class _Plan:
     """Which units run on the split path, and the traced graph, splits and recorder they share."""
 
-    def __init__(self, model: nn.Module, units: Sequence[Unit], engine: str) -> None:
+    def __init__(self, model: nn.Module, units: Sequence[Unit], engine: str, traced: Traced | None = None) -> None:
         self.model, self.units = model, list(units)
         self.splits: dict[str, Any] = {}
         self.recorder, self.names = None, []
@@ -128,7 +128,9 @@ class _Plan:
         points = [p for p in observe_at]
         if engine != "naive" and points:
             try:
-                traced = Traced(model, {*points, *(o for o in observe_at.values() if o)})
+                leaves = {*points, *(o for o in observe_at.values() if o)}
+                if traced is None or not traced.calls(leaves):
+                    traced = Traced(model, leaves)
                 for p in points:
                     try:
                         self.splits[p] = traced.split(p, [observe_at[p]] if observe_at[p] else [])
@@ -208,6 +210,7 @@ def sweep(
     desc: str = "sweep",
     partial: Callable[[SweepState], Any] | None = None,
     partial_every: float = PARTIAL_EVERY,
+    traced: Traced | None = None,
 ) -> SweepState:
     """Measure every unit over the data (see the module docstring).
 
@@ -220,6 +223,8 @@ def sweep(
         engine: ``"auto"`` (the split path wherever it applies), ``"fast"`` (refuse the fallback) or
             ``"naive"`` (full forward passes with hooks for every unit).
         partial: called with the state as the sweep goes (see the module docstring).
+        traced: the model's trace where the caller has one; it is reused when every unit's module is
+            a single call in it (else the model is traced once here).
 
     Returns:
         The :class:`SweepState`.
@@ -237,7 +242,7 @@ def sweep(
                        [_fresh(metric) for _ in units] if metric is not None else None, [0] * len(units))
     with preserved(model), torch.no_grad():
         model.eval()
-        plan = _Plan(model, units, engine)
+        plan = _Plan(model, units, engine, traced)
         state.fast, state.fallback = plan.fast, plan.why
         first_change: list[tuple[torch.Tensor, torch.Tensor]] = []
         with progress_bar(len(loader) * len(units), desc, enabled=progress, unit="pass") as bar, \

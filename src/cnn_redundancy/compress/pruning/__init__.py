@@ -224,17 +224,8 @@ def prune(
                                                "merge_scale": merge_scale, "example_shape": list(x.shape)}, seed),
                       criterion=criterion, rule=rule, layers=names, kernels_before=kernels(pruned),
                       macs_before=macs0, params_before=params0)
-    gen = torch.Generator().manual_seed(seed)
-
-    def choose(prunable: list[str]) -> dict[str, Any] | None:
-        if criterion != "distinctiveness":
-            return by_importance(surgeon, prunable, criterion, data, gen, batch_size, device)
-        stats = activation_stats(pruned, data, prunable, observe={n: obs[n] for n in prunable},
-                                 means=rule == "gedeon-harris", batch_size=batch_size, device=device, progress=False)
-        if rule == "least-distinct":
-            return least_distinct(surgeon, stats, center, remove)
-        return gedeon_harris(surgeon, stats, center, thresholds, merge_scale)
-
+    choose = _chooser(surgeon, data, criterion, rule, obs, center, remove, thresholds, merge_scale, batch_size,
+                      device, seed)  # fmt: skip
     with progress_bar(steps, f"prune ({criterion})", enabled=progress, unit="step") as bar:
         for step in range(1, steps + 1):
             prunable = [n for n in names if surgeon.can_remove(n)]
@@ -251,6 +242,29 @@ def prune(
             if callback is not None and callback(entry, pruned):
                 res.stopped = f"stopped by the callback after step {step}"
                 break
+    return _finish(res, surgeon, x)
+
+
+def _chooser(surgeon: Surgeon, data, criterion, rule, obs, center, remove, thresholds, merge_scale, batch_size, device,
+             seed) -> Callable[[list[str]], dict[str, Any] | None]:  # fmt: skip
+    """The step: remove (or merge) by the criterion among the prunable layers; ``None`` when no pair qualifies."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def choose(prunable: list[str]) -> dict[str, Any] | None:
+        if criterion != "distinctiveness":
+            return by_importance(surgeon, prunable, criterion, data, gen, batch_size, device)
+        stats = activation_stats(surgeon.model, data, prunable, observe={n: obs[n] for n in prunable},
+                                 means=rule == "gedeon-harris", batch_size=batch_size, device=device, progress=False)
+        if rule == "least-distinct":
+            return least_distinct(surgeon, stats, center, remove)
+        return gedeon_harris(surgeon, stats, center, thresholds, merge_scale)
+
+    return choose
+
+
+def _finish(res: PruneResult, surgeon: Surgeon, x: torch.Tensor) -> PruneResult:
+    """Counts after pruning, the surgery record (so the checkpoint rebuilds it), the model in eval mode."""
+    pruned = surgeon.model
     res.kernels_after = kernels(pruned)
     res.macs_after, res.params_after = count_macs_params(pruned, x)
     if surgeon.removals:

@@ -45,7 +45,7 @@ class TrialsResult(Result):
         gap: ``criterion -> {"train", "test"}`` mean accuracy of the first criterion minus this one's,
             averaged over steps 1..N and trials (the paper's "average gap", in accuracy points / 100).
         removed: ``criterion -> [trial] -> [(layer, original kernel)]`` in removal order.
-        seconds: wall-clock time of the whole run.
+        The wall-clock time of the whole run is ``meta["seconds"]``.
     """
 
     model: str = ""
@@ -56,7 +56,6 @@ class TrialsResult(Result):
     test_acc: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)
     gap: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     removed: dict[str, list[list[list[Any]]]] = dataclasses.field(default_factory=dict)
-    seconds: float = 0.0
     kind = "pruning-trials"
 
     def table(self, criterion: str) -> list[list[Any]]:
@@ -149,8 +148,10 @@ def pruning_trials(
                                           "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr}, seed),
         model=model_name, criteria=criteria, trials=trials, steps=steps,
         train_acc={c: [] for c in criteria}, test_acc={c: [] for c in criteria}, removed={c: [] for c in criteria})
-    act_data = activation_data if activation_data is not None else train
-    tr_eval = train_eval if train_eval is not None else train
+    splits = {"train": train, "train_eval": train_eval if train_eval is not None else train, "test": test,
+              "activations": activation_data if activation_data is not None else train}
+    prune_kw = {"steps": steps, "layers": layers, "rule": rule, "center": center, "device": device, "progress": False}
+    tune = {"epochs": finetune_epochs, "lr": finetune_lr, "batch_size": batch_size}
     with progress_bar(trials * len(criteria), f"trials {model_name}", enabled=progress, unit="run") as bar:
         for t in range(trials):
             s = seed + t
@@ -158,23 +159,11 @@ def pruning_trials(
             base = get_model(model, **kw) if isinstance(model, str) else model()
             fit(base, train, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=s,
                 device=device, progress=False)
-            acc0 = (evaluate(base, tr_eval, progress=False), evaluate(base, test, progress=False))
             for crit in criteria:
-                tr_acc, te_acc = [acc0[0]], [acc0[1]]
-
-                def after(entry: dict[str, Any], model: nn.Module, tr_acc=tr_acc, te_acc=te_acc, s=s) -> bool:
-                    if finetune_epochs:
-                        fit(model, train, epochs=finetune_epochs, lr=finetune_lr, batch_size=batch_size, seed=s,
-                            progress=False)
-                    tr_acc.append(evaluate(model, tr_eval, progress=False))
-                    te_acc.append(evaluate(model, test, progress=False))
-                    return False
-
-                pr = prune(base, act_data, criterion=crit, steps=steps, layers=layers, rule=rule, center=center,
-                           seed=s, callback=after, device=device, progress=False)
+                tr_acc, te_acc, removed = _pruned_trial(base, crit, s, splits, prune_kw, tune)
                 res.train_acc[crit].append(tr_acc)
                 res.test_acc[crit].append(te_acc)
-                res.removed[crit].append([[h["layer"], h["kernel"]] for h in pr.history])
+                res.removed[crit].append(removed)
                 bar.update(1)
     ref = criteria[0]
     for crit in criteria[1:]:
@@ -183,8 +172,24 @@ def pruning_trials(
             if steps else 0.0
             for split, acc in (("train", res.train_acc), ("test", res.test_acc))
         }
-    res.seconds = time.perf_counter() - t0
+    res.meta["seconds"] = time.perf_counter() - t0
     return res
+
+
+def _pruned_trial(base: nn.Module, crit: str, seed: int, splits: dict, prune_kw: dict, tune: dict):
+    """Prune a copy of ``base`` by ``crit``; train and test accuracy before and after every step."""
+    tr_acc = [evaluate(base, splits["train_eval"], progress=False)]
+    te_acc = [evaluate(base, splits["test"], progress=False)]
+
+    def after(entry: dict[str, Any], model: nn.Module) -> bool:
+        if tune["epochs"]:
+            fit(model, splits["train"], seed=seed, progress=False, **tune)
+        tr_acc.append(evaluate(model, splits["train_eval"], progress=False))
+        te_acc.append(evaluate(model, splits["test"], progress=False))
+        return False
+
+    pr = prune(base, splits["activations"], criterion=crit, seed=seed, callback=after, **prune_kw)
+    return tr_acc, te_acc, [[h["layer"], h["kernel"]] for h in pr.history]
 
 
 @dataclasses.dataclass(eq=False)
