@@ -80,7 +80,7 @@ def _assert_same(model, before):
 
 def test_every_method_is_registered():
     assert IDS == ["channel-shuffle", "pixel-shuffle", "impulse", "distinctiveness", "zero-ablation",
-                   "strongest-activations"]  # fmt: skip
+                   "strongest-activations", "dead-kernels", "kernel-scores", "cka"]  # fmt: skip
 
 
 @pytest.mark.parametrize("a", ANALYSES, ids=IDS)

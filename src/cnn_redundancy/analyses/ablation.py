@@ -25,6 +25,7 @@ it would return with a zero kernel.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
 from typing import Any
 
@@ -33,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.batches import as_loader, forward_checked, resolve_device
+from ..core.graph import Traced
 from ..core.hooks import preserved
 from ..core.layers import LayerSpec, conv_layers, resolve_layers
 from ..core.metrics import Metric, get_metric
@@ -42,6 +44,7 @@ from ..core.structure import (
     block_of,
     decomposition_layers,
     layer_blocks,
+    residual_adds,
     residual_blocks,
     shortcut_convs,
     shortcut_output,
@@ -164,11 +167,16 @@ class _Ablated:
     blocks: list[str]
     decomposition: bool
     stage: str
+    adds: dict[str, int] = dataclasses.field(default_factory=dict)  # graph additions -> bypass argument
 
     def unit(self) -> Unit:
-        """The sweep unit: each zeroed conv returns its bias alone, each removed block its shortcut."""
+        """The sweep unit: each zeroed conv returns its bias alone, each removed branch leaves its shortcut
+        (a residual addition found in the graph returns its bypass; a block module returns ``act(shortcut(x))``)."""
         fns = {n: _zero_kernel for n in self.convs}
-        fns.update({b: _no_branch for b in self.blocks})
+        if self.adds:
+            fns.update({node: (lambda ctx, mod, inputs, out, k=k: inputs[k]) for node, k in self.adds.items()})
+        else:
+            fns.update({b: _no_branch for b in self.blocks})
         return Unit(self.name, fns)
 
 
@@ -187,7 +195,32 @@ def _kept_layers(model: nn.Module, order: list[str], adjacent: str) -> set[str]:
     return kept
 
 
-def _units(model, scope, mode, layers, order, adjacent) -> tuple[list[_Ablated], list[str]]:
+def _branches(model: nn.Module, layers, decomp: set[str], engine: str) -> list[_Ablated]:
+    """One unit per residual branch: the additions found in the traced graph (any ``x + f(x)`` block),
+    or, for a model fx cannot trace (or ``engine="naive"``), the blocks in torchvision's convention
+    (removed with hooks)."""
+    traced = Traced.maybe(model) if engine != "naive" else None
+    adds = residual_adds(traced) if traced is not None else []
+    found = {a.name: a for a in adds} or {b: None for b in residual_blocks(model)}
+    if not found:
+        raise ValueError(f"mode='remove-branch' needs residual blocks (an addition of a branch and a shortcut); "
+                         f"{type(model).__name__} has none (use mode='zero-kernel')")
+    specs = [] if layers is None else [layers] if isinstance(layers, str) else list(layers)
+    bad = [s for s in specs if not any(fnmatch.fnmatchcase(n, s) for n in found)]
+    if bad:
+        raise ValueError(f"with mode='remove-branch' layers are residual blocks; not blocks: {', '.join(map(str, bad))}. "
+                         f"Blocks: {', '.join(found)}")
+    chosen = [n for n in found if not specs or any(fnmatch.fnmatchcase(n, s) for s in specs)]
+    out = []
+    for name in chosen:
+        a = found[name]
+        members = set(a.convs) if a is not None else set()
+        dec = any(n.startswith(name + ".") or n in members for n in decomp)
+        out.append(_Ablated(name, [], [name], dec, stage_of(name), {a.node: a.bypass} if a is not None else {}))
+    return out
+
+
+def _units(model, scope, mode, layers, order, adjacent, engine) -> tuple[list[_Ablated], list[str]]:
     blocks = residual_blocks(model)
     decomp = set(decomposition_layers(model))
     skipped: list[str] = []
@@ -208,21 +241,14 @@ def _units(model, scope, mode, layers, order, adjacent) -> tuple[list[_Ablated],
         if not names:
             raise ValueError(f"none of the selected layers is a shortcut conv; shortcut convs: {', '.join(short)}")
         return [_Ablated(n, [n], [], True, stage(n)) for n in names], skipped
-    if mode == "remove-branch" and not blocks:
-        raise ValueError(f"mode='remove-branch' needs residual blocks; {type(model).__name__} has none (use mode='zero-kernel')")
+    if scope == "layer" and mode == "zero-kernel":
+        chosen = set(resolve_layers(model, layers))
+        return [_Ablated(n, [n], [], n in decomp, stage(n)) for n in order if n in chosen], skipped
     if scope == "layer":
-        if mode == "zero-kernel":
-            chosen = set(resolve_layers(model, layers))
-            return [_Ablated(n, [n], [], n in decomp, stage(n)) for n in order if n in chosen], skipped
-        chosen_b = blocks if layers is None else resolve_layers(model, layers, types=None)
-        bad = [b for b in chosen_b if b not in blocks]
-        if bad:
-            raise ValueError(f"with mode='remove-branch' layers are residual blocks; not blocks: {', '.join(bad)}. "
-                             f"Blocks: {', '.join(blocks)}")
-        return [
-            _Ablated(b, [], [b], any(n.startswith(b + ".") for n in decomp), stage_of(b))
-            for b in blocks if b in chosen_b
-        ], skipped  # fmt: skip
+        return _branches(model, layers, decomp, engine), skipped
+    if mode == "remove-branch" and not blocks:
+        raise ValueError(f"mode='remove-branch' with scope='block' needs residual blocks in torchvision's convention; "
+                         f"{type(model).__name__} has none (use scope='layer' or mode='zero-kernel')")
     kept = _kept_layers(model, order, adjacent)
     groups = layer_blocks(model, order=order)
     if layers is not None:
@@ -357,7 +383,7 @@ def zero_ablation(
         x0 = next(iter(loader))[0][:1].to(dev)
         forward_checked(model, x0)
         order = conv_layers(model, example_input=x0)
-    ablated, skipped = _units(model, scope, mode, layers, order, adjacent)
+    ablated, skipped = _units(model, scope, mode, layers, order, adjacent, engine)
     params = {"scope": scope, "mode": mode, "units": [u.name for u in ablated], "metric": metric_name, "tolerance": tolerance, "adjacent": adjacent, "n_samples": len(loader.dataset)}
     meta = make_meta("zero_ablation", params, seed)
     meta["skipped_blocks"] = skipped
