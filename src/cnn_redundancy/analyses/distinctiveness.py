@@ -208,6 +208,8 @@ class DistinctivenessResult(Result):
         norms: ``layer -> [K]`` norm of each (centered) vector.
         mean_norm: ``layer -> [K]`` mean Frobenius norm of each kernel's activation map.
         degenerate: ``layer -> kernel indices`` whose (centered) vector is zero.
+        dead: ``layer -> kernel indices`` whose activation is zero on every sample (their vectors are
+            zero: they are degenerate too, and no angle says anything about them).
     """
 
     layers: list[str] = dataclasses.field(default_factory=list)
@@ -218,7 +220,22 @@ class DistinctivenessResult(Result):
     norms: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     mean_norm: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     degenerate: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    dead: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     kind = "distinctiveness"
+
+    def nearest(self, layer: str) -> tuple[list[float], list[int | None]]:
+        """Per kernel, the smallest angle to another kernel of the layer and that kernel (NaN / ``None``
+        for a degenerate kernel). With centering, a complementary pair (near 180 degrees) counts as near:
+        the angle is folded to ``min(a, 180 - a)``."""
+        a = torch.tensor(self.angles[layer], dtype=torch.float64)
+        if self.center is not None:
+            a = torch.minimum(a, 180.0 - a)
+        a.fill_diagonal_(math.inf)
+        a = a.nan_to_num(nan=math.inf)
+        values, idx = a.min(1) if a.numel() else (a.new_zeros(0), a.new_zeros(0, dtype=torch.long))
+        ok = torch.isfinite(values)
+        return ([float(v) if o else math.nan for v, o in zip(values.tolist(), ok.tolist())],
+                [int(i) if o else None for i, o in zip(idx.tolist(), ok.tolist())])
 
     def pairs(self, limit: int | None = None, *, layer: str | None = None, descending: bool = False) -> list[dict[str, Any]]:
         """Kernel pairs ``{layer, i, j, angle}`` of the same layer sorted by angle (least distinct first).
@@ -241,7 +258,10 @@ class DistinctivenessResult(Result):
     def headline(self, top: int = 10) -> list[str]:
         """The least distinct pairs, and the kernels whose activation vector is zero."""
         lines = [f"{p['layer']}: kernels {p['i']} and {p['j']} at {p['angle']:.2f} degrees" for p in self.pairs(top)]
-        lines += [f"{layer}: {len(d)} kernel(s) with a zero activation vector: {d}" for layer, d in self.degenerate.items() if d]
+        lines += [f"{layer}: {len(d)} dead kernel(s) (zero on every sample): {d}" for layer, d in self.dead.items() if d]
+        lines += [f"{layer}: {len(d) - len(self.dead.get(layer, []))} more kernel(s) with a zero centered vector "
+                  "(the same activation norm on every sample)" for layer, d in self.degenerate.items()
+                  if len(d) > len(self.dead.get(layer, []))]  # fmt: skip
         return lines
 
     def plot(self, layer: str | None = None):
@@ -280,6 +300,7 @@ def result_from_stats(stats: dict[str, ActivationStats], obs: dict[str, str], ce
         res.norms[name] = norms.tolist()
         res.mean_norm[name] = (st.sums / st.n).tolist()
         res.degenerate[name] = torch.nonzero(torch.isnan(ang.diagonal())).flatten().tolist()
+        res.dead[name] = torch.nonzero(st.maxs <= 0).flatten().tolist()
     return res
 
 
