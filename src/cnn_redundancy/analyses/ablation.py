@@ -38,6 +38,7 @@ from ..core.graph import Traced
 from ..core.hooks import preserved
 from ..core.layers import LayerSpec, conv_layers, resolve_layers
 from ..core.metrics import Metric, get_metric
+from ..core.plotting import height_for
 from ..core.registry import analysis, option
 from ..core.results import Result, make_meta
 from ..core.structure import (
@@ -126,34 +127,34 @@ class AblationResult(Result):
         return lines
 
     def plot(self, ax=None, *, title: str | None = None):
-        """Bars of the metric per ablated unit, the baseline as a line, decomposition layers in red."""
+        """Bars of the metric per ablated unit (one row each, forward order), the baseline as a line,
+        decomposition layers in red, units whose ablation changed nothing hatched."""
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
 
+        n = len(self.units)
         if ax is None:
-            width = max(5.0, 0.28 * len(self.units) + 2)
-            fig, ax = plt.subplots(figsize=(width, 3.6))
+            fig, ax = plt.subplots(figsize=(7.5, height_for(n)))
         else:
             fig = ax.figure
         colors = ["tab:red" if u in self.decomposition else "tab:blue" for u in self.units]
-        x = range(len(self.units))
-        bars = ax.bar(x, [self.scores[u] for u in self.units], color=colors)
+        bars = ax.barh(range(n), [self.scores[u] for u in self.units], color=colors)
         for b, u in zip(bars, self.units):
             if not self.changed[u]:
                 b.set_hatch("//")
-        ax.axhline(self.baseline, color="black", ls="--", lw=1, label=f"baseline {self.baseline:.3f}")
-        ax.axhline(self.baseline - self.tolerance, color="gray", ls=":", lw=1, label=f"baseline - tolerance ({self.tolerance:g})")
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(self.units, rotation=90 if len(self.units) > 6 else 0, fontsize=7)
-        ax.set_ylabel(self.metric)
-        ax.set_ylim(0, max(1.0, self.baseline * 1.05))
-        from matplotlib.patches import Patch
-
+        ax.axvline(self.baseline, color="black", ls="--", lw=1, label=f"baseline {self.baseline:.3f}")
+        ax.axvline(self.baseline - self.tolerance, color="gray", ls=":", lw=1, label=f"baseline - tolerance ({self.tolerance:g})")
+        ax.set_yticks(range(n), self.units, fontsize=7 if n > 30 else 8)
+        ax.set_ylim(n - 0.5, -0.5)
+        ax.set_xlabel(f"{self.metric} with the unit ablated")
+        ax.set_ylabel("ablated unit (forward order)")
+        ax.set_xlim(0, max(1.0, self.baseline * 1.05))
         handles, _ = ax.get_legend_handles_labels()
         handles += [Patch(color="tab:red", label="decomposition layer"), Patch(color="tab:blue", label="other")]
         if self.unchanged:
             handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="output unchanged"))
         ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-        ax.set_title(title or f"zero-ablation, scope={self.scope}, mode={self.mode}")
+        ax.set_title(title or f"zero-ablation, scope={self.scope}, mode={self.mode}", fontsize=9)
         fig.tight_layout()
         return fig
 

@@ -24,6 +24,7 @@ from ..core.batches import as_loader, batches, forward_checked, resolve_device
 from ..core.hooks import capture_after, preserved
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.observe import ObserveSpec, resolve_observe
+from ..core.plotting import height_for
 from ..core.progress import progress_bar
 from ..core.registry import analysis, option
 from ..core.results import Partials, Result, make_meta
@@ -69,23 +70,25 @@ class DeadResult(Result):
         return lines
 
     def plot(self):
-        """Per layer, the share of dead, constant (non-zero) and live kernels."""
+        """Per layer (one row each), the share of dead, constant (non-zero) and live kernels."""
         import matplotlib.pyplot as plt
 
         n = len(self.layers)
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.3 * n + 2.5), 3.6))
-        x = range(n)
-        total = [max(1, len(self.max_activation[layer])) for layer in self.layers]
-        dead = [len(self.dead[layer]) / t for layer, t in zip(self.layers, total)]
-        const = [(len(self.constant[layer]) - len(self.dead[layer])) / t for layer, t in zip(self.layers, total)]
-        ax.bar(x, dead, color="tab:red", label="dead (zero on every sample)")
-        ax.bar(x, const, bottom=dead, color="tab:orange", label="constant, non-zero")
-        ax.set_xticks(list(x), self.layers, rotation=90 if n > 6 else 0, fontsize=7)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("fraction of the layer's kernels")
-        ax.set_xlabel("conv layer")
-        ax.set_title(f"dead and constant kernels ({self.n_samples} samples)")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        fig, ax = plt.subplots(figsize=(7.5, height_for(n)))
+        total = [max(1, len(self.max_activation.get(layer, []))) for layer in self.layers]
+        dead = [len(self.dead.get(layer, [])) / t for layer, t in zip(self.layers, total)]
+        const = [(len(self.constant.get(layer, [])) - len(self.dead.get(layer, []))) / t for layer, t in zip(self.layers, total)]
+        ax.barh(range(n), dead, color="tab:red", label="dead (zero on every sample)")
+        ax.barh(range(n), const, left=dead, color="tab:orange", label="constant, non-zero")
+        for i, (d, t) in enumerate(zip(dead, total)):
+            ax.text(1.0, i, f" {round(d * t)}/{t}", va="center", fontsize=7, transform=ax.get_yaxis_transform())
+        ax.set_yticks(range(n), self.layers, fontsize=7 if n > 30 else 8)
+        ax.set_ylim(n - 0.5, -0.5)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("fraction of the layer's kernels")
+        ax.set_ylabel("conv layer (forward order)")
+        ax.set_title(f"dead and constant kernels ({self.n_samples} samples; right: dead / kernels)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
         return fig
 

@@ -31,6 +31,7 @@ from ..core.graph import ACTIVATIONS, SplitUnavailable, trace
 from ..core.hooks import capture, preserved
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.metrics import ncc_matrix, normalize_responses
+from ..core.plotting import per_layer_boxes
 from ..core.progress import progress_bar
 from ..core.registry import analysis, option
 from ..core.results import Partials, Result, make_meta
@@ -144,9 +145,16 @@ class ImpulseResult(Result):
 
     def plot(self, layer: str | None = None, *, kind: str = "responses", impulse: int = 0, max_kernels: int = 64, title: str | None = None):
         """``kind="responses"``: grid of kernel responses (paper fig. 8); ``"ncc"``: NCC heatmap (fig. 9);
-        ``"max_ncc"``: one-vs-all maximum NCC per kernel."""
+        ``"max_ncc"``: one-vs-all maximum NCC per kernel. Without a layer, when there are several: the
+        one-vs-all maximum NCC of every layer's kernels, one row per layer."""
         import matplotlib.pyplot as plt
 
+        if layer is None and len(self.layers) > 1:
+            return per_layer_boxes(self.layers, [[math.nan] * len(self.max_ncc(x)) if x in self.small_maps
+                                                 else self.max_ncc(x) for x in self.layers],
+                                   xlabel="max NCC of a kernel's impulse response with another kernel's", line=0.9,
+                                   line_label="0.9 (the paper's threshold)", xlim=(-1.0, 1.0),
+                                   title=title or "impulse responses: one-vs-all maximum NCC per kernel")  # fmt: skip
         layer = layer or self.layers[0]
         self._check(layer)
         if kind == "responses":

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.batches import as_loader, batches, forward_checked, resolve_device
 from ..core.hooks import capture, preserved
 from ..core.layers import LayerSpec, resolve_layers
+from ..core.plotting import height_for, per_layer_boxes
 from ..core.progress import progress_bar
 from ..core.registry import analysis, option
 from ..core.results import Partials, Result, make_meta
@@ -57,20 +58,15 @@ class KernelScoresResult(Result):
         return lines
 
     def plot(self):
-        """Per layer, the spread of each score (normalized by the layer's largest)."""
+        """Per layer, the spread of each score (divided by the layer's largest), one row per layer."""
         import matplotlib.pyplot as plt
 
         kinds = [(k, v) for k, v in (("L1 norm", self.l1), ("Taylor", self.taylor)) if v]
-        n = len(self.layers)
-        fig, axes = plt.subplots(len(kinds), 1, figsize=(max(5.0, 0.3 * n + 2), 2.8 * len(kinds)), squeeze=False)
-        for ax, (label, scores) in zip(axes[:, 0], kinds):
+        fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), height_for(len(self.layers))), squeeze=False)
+        for ax, (label, scores) in zip(axes[0], kinds):
             vals = [[v / max(max(scores[layer]), 1e-30) for v in scores[layer]] for layer in self.layers]
-            ax.boxplot(vals)
-            ax.set_xticks(range(1, n + 1), self.layers, rotation=90 if n > 6 else 0, fontsize=7)
-            ax.set_ylabel(f"{label} / layer max")
-            ax.set_xlabel("conv layer")
-            ax.set_title(f"{label} per kernel (each point a kernel)")
-        fig.tight_layout()
+            per_layer_boxes(self.layers, vals, ax=ax, xlabel=f"{label} / the layer's largest", xlim=(-0.02, 1.02),
+                            title=f"{label} per kernel (each point a kernel)")  # fmt: skip
         return fig
 
 

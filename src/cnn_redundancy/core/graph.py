@@ -171,6 +171,50 @@ class Traced:
             node = user
         return layer
 
+    def observe_node(self, layer: str, observe: str) -> fx.Node:
+        """The node whose value is the layer's observed activation: the first call of module ``observe``
+        that depends on the layer (or the layer's own node when ``observe == layer``)."""
+        t = self.node(layer)
+        if observe == layer:
+            return t
+        down = {t}
+        for n in self.order[self.pos[t] + 1 :]:
+            if any(a in down for a in n.all_input_nodes):
+                down.add(n)
+                if n.op == "call_module" and n.target == observe:
+                    return n
+        raise ValueError(f"observe={observe!r} is not computed after layer {layer!r}")
+
+    def masked(self, points: dict[str, str]) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
+        """The forward pass with each layer's observed activation multiplied by a per-channel mask.
+
+        ``points``: layer -> observed module. Returns the module (sharing the model's weights) and
+        ``{layer: mask [1, C, 1, 1]}``, all ones: set entries to zero to remove channels, evaluate,
+        set them back; nothing is traced again.
+        """
+        g = fx.Graph()  # owned by the module built below, which holds the masks
+        env: dict[fx.Node, fx.Node] = {}
+        at = {self.observe_node(layer, obs): layer for layer, obs in points.items()}
+        masks: dict[str, torch.Tensor] = {}
+        holder = nn.Module()
+        for n in self.order:
+            if n.op == "output":
+                g.output(fx.map_arg(n.args[0], lambda a: env[a]))
+                continue
+            env[n] = g.node_copy(n, lambda a: env[a])
+            if n in at:
+                layer = at[n]
+                key = f"mask_{len(masks)}"
+                mod = self.model.get_submodule(layer)
+                masks[layer] = torch.ones(1, mod.out_channels, 1, 1, dtype=mod.weight.dtype, device=mod.weight.device)
+                holder.register_buffer(key, masks[layer])
+                env[n] = g.call_function(torch.mul, (env[n], g.get_attr(f"_cnn_redundancy_masks.{key}")))
+        root = nn.Module()
+        root._cnn_redundancy_masks = holder
+        for name, mod in self.gm.named_children():
+            root.add_module(name, mod)
+        return _graph_module(root, g), masks
+
     def split(self, layer: str, observe: Sequence[str] = ()) -> Split:
         """The :class:`Split` at ``layer`` (built once per layer and observe list)."""
         key = (layer, tuple(observe))
