@@ -247,7 +247,7 @@ def sweep(
         first_change: list[tuple[torch.Tensor, torch.Tensor]] = []
         with progress_bar(len(loader) * len(units), desc, enabled=progress, unit="pass") as bar, \
                 Partials((lambda: partial(state)) if partial is not None else None, partial_every) as partials:  # fmt: skip
-            for b in batches(loader, dev):
+            for b in batches(loader, dev, model):
                 ctx = BatchContext(b.index)
                 with explained(model, b.x):
                     clean_out, values, observed = plan.clean(b.x)
@@ -274,8 +274,17 @@ def sweep(
     return state
 
 
-def _change(out: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(largest absolute difference, whether anything differs) without a host sync."""
-    diff = (out.double() - clean.double()).abs()
+def _flat(out: Any) -> torch.Tensor:
+    """Every tensor of a model output (a tensor, or a dict / tuple of them) as one flat float64 tensor."""
+    if isinstance(out, torch.Tensor):
+        return out.double().flatten()
+    parts = out.values() if isinstance(out, dict) else out
+    return torch.cat([_flat(p) for p in parts if isinstance(p, torch.Tensor | dict | list | tuple)])
+
+
+def _change(out: Any, clean: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(largest absolute difference, whether anything differs) without a host sync; any output structure."""
+    out, clean = _flat(out), _flat(clean)
+    diff = (out - clean).abs()
     biggest = diff.max() if diff.numel() else diff.new_zeros(())
     return biggest, (out != clean).any() | torch.isnan(biggest)

@@ -121,7 +121,7 @@ def run(out: str | Path = "runs/ablation", *, quick: bool = False, seed: int = 0
         f"{len(removal.removed)} of {len(runs[('layer', 'remove-branch')].units)} branches ({', '.join(removal.removed) or 'none'}); "
         f"accuracy {removal.baseline:.3f} -> {removal.final:.3f} there, {held_before:.3f} -> {held_after:.3f} on the held-out half; "
         f"params {removal.before['params']:,} -> {removal.after['params']:,}, MACs {removal.before['macs']:,} -> "
-        f"{removal.after['macs']:,}, CPU latency {removal.before['latency_ms']:.1f} -> {removal.after['latency_ms']:.1f} ms "
+        f"{removal.after['macs']:,}, CPU latency {removal.meta['latency_ms']['before']:.1f} -> {removal.meta['latency_ms']['after']:.1f} ms "
         f"(batch of 16, median)."
     )
     summary["classification"] = {"baseline": runs[("layer", "zero-kernel")].baseline, "removed": removal.removed,
