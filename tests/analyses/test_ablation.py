@@ -135,6 +135,9 @@ def test_remove_trivial_smaller_model_within_tolerance_saves_and_loads(net, data
     assert "layer1.1" in exact.removed and exact.final == 1.0  # the zero-BN branch goes at zero tolerance
     res = remove_trivial(net, d, tolerance=0.25, progress=False)
     assert res.after["params"] < res.before["params"] and res.after["macs"] < res.before["macs"]
+    # the measured latency is a timing: in meta, outside the same-seed comparison
+    assert "latency_ms" not in res.before and res.meta["latency_ms"]["before"] > 0 and res.meta["complete"] is True
+    assert remove_trivial(net, d, tolerance=0.25, progress=False) == res
     assert res.baseline - res.final <= 0.25
     assert cr.evaluate(res.model, d) == pytest.approx(res.final)
     path = cr.save_checkpoint(res.model, tmp_path / "m.pt")

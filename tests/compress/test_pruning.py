@@ -171,7 +171,11 @@ def test_cli_reproduce_quick_and_prune(tmp_path):
     section = (out / "sections" / "distinctiveness.json").read_text()
     assert "Table 1" in section and "Average gap" in section
     trials = cr.Result.load(out / "distinctiveness_trials.json")
-    assert trials.trials == 2 and len(trials.test_acc["distinctiveness"][0]) == 3
+    assert trials.trials == 2 and len(trials.test_acc["distinctiveness"][0]) == 3 and trials.meta["complete"] is True
+    h2h = cr.Result.load(out / "head_to_head_lenet5.json")  # latencies are timings, kept in meta
+    assert "latency_ms" not in h2h.baseline and all("latency_ms" not in r for r in h2h.rows)
+    unpruned, rows = h2h.latency()
+    assert unpruned > 0 and len(rows) == len(h2h.rows) and all(v > 0 for v in rows)
     assert main(["-q", "prune", "--model", "lenet5", "--limit", "64", "--steps", "2", "--criterion", "l1",
                  "--out", str(tmp_path / "pr")]) == 0
     pruned = cr.load_checkpoint(tmp_path / "pr" / "model.pt")

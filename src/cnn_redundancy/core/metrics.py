@@ -73,7 +73,8 @@ class Accuracy(Metric):
 
     name = "accuracy"
 
-    def __init__(self) -> None:
+    def __init__(self, output: str | int | None = None) -> None:
+        self.output = output
         self.reset()
 
     def reset(self) -> None:

@@ -37,14 +37,15 @@ def _run_set(model, test, metric: str, out: Path, tag: str, tolerance: float, de
     runs = {}
     for scope, mode in (("layer", "zero-kernel"), ("block", "zero-kernel"), ("decomposition", "zero-kernel"),
                         ("layer", "remove-branch")):
+        key = f"{tag}-{scope}-{mode}"
         try:
-            res = zero_ablation(model, test, scope=scope, mode=mode, metric=metric, tolerance=tolerance, device=device)
+            res = zero_ablation(model, test, scope=scope, mode=mode, metric=metric, tolerance=tolerance, device=device,
+                                partial=out / f"{key}.json")
         except ValueError as e:  # a block scope with nothing left to zero is reported, not fatal
             if scope != "block":
                 raise
             _say(f"{tag}: scope=block skipped: {e}")
             continue
-        key = f"{tag}-{scope}-{mode}"
         res.save(out / f"{key}.json")
         save_figure(res.plot(title=f"{tag}: scope={scope}, mode={mode}"), out / f"{key}.png")
         runs[(scope, mode)] = res
@@ -111,7 +112,7 @@ def run(out: str | Path = "runs/ablation", *, quick: bool = False, seed: int = 0
     check, held = test.subset(range(half)), test.subset(range(half, len(test)))
     runs = _run_set(model, test, "accuracy", out, "resnet20-mnist5k", tol, device)
     findings += _findings("ResNet-20 / mnist5k", runs, "accuracy")
-    removal = remove_trivial(model, check, tolerance=tol)
+    removal = remove_trivial(model, check, tolerance=tol, partial=out / "resnet20-removal.json")
     removal.save(out / "resnet20-removal.json")
     save_figure(removal.plot(), out / "resnet20-removal.png")
     save_checkpoint(removal.model, out / "resnet20-trimmed.pt", extra={"removed": removal.removed})
