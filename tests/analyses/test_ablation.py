@@ -158,3 +158,24 @@ def test_cli_reproduce_quick(tmp_path):
     res = AblationResult.load(tmp_path / "resnet20-mnist5k-layer-zero-kernel.json")
     assert len(res.units) == 21
     assert cr.load_checkpoint(tmp_path / "resnet20-trimmed.pt") is not None
+
+
+def test_remove_trivial_keeps_the_branches_tried_when_interrupted(net, data, tmp_path, monkeypatch):
+    import cnn_redundancy.compress.removal as R
+
+    d = _labels_from(net, data)
+    real, calls = R.evaluate, []
+
+    def second_fails(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(R, "evaluate", second_fails)
+    with pytest.raises(KeyboardInterrupt):
+        remove_trivial(net, d, tolerance=1.0, measure=False, progress=False, partial=tmp_path / "removal.json")
+    kept = RemovalResult.load(tmp_path / "removal.json")
+    assert len(kept.trials) == 1 and kept.meta["complete"] is False
+    ranking = AblationResult.load(tmp_path / "removal-ranking.json")  # the ranking sweep had finished
+    assert ranking.meta["complete"] is True and ranking.mode == "remove-branch"

@@ -180,3 +180,57 @@ def test_cli_reproduce_quick_and_prune(tmp_path):
                  "--out", str(tmp_path / "pr")]) == 0
     pruned = cr.load_checkpoint(tmp_path / "pr" / "model.pt")
     assert pruned.conv1.out_channels + pruned.conv2.out_channels == 20
+
+
+@pytest.mark.parametrize("criterion", ["l1", "taylor", "distinctiveness", "random"])
+def test_frozen_layers_are_pruned_and_stay_frozen(criterion):
+    m = TinyCNN()
+    m.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1, bias=False)  # a bias-free stem, frozen as in transfer learning
+    m.conv1.weight.requires_grad_(False)
+    m.fc.weight.requires_grad_(False)
+    res = cr.prune(m, random_images(16), criterion=criterion, steps=2, layers="conv1")
+    assert res.model.conv1.out_channels == 2 and res.model.conv1.weight.shape == (2, 1, 3, 3)
+    assert not res.model.conv1.weight.requires_grad and not res.model.fc.weight.requires_grad
+    assert res.model.conv2.weight.requires_grad and not m.conv1.weight.requires_grad
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_a_model_that_cannot_be_copied_gets_a_clear_message():
+    import threading
+
+    m = TinyCNN()
+    m.lock = threading.Lock()
+    with pytest.raises(ValueError, match=r"TinyCNN cannot be copied \(copy.deepcopy failed.*make the model deep-copyable"):
+        cr.prune(m, random_images(8), steps=1)
+
+
+def test_prune_keeps_the_steps_done_when_interrupted(tmp_path):
+    def stop(entry, model):
+        if entry["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cr.prune(TinyCNN(), random_images(16), steps=5, callback=stop, partial=tmp_path / "prune.json")
+    kept = cr.Result.load(tmp_path / "prune.json")
+    assert [h["step"] for h in kept.history] == [1, 2] and kept.meta["complete"] is False
+    done = cr.prune(TinyCNN(), random_images(16), steps=2, partial=tmp_path / "done.json")
+    assert cr.Result.load(tmp_path / "done.json") == done and done.meta["complete"] is True
+
+
+def test_pruning_trials_keep_the_finished_runs_when_interrupted(tmp_path, monkeypatch):
+    from cnn_redundancy.compress.pruning import trials as T
+
+    real, calls = T._pruned_trial, []
+
+    def second_fails(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(T, "_pruned_trial", second_fails)
+    tr = cr.subset(cr.load_dataset("mnist5k", "train"), 64)
+    with pytest.raises(KeyboardInterrupt):
+        cr.pruning_trials("lenet5", tr, tr, trials=2, steps=1, epochs=1, partial=tmp_path / "t.json")
+    kept = cr.Result.load(tmp_path / "t.json")
+    assert len(kept.test_acc["distinctiveness"]) == 1 and kept.test_acc["random"] == [] and kept.meta["complete"] is False
