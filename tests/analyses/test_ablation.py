@@ -179,3 +179,20 @@ def test_remove_trivial_keeps_the_branches_tried_when_interrupted(net, data, tmp
     assert len(kept.trials) == 1 and kept.meta["complete"] is False
     ranking = AblationResult.load(tmp_path / "removal-ranking.json")  # the ranking sweep had finished
     assert ranking.meta["complete"] is True and ranking.mode == "remove-branch"
+
+
+def test_remove_trivial_writes_partial_results_as_it_goes(net, data, tmp_path, monkeypatch):
+    import cnn_redundancy.compress.removal as R
+    import cnn_redundancy.core.results as results
+
+    monkeypatch.setattr(results, "PARTIAL_EVERY", 0.0)  # the 30 s cadence, shortened
+    d, real, on_disk = _labels_from(net, data), R.evaluate, []
+
+    def look(*a, **kw):
+        path = tmp_path / "removal.json"
+        on_disk.append(len(RemovalResult.load(path).trials) if path.exists() else None)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(R, "evaluate", look)
+    remove_trivial(net, d, tolerance=1.0, measure=False, progress=False, partial=tmp_path / "removal.json")
+    assert on_disk[:3] == [None, 1, 2]

@@ -234,3 +234,34 @@ def test_pruning_trials_keep_the_finished_runs_when_interrupted(tmp_path, monkey
         cr.pruning_trials("lenet5", tr, tr, trials=2, steps=1, epochs=1, partial=tmp_path / "t.json")
     kept = cr.Result.load(tmp_path / "t.json")
     assert len(kept.test_acc["distinctiveness"]) == 1 and kept.test_acc["random"] == [] and kept.meta["complete"] is False
+
+
+def test_prune_writes_partial_results_as_it_goes(tmp_path, monkeypatch):
+    import cnn_redundancy.core.results as results
+
+    monkeypatch.setattr(results, "PARTIAL_EVERY", 0.0)  # the 30 s cadence, shortened
+    on_disk = []
+
+    def look(entry, model):
+        on_disk.append(len(cr.Result.load(tmp_path / "p.json").history))
+
+    cr.prune(TinyCNN(), random_images(16), steps=3, callback=look, partial=tmp_path / "p.json")
+    assert on_disk == [1, 2, 3]
+
+
+def test_pruning_trials_write_partial_results_as_they_go(tmp_path, monkeypatch):
+    import cnn_redundancy.core.results as results
+    from cnn_redundancy.compress.pruning import trials as TR
+
+    monkeypatch.setattr(results, "PARTIAL_EVERY", 0.0)  # the 30 s cadence, shortened
+    real, on_disk = TR._pruned_trial, []
+
+    def look(*a, **kw):
+        path = tmp_path / "t.json"
+        on_disk.append(sum(map(len, cr.Result.load(path).test_acc.values())) if path.exists() else None)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(TR, "_pruned_trial", look)
+    tr = cr.subset(cr.load_dataset("mnist5k", "train"), 64)
+    cr.pruning_trials("lenet5", tr, tr, trials=1, steps=1, epochs=1, partial=tmp_path / "t.json")
+    assert on_disk == [None, 1]

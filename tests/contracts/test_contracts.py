@@ -234,3 +234,20 @@ def test_a_dict_output_gives_the_plain_answer_with_an_output_selector(a, data):
     if a.evaluates:
         with pytest.raises(TypeError, match=r"output='out'"):
             _run(a, model, data)
+
+
+@pytest.mark.parametrize("a", ANALYSES, ids=IDS)
+def test_partial_results_are_written_while_the_work_goes(a, data, tmp_path, monkeypatch):
+    """With the 30 s cadence set to 0, a partial file (``"complete": false``) appears before the end."""
+    import cnn_redundancy.core.results as results
+
+    monkeypatch.setattr(results, "PARTIAL_EVERY", 0.0)
+    seen, save = [], results.Result.save
+
+    def recording(self, path):
+        seen.append(self.meta.get("complete"))
+        return save(self, path)
+
+    monkeypatch.setattr(results.Result, "save", recording)
+    _run(a, _model(), data, partial=tmp_path / "p.json")
+    assert False in seen and seen[-1] is True

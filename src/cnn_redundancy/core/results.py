@@ -222,8 +222,8 @@ class Partials:
     is written). Nothing is written on exit before ``started`` is set (no measurement yet).
     """
 
-    def __init__(self, write: Callable[[], Any] | None, every: float = PARTIAL_EVERY) -> None:
-        self.write, self.every = write, every
+    def __init__(self, write: Callable[[], Any] | None, every: float | None = None) -> None:
+        self.write, self.every = write, PARTIAL_EVERY if every is None else every
         self.last = time.monotonic()
         self.started = False
 

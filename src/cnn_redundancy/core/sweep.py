@@ -209,7 +209,7 @@ def sweep(
     progress: bool | None = None,
     desc: str = "sweep",
     partial: Callable[[SweepState], Any] | None = None,
-    partial_every: float = PARTIAL_EVERY,
+    partial_every: float | None = None,
     traced: Traced | None = None,
 ) -> SweepState:
     """Measure every unit over the data (see the module docstring).
@@ -223,6 +223,7 @@ def sweep(
         engine: ``"auto"`` (the split path wherever it applies), ``"fast"`` (refuse the fallback) or
             ``"naive"`` (full forward passes with hooks for every unit).
         partial: called with the state as the sweep goes (see the module docstring).
+        partial_every: seconds of work between two partial writes (default :data:`PARTIAL_EVERY`).
         traced: the model's trace where the caller has one; it is reused when every unit's module is
             a single call in it (else the model is traced once here).
 
