@@ -17,8 +17,11 @@ from __future__ import annotations
 
 from .analyses.ablation import AblationResult, zero_ablation
 from .analyses.activation_labels import LabelResult, strongest_activation_labels
+from .analyses.cka import CKAResult, cka
+from .analyses.dead import DeadResult, dead_kernels
 from .analyses.distinctiveness import DistinctivenessResult, distinctiveness
 from .analyses.impulse import ImpulseResult, impulse_response
+from .analyses.scores import KernelScoresResult, kernel_scores
 from .analyses.shuffle import ShuffleResult, channel_shuffle, pixel_shuffle
 from .checkpoint import CheckpointError, load_checkpoint, register_surgery, save_checkpoint
 from .compress.pruning import DistinctivenessImportance, PruneResult, SeededRandomImportance, prune
@@ -45,10 +48,14 @@ __all__ = [
     "BranchRemoved",
     "channel_shuffle",
     "CheckpointError",
+    "cka",
+    "CKAResult",
     "conv_layers",
     "count_macs",
     "count_macs_params",
     "DatasetNotFoundError",
+    "dead_kernels",
+    "DeadResult",
     "decomposition_layers",
     "Dice",
     "distinctiveness",
@@ -62,6 +69,8 @@ __all__ = [
     "HeadToHeadResult",
     "impulse_response",
     "ImpulseResult",
+    "kernel_scores",
+    "KernelScoresResult",
     "LabelResult",
     "layer_blocks",
     "layer_skipping_experiment",

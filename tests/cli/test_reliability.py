@@ -118,6 +118,7 @@ def test_every_command_that_evaluates_takes_metric_and_output_key():
     for cmd in ("train", "evaluate", "prune", "remove-trivial", "channel-shuffle", "pixel-shuffle", "zero-ablation"):
         args = parser.parse_args([cmd, "--metric", "dice", "--output-key", "out"])
         assert args.metric == "dice" and args.output_key == "out", cmd
+    assert parser.parse_args(["analyze"]).metric == "auto" and parser.parse_args(["analyze", "--metric", "dice"]).metric == "dice"
 
 
 def test_random_models_are_seeded(tmp_path):

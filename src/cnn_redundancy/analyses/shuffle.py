@@ -22,7 +22,7 @@ import dataclasses
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from ..core.graph import Traced
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.metrics import cosine_per_channel, get_metric
 from ..core.observe import ObserveSpec, resolve_observe
+from ..core.plotting import height_for, per_layer_boxes
 from ..core.registry import analysis, option
 from ..core.results import Result, make_meta
 from ..core.sweep import ENGINES, BatchContext, SweepState, Unit, sweep
@@ -157,22 +158,16 @@ class ShuffleResult(Result):
     def _plot_layers(self, title: str | None):
         import matplotlib.pyplot as plt
 
-        n = len(self.layers)
         has_metric = any(self.metric.values())
-        panels = 2 if has_metric else 1
-        fig, axes = plt.subplots(panels, 1, figsize=(max(6.0, 0.3 * n + 2), 3.2 * panels), squeeze=False)
-        ax = axes[0, 0]
-        ax.boxplot([self.mean_cosine[layer] for layer in self.layers], showfliers=True)
-        ax.set_ylabel("mean cosine similarity per channel")
-        ax.set_title(f"{self.mode} shuffle: one box per layer (each point a shuffled input channel)")
+        fig, axes = plt.subplots(1, 2 if has_metric else 1, figsize=(12 if has_metric else 7, height_for(len(self.layers))),
+                                 squeeze=False)  # fmt: skip
+        per_layer_boxes(self.layers, [self.mean_cosine.get(layer, []) for layer in self.layers], ax=axes[0, 0],
+                        xlabel=f"mean cosine similarity of the observed activation ({self.mode} shuffle)",
+                        title="each point: one shuffled input channel of the layer", line=1.0, line_label="unchanged")
         if has_metric:
-            ax2 = axes[1, 0]
-            ax2.boxplot([self.metric_drop(layer) for layer in self.layers], showfliers=True)
-            ax2.set_ylabel(f"{self.metric_name} drop per channel")
-            ax2.axhline(0, color="gray", lw=0.8)
-        for a in axes[:, 0]:
-            a.set_xticks(range(1, n + 1), self.layers, rotation=90 if n > 6 else 0, fontsize=7)
-            a.set_xlabel("layer whose input channels are shuffled")
+            per_layer_boxes(self.layers, [self.metric_drop(layer) for layer in self.layers], ax=axes[0, 1],
+                            xlabel=f"{self.metric_name} drop when the channel is shuffled", line=0.0, line_label="no drop",
+                            title=f"baseline {self.metric_name} {self.baseline:.4f}")  # fmt: skip
         if title:
             fig.suptitle(title)
         fig.tight_layout()
@@ -259,14 +254,20 @@ def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, s
     return units
 
 
-def _check_channels(model: nn.Module, layers: list[str], channels: Sequence[int] | None) -> dict[str, list[int]]:
+def _check_channels(model: nn.Module, layers: list[str], channels) -> dict[str, list[int]]:
+    """The input channels to perturb per layer: all, the same list for every layer, or ``{layer: list}``."""
+    if isinstance(channels, Mapping):
+        unknown = [k for k in channels if k not in layers]
+        if unknown:
+            raise ValueError(f"channels names layers that are not probed: {', '.join(map(str, unknown))}")
     out = {}
     for layer in layers:
         n_in = model.get_submodule(layer).in_channels
-        if channels is None:
+        chosen = channels.get(layer) if isinstance(channels, Mapping) else channels
+        if chosen is None:
             out[layer] = list(range(n_in))
             continue
-        chans = list(channels)
+        chans = list(chosen)
         if not chans:
             raise ValueError("channels is empty")
         bad_type = [c for c in chans if isinstance(c, bool) or not isinstance(c, int)]
@@ -351,7 +352,7 @@ def _probe(mode: str, doc: str):
         *,
         observe: ObserveSpec = None,
         metric: str | None = "accuracy",
-        channels: Sequence[int] | None = None,
+        channels: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
         repeats: int = 1,
         engine: str = "auto",
         batch_size: int = 256,
@@ -400,7 +401,7 @@ channel_shuffle = _probe("channel", """Shuffle each input channel of conv layers
             (:func:`cnn_redundancy.core.graph.default_observe`), else the layer's output. One module
             for one layer, or a dict ``{layer: module}``.
         metric: ``"accuracy"``, ``"dice"``, or ``None`` for the cosine alone (fastest).
-        channels: input channels to perturb (default: all).
+        channels: input channels to perturb (default: all); one list for every layer, or ``{layer: list}``.
         repeats: independent shuffles per channel; the metric is reported as mean and std.
         engine: ``"auto"`` (fast where the model is fx-traceable), ``"fast"`` or ``"naive"``.
         seed: seed of every permutation (same seed, same result).

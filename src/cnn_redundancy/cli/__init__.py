@@ -15,6 +15,7 @@ __all__ = ["main", "build_parser"]
 
 COMMAND_MODULES = [
     "cnn_redundancy.cli.basic",
+    "cnn_redundancy.cli.analyze",
     "cnn_redundancy.cli.analyses",
     "cnn_redundancy.cli.compress",
 ]

@@ -70,13 +70,14 @@ def add_out_arg(p: argparse.ArgumentParser, default: str) -> None:
                         f"(recorded in <out>/{RUNS_FILE})")
 
 
-def add_metric_args(p: argparse.ArgumentParser, *, none: bool = False) -> None:
+def add_metric_args(p: argparse.ArgumentParser, *, none: bool = False, output_key: bool = True) -> None:
     choices = ["auto", "accuracy", "dice"] + (["none"] if none else [])
     p.add_argument("--metric", default="auto", choices=choices,
                    help="the model's metric; auto (default): dice for per-pixel outputs [N, C, H, W], else accuracy"
                         + ("; none: skip it where the analysis allows" if none else ""))
-    p.add_argument("--output-key", default=None, metavar="KEY|INDEX",
-                   help="for a model returning a dict or tuple: the output the metric reads (e.g. out, or 0)")
+    if output_key:
+        p.add_argument("--output-key", default=None, metavar="KEY|INDEX",
+                       help="for a model returning a dict or tuple: the output the metric reads (e.g. out, or 0)")
 
 
 def _data_classes(data) -> int | None:
@@ -144,7 +145,7 @@ def metric_from_args(args: argparse.Namespace, model, data):
     """``--metric`` (``auto``: from the model's output shape on ``data``) and ``--output-key`` as a metric, or ``None``."""
     from ..core.metrics import get_metric, infer_metric
 
-    key = args.output_key
+    key = getattr(args, "output_key", None)
     if key is not None and key.lstrip("-").isdigit():
         key = int(key)
     if args.metric == "none":

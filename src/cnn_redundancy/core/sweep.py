@@ -52,7 +52,9 @@ class Unit:
     Attributes:
         key: the analysis' name for the unit (a layer, a ``(layer, repeat, channel)`` tuple, ...).
         replace: module name -> ``fn(ctx, module, input, output) -> new output``; applied to every
-            named module in the same forward pass.
+            named module in the same forward pass. A key ``"@<fx node name>"`` replaces the output of
+            any node of the traced graph (a residual addition, say): ``module`` is then ``None`` and
+            ``input`` the tuple of the node's tensor inputs; such units need the fast path.
         fast: optional cheaper equivalent of ``replace`` for the split path (single-module units),
             given the module's clean input and output.
         observe: module whose output (its first call after the unit's module) is observed, or ``None``.
@@ -138,7 +140,7 @@ class _Plan:
                         self.why = self.why or str(e)
                 names: list[str] = []
                 for s in self.splits.values():
-                    for n in (*s.frontier_names, s.layer_input_name, s.layer_output_name, *s.observe_names):
+                    for n in (*s.frontier_names, *s.input_names, s.layer_output_name, *s.observe_names):
                         if n not in names:
                             names.append(n)
                 self.recorder = traced.recorder(names) if self.splits else None
@@ -149,6 +151,10 @@ class _Plan:
         if multi and not self.why:
             self.why = f"{len(multi)} unit(s) change several modules at once"
         self.fast = [u.point in self.splits for u in units]
+        nodes = [k for u, f in zip(units, self.fast) if not f for k in u.replace if k.startswith("@")]
+        if nodes:
+            raise SplitUnavailable(f"graph node {nodes[0]!r} can only be perturbed on the fast (split) path: "
+                                   f"{self.why or 'engine=naive'}")
         if engine == "fast" and not all(self.fast):
             raise SplitUnavailable(self.why or "the fast path is unavailable")
         if engine == "auto" and any(not f and u.point is not None for u, f in zip(units, self.fast)):
@@ -183,7 +189,8 @@ class _Plan:
         if self.fast[i]:
             s = self.splits[u.point]
             state = SplitState(tuple(values[n] for n in s.frontier_names), values[s.layer_input_name])
-            new = (u.fast or u.replace[u.point])(ctx, s.module, state.layer_input, values[s.layer_output_name])
+            inp = state.layer_input if s.module is not None else tuple(values[n] for n in s.input_names)
+            new = (u.fast or u.replace[u.point])(ctx, s.module, inp, values[s.layer_output_name])
             if with_output:
                 out, obs = s.downstream(state, new)
             else:

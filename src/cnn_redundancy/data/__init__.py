@@ -35,6 +35,7 @@ __all__ = [
     "DATASETS",
     "load_dataset",
     "subset",
+    "split",
 ]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -360,14 +361,33 @@ def load_dataset(name: str = "mnist5k", split: str = "train", root: str | os.Pat
     return DATASETS[name](split, root, **kw)
 
 
+def _take(data: Dataset, idx: torch.Tensor) -> Dataset:
+    if isinstance(data, ArrayDataset):
+        return data.subset(idx)
+    return torch.utils.data.Subset(data, idx.tolist())
+
+
 def subset(data: Dataset, n: int | None, *, seed: int = 0) -> Dataset:
-    """The first ``n`` items of a seeded permutation of ``data`` (``None``: all of it)."""
+    """The first ``n`` items of a seeded permutation of ``data`` (``None``: all of it), in their original order."""
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"limit must be a positive number of samples, not {n!r}")
     if n is None or n >= len(data):  # type: ignore[arg-type]
         return data
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data), generator=g)[:n].sort().values  # type: ignore[arg-type]
-    if isinstance(data, ArrayDataset):
-        return data.subset(idx)
-    return torch.utils.data.Subset(data, idx.tolist())
+    return _take(data, torch.randperm(len(data), generator=g)[:n].sort().values)  # type: ignore[arg-type]
+
+
+def split(data: Dataset, n_second: int, *, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """A seeded split of ``data`` into two disjoint parts, the second of ``n_second`` items (each in the
+    original order). Nothing is shared between the parts: choose on one, report on the other.
+
+    Example:
+        >>> a, b = split(load_dataset("digits", "test"), 60)
+        >>> len(a), len(b)
+        (300, 60)
+    """
+    n = len(data)  # type: ignore[arg-type]
+    if not 0 < n_second < n:
+        raise ValueError(f"cannot hold out {n_second} of {n} items: both parts must be non-empty")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return _take(data, perm[n_second:].sort().values), _take(data, perm[:n_second].sort().values)

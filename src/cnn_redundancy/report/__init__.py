@@ -23,12 +23,14 @@ __all__ = ["Section", "Table", "Figure", "save_figure", "write_report", "load_se
 
 @dataclasses.dataclass
 class Table:
-    """A table: ``title``, ``columns``, ``rows`` (lists of cells), an optional ``note``."""
+    """A table: ``title``, ``columns``, ``rows`` (lists of cells), an optional ``note``, and optional
+    background ``colors`` (a CSS color or ``None`` per cell, same shape as ``rows``)."""
 
     title: str
     columns: list[str]
     rows: list[list[Any]]
     note: str = ""
+    colors: list[list[str | None]] | None = None
 
 
 @dataclasses.dataclass
