@@ -160,19 +160,11 @@ def test_cli_reproduce_quick(tmp_path):
     assert cr.load_checkpoint(tmp_path / "resnet20-trimmed.pt") is not None
 
 
-def test_remove_trivial_keeps_the_branches_tried_when_interrupted(net, data, tmp_path, monkeypatch):
+def test_remove_trivial_keeps_the_branches_tried_when_interrupted(net, data, tmp_path, interrupt_at):
     import cnn_redundancy.compress.removal as R
 
     d = _labels_from(net, data)
-    real, calls = R.evaluate, []
-
-    def second_fails(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(R, "evaluate", second_fails)
+    interrupt_at(R, "evaluate", 2)  # Ctrl-C while the second branch is tried
     with pytest.raises(KeyboardInterrupt):
         remove_trivial(net, d, tolerance=1.0, measure=False, progress=False, partial=tmp_path / "removal.json")
     kept = RemovalResult.load(tmp_path / "removal.json")

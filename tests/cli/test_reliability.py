@@ -154,17 +154,10 @@ def test_an_output_folder_never_mixes_two_runs(lenet, tmp_path, capsys):
     assert json.loads((tmp_path / "runs.json").read_text())["distinctiveness"]["seed"] == 1
 
 
-def test_an_interrupted_prune_keeps_its_steps_and_says_so(lenet, tmp_path, capsys, monkeypatch):
+def test_an_interrupted_prune_keeps_its_steps_and_says_so(lenet, tmp_path, capsys, interrupt_at):
     import cnn_redundancy.compress.pruning as P
 
-    real = P._step
-
-    def stop_at_two(res, surgeon, names, choose, step, *a):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real(res, surgeon, names, choose, step, *a)
-
-    monkeypatch.setattr(P, "_step", stop_at_two)
+    interrupt_at(P, "_step", 2)  # Ctrl-C during the second step
     assert main(["-q", "prune", "-c", str(lenet), "--limit", "32", "--steps", "3", "--no-eval", "-o", str(tmp_path)]) == 130
     assert f"interrupted; files already written to {tmp_path} are kept" in capsys.readouterr().err
     kept = cr.Result.load(tmp_path / "prune.json")

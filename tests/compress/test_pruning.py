@@ -217,18 +217,10 @@ def test_prune_keeps_the_steps_done_when_interrupted(tmp_path):
     assert cr.Result.load(tmp_path / "done.json") == done and done.meta["complete"] is True
 
 
-def test_pruning_trials_keep_the_finished_runs_when_interrupted(tmp_path, monkeypatch):
-    from cnn_redundancy.compress.pruning import trials as T
+def test_pruning_trials_keep_the_finished_runs_when_interrupted(tmp_path, interrupt_at):
+    from cnn_redundancy.compress.pruning import trials as TR
 
-    real, calls = T._pruned_trial, []
-
-    def second_fails(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(T, "_pruned_trial", second_fails)
+    interrupt_at(TR, "_pruned_trial", 2)  # Ctrl-C during the second (trial, criterion) run
     tr = cr.subset(cr.load_dataset("mnist5k", "train"), 64)
     with pytest.raises(KeyboardInterrupt):
         cr.pruning_trials("lenet5", tr, tr, trials=2, steps=1, epochs=1, partial=tmp_path / "t.json")
