@@ -13,9 +13,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .core.batches import as_loader, batches, expected_input_shape, forward_checked, resolve_device
+from .core.batches import (
+    as_loader,
+    batches,
+    check_batch,
+    expected_input_shape,
+    forward_checked,
+    resolve_device,
+)
 from .core.hooks import preserved
-from .core.metrics import Metric, get_metric
+from .core.metrics import Metric, get_metric, select_output
 from .core.progress import progress_bar
 
 __all__ = [
@@ -58,7 +65,7 @@ def predict_batches(model: nn.Module, data, *, batch_size: int = 256, device=Non
     dev = resolve_device(device, model)
     with preserved(model), torch.no_grad(), progress_bar(len(loader), desc, enabled=progress, unit="batch") as bar:
         model.eval()
-        for b in batches(loader, dev):
+        for b in batches(loader, dev, model):
             yield forward_checked(model, b.x), b.y
             bar.update(1)
 
@@ -85,10 +92,11 @@ def evaluate(
     return m.compute()
 
 
-def _default_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Step:
+def _default_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], output: str | int | None) -> Step:
     def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch[0], batch[1]
-        out = forward_checked(model, x)
+        check_batch(model, x)
+        out = select_output(forward_checked(model, x), output, "the loss")
         return loss_fn(out, y), out, y
 
     return step
@@ -135,7 +143,7 @@ def fit(
     if len(loader) == 0:
         raise ValueError("The training set is empty")
     opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
-    step = step or _default_step(loss or nn.CrossEntropyLoss())
+    step = step or _default_step(loss or nn.CrossEntropyLoss(), get_metric(metric).output)
     history: dict[str, list[float]] = {"loss": [], "train_metric": [], "val_metric": []}
     try:
         with progress_bar(epochs * len(loader), f"train {type(model).__name__}", enabled=progress, unit="batch") as bar:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.batches import as_loader, forward_checked, resolve_device
+from ..core.batches import as_loader, first_input, forward_checked, resolve_device
 from ..core.graph import Traced
 from ..core.hooks import preserved
 from ..core.layers import LayerSpec, conv_layers, resolve_layers
@@ -381,7 +381,7 @@ def zero_ablation(
     dev = resolve_device(device, model)
     with preserved(model), torch.no_grad():
         model.eval()
-        x0 = next(iter(loader))[0][:1].to(dev)
+        x0 = first_input(loader, model).to(dev)
         forward_checked(model, x0)
         order = conv_layers(model, example_input=x0)
     ablated, skipped = _units(model, scope, mode, layers, order, adjacent, engine)

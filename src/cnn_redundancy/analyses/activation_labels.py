@@ -223,7 +223,7 @@ def strongest_activation_labels(
             progress_bar(len(loader), "strongest activations", enabled=progress, unit="batch") as bar, \
             Partials((lambda: result().save(partial)) if partial is not None else None) as partials:  # fmt: skip
         model.eval()
-        for b in batches(loader, dev):
+        for b in batches(loader, dev, model):
             store.clear()
             forward_checked(model, b.x)
             ids = torch.arange(offset, offset + len(b.x), device=dev)[:, None].expand(len(b.x), feature_maps)

@@ -165,7 +165,7 @@ def cka(
     with preserved(model), torch.no_grad(), capture_after(model, observed, fn=_gram) as store, \
             progress_bar(len(loader), "CKA", enabled=progress, unit="batch") as bar, Partials(write) as partials:  # fmt: skip
         model.eval()
-        for b in batches(loader, dev):
+        for b in batches(loader, dev, model):
             store.clear()
             forward_checked(model, b.x)
             if len(b.x) < 4:

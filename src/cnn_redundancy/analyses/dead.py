@@ -184,7 +184,7 @@ def dead_kernels(
     with preserved(model), torch.no_grad(), capture_after(model, observed, fn=_reduce) as store, \
             progress_bar(len(loader), "dead kernels", enabled=progress, unit="batch") as bar, Partials(write) as partials:  # fmt: skip
         model.eval()
-        for b in batches(loader, dev):
+        for b in batches(loader, dev, model):
             store.clear()
             forward_checked(model, b.x)
             for n in names:

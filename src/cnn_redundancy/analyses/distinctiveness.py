@@ -178,7 +178,7 @@ def activation_stats(
     with preserved(model), torch.no_grad(), capture_after(model, obs, fn=lambda _, t: _reduce(t, means)) as results, \
             progress_bar(len(loader), "activation vectors", enabled=progress, unit="batch") as bar:  # fmt: skip
         model.eval()
-        for b in batches(loader, dev):
+        for b in batches(loader, dev, model):
             results.clear()
             forward_checked(model, b.x)
             for layer in names:

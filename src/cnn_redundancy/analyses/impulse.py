@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.batches import expected_input_shape, forward_checked, resolve_device, sample_shape
+from ..core.batches import expected_input_shape, forward_checked, model_dtype, resolve_device, sample_shape
 from ..core.graph import ACTIVATIONS, SplitUnavailable, trace
 from ..core.hooks import capture, preserved
 from ..core.layers import LayerSpec, resolve_layers
-from ..core.metrics import ncc_matrix, normalize_responses
+from ..core.metrics import check_max_lag, ncc_matrix, normalize_responses
 from ..core.plotting import per_layer_boxes
 from ..core.progress import progress_bar
 from ..core.registry import analysis, option
@@ -338,8 +338,7 @@ def impulse_response(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if lag not in ("max", "zero"):
         raise ValueError(f"lag must be 'max' or 'zero', not {lag!r}")
-    if max_lag is not None and (isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 0):
-        raise ValueError(f"max_lag must be None or an integer >= 0, not {max_lag!r}")
+    check_max_lag(max_lag)
     names = resolve_layers(model, layers, types=(nn.Conv2d,))
     shape = _input_shape(model, data, input_shape)
     impulses = _impulses(model, shape, resolve_device(device, model), amplitude)
@@ -385,7 +384,7 @@ def _input_shape(model: nn.Module, data, input_shape) -> tuple[int, int, int]:
 def _impulses(model: nn.Module, shape: tuple[int, int, int], device: torch.device, amplitude: float) -> torch.Tensor:
     """One impulse per input channel, at the centre pixel, in the model's floating-point type."""
     c, h, w = shape
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = model_dtype(model) or torch.float32
     impulses = torch.zeros(c, c, h, w, device=device, dtype=dtype)
     for i in range(c):
         impulses[i, i, h // 2, w // 2] = amplitude

@@ -151,7 +151,7 @@ def _taylor(model, data, names, res: KernelScoresResult, batch_size, device, pro
     with preserved(model), progress_bar(len(loader), "taylor scores", enabled=progress, unit="batch") as bar, \
             Partials(write) as partials:  # fmt: skip
         model.eval()
-        for b in batches(loader, dev):
+        for b in batches(loader, dev, model):
             if b.y is None:
                 raise ValueError("taylor scores need labels: the data gives inputs only")
             for n, s in _taylor_batch(model, names, b.x, b.y).items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -182,9 +183,21 @@ def _permutations(mode: str, seed: int, repeat: int, batch: int, n_channels: int
     """One permutation per channel: of the batch (channel mode) or of each sample's pixels (pixel mode)."""
     g = _batch_generator(seed, repeat, batch)
     n, hw = shape[0], shape[2] * shape[3]
+    if mode == "channel" and n < 2:
+        _one_sample(batch)
     if mode == "channel":
         return [torch.randperm(n, generator=g) for _ in range(n_channels)]
     return [torch.argsort(torch.rand(n, hw, generator=g), dim=1) for _ in range(n_channels)]
+
+
+def _one_sample(batch: int) -> None:
+    """A one-sample batch cannot be shuffled across samples: refuse it first, warn about a later one."""
+    why = "channel shuffle permutes a channel across the samples of a batch, and a batch of one sample cannot change"
+    if batch == 0:
+        raise ValueError(f"{why}: every cosine would be 1.0 and no metric would drop. Use batch_size >= 2 and at least "
+                         "two samples")
+    warnings.warn(f"batch {batch} holds one sample: {why}, so it adds unperturbed samples (cosine 1.0) to the means; "
+                  "choose a batch size that leaves no one-sample last batch (or drop_last=True)", stacklevel=2)
 
 
 def _perturbed_channel(x: torch.Tensor, k: int, perm: torch.Tensor, mode: str) -> torch.Tensor:

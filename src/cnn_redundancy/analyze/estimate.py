@@ -61,7 +61,7 @@ def consensus_order(per_kernel: dict[str, dict[str, list]]) -> list[tuple[str, i
 def _evaluate(gm: nn.Module, val, metric: str, batch_size: int, device) -> float:
     m = get_metric(metric)
     with torch.no_grad():
-        for b in batches(as_loader(val, batch_size), device):
+        for b in batches(as_loader(val, batch_size), device, gm):
             m.update(gm(b.x), b.y)
     return m.compute()
 

@@ -73,7 +73,7 @@ def time_one_pass(model: nn.Module, data, batch_size: int, device, n_data: int) 
     dev = resolve_device(device, model)
     seen, spent = 0, 0.0
     with torch.no_grad():
-        for i, b in enumerate(batches(loader, dev)):
+        for i, b in enumerate(batches(loader, dev, model)):
             t0 = time.perf_counter()
             model(b.x)
             if i:  # the first batch warms up

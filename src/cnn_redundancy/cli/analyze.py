@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data_args, add_model_args, add_out_arg, data_from_args, model_from_args, say
+from .common import (
+    add_data_args,
+    add_metric_args,
+    add_model_args,
+    add_out_arg,
+    data_from_args,
+    metric_from_args,
+    model_from_args,
+    out_dir,
+    say,
+)
 
 
 def register(sub) -> None:
@@ -23,7 +33,7 @@ def register(sub) -> None:
     add_out_arg(p, "runs/analysis")
     p.add_argument("--layers", "-l", nargs="*", help="conv layers (names or globs; default all)")
     p.add_argument("--lenses", nargs="*", choices=list(LENSES), help="lenses to run (default all that apply)")
-    p.add_argument("--metric", default="accuracy", choices=["accuracy", "dice"])
+    add_metric_args(p, output_key=False)
     p.add_argument("--max-drop", type=float, default=0.01, help="metric drop that still counts as safe (default 0.01)")
     p.add_argument("--budget-minutes", type=float, help="fit the work into about this many minutes (samples fewer "
                    "images and channels; says what was sampled)")
@@ -34,9 +44,11 @@ def _analyze(args: argparse.Namespace) -> int:
     from ..analyze import analyze
     from ..core.batches import resolve_device
 
-    model = model_from_args(args)
+    out_dir(args)
     data = data_from_args(args)
-    res = analyze(model, data, lenses=args.lenses or "all", layers=args.layers or None, metric=args.metric,
+    model = model_from_args(args, data)
+    res = analyze(model, data, lenses=args.lenses or "all", layers=args.layers or None,
+                  metric=metric_from_args(args, model, data),
                   max_drop=args.max_drop, budget_minutes=args.budget_minutes, batch_size=args.batch_size, seed=args.seed,
                   device=resolve_device(args.device, model), partial=f"{args.out}/analysis.json")  # fmt: skip
     path = res.save_report(args.out)

@@ -8,12 +8,13 @@ import json
 from ..core.results import atomic_write
 from .common import (
     add_data_args,
+    add_metric_args,
     add_model_args,
     add_out_arg,
     data_from_args,
+    metric_from_args,
     model_from_args,
     out_dir,
-    parse_kw,
     say,
 )
 
@@ -31,12 +32,13 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd", "rmsprop"])
+    add_metric_args(p)
     p.set_defaults(func=_train, batch_size=64)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a data set", description="Print the metric of a model on a data split.")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--metric", default="accuracy", choices=["accuracy", "dice"])
+    add_metric_args(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("layers", help="list a model's conv layers", description="List the dotted names of a model's conv layers in forward order.")
@@ -70,31 +72,34 @@ def register(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..checkpoint import load_checkpoint, save_checkpoint
-    from ..models import get_model
+    from ..checkpoint import save_checkpoint
+    from ..core.metrics import get_metric
     from ..training import evaluate, fit
 
-    out = out_dir(args)
-    torch.manual_seed(args.seed)
-    model = load_checkpoint(args.checkpoint) if args.checkpoint else get_model(args.model, **parse_kw(args.model_kw))
+    out = out_dir(args, writes=("model.pt",))
     train = data_from_args(args, "train")
     test = data_from_args(args, "test")
+    model = model_from_args(args, train)
+    metric = metric_from_args(args, model, train)
+    name = get_metric(metric).name
     hist = fit(model, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
-               seed=args.seed, val=test, checkpoint=out / "model.pt", device=args.device)
-    acc = evaluate(model, test, device=args.device)
-    save_checkpoint(model, out / "model.pt", extra={"history": hist, "test_accuracy": acc})
-    atomic_write(out / "train.json", json.dumps({"history": hist, "test_accuracy": acc}, indent=1))
-    print(f"test accuracy {acc:.4f}; checkpoint {out / 'model.pt'}")
+               seed=args.seed, val=test, metric=metric, checkpoint=out / "model.pt", device=args.device)
+    score = evaluate(model, test, metric, device=args.device)
+    save_checkpoint(model, out / "model.pt", extra={"history": hist, f"test_{name}": score})
+    atomic_write(out / "train.json", json.dumps({"history": hist, f"test_{name}": score}, indent=1))
+    print(f"test {name} {score:.4f}; checkpoint {out / 'model.pt'}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from ..core.metrics import get_metric
     from ..training import evaluate
 
-    value = evaluate(model_from_args(args), data_from_args(args), args.metric, batch_size=args.batch_size, device=args.device)
-    print(f"{args.metric} {value:.4f}")
+    data = data_from_args(args)
+    model = model_from_args(args, data)
+    metric = metric_from_args(args, model, data)
+    value = evaluate(model, data, metric, batch_size=args.batch_size, device=args.device)
+    print(f"{get_metric(metric).name} {value:.4f}")
     return 0
 
 
@@ -131,5 +136,6 @@ def _report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from ..experiments.impulse import run
 
+    out_dir(args)
     run(args.out, epochs=args.epochs, repeats=args.repeats, limit=args.limit, seed=args.seed, device=args.device)
     return 0

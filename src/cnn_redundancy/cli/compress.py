@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data_args, add_model_args, add_out_arg, data_from_args, model_from_args, out_dir, say
+from .common import (
+    add_data_args,
+    add_metric_args,
+    add_model_args,
+    add_out_arg,
+    data_from_args,
+    metric_from_args,
+    model_from_args,
+    out_dir,
+    say,
+)
 
 CRITERIA = ("distinctiveness", "random", "l1", "l2", "fpgm", "taylor")
 
@@ -14,7 +24,8 @@ def register(sub) -> None:
         "prune",
         help="progressively remove kernels (physically) with a criterion",
         description="Remove --steps kernels one at a time (distinctiveness, random, l1, l2, fpgm, taylor) with real "
-        "structural removal. Writes <out>/prune.json and <out>/model.pt (a checkpoint that loads with --checkpoint).",
+        "structural removal. Writes <out>/prune.json (rewritten with the steps done so far as it goes) and "
+        "<out>/model.pt (a checkpoint that loads with --checkpoint).",
     )
     add_model_args(p)
     add_data_args(p, split="train")
@@ -24,19 +35,21 @@ def register(sub) -> None:
     p.add_argument("--criterion", default="distinctiveness", choices=CRITERIA)
     p.add_argument("--steps", type=int, default=1, help="kernels to remove (default 1)")
     p.add_argument("--rule", default="least-distinct", choices=["least-distinct", "gedeon-harris"])
-    p.add_argument("--no-eval", action="store_true", help="skip test accuracy before/after")
+    p.add_argument("--no-eval", action="store_true", help="skip the test metric before/after")
+    add_metric_args(p)
     p.set_defaults(func=_prune)
 
     p = sub.add_parser(
         "remove-trivial",
         help="remove residual branches whose removal keeps the metric within tolerance",
         description="Greedily remove trivial residual branches and save the smaller model as <out>/model.pt "
-        "(loadable with --checkpoint) with <out>/removal.json.",
+        "(loadable with --checkpoint) with <out>/removal.json (rewritten with the branches tried so far as it goes; "
+        "the ranking sweep first writes <out>/removal-ranking.json).",
     )
     add_model_args(p)
     add_data_args(p)
     add_out_arg(p, "runs/remove-trivial")
-    p.add_argument("--metric", default="accuracy", choices=["accuracy", "dice"])
+    add_metric_args(p)
     p.add_argument("--tolerance", type=float, default=0.01, help="largest allowed metric drop (default 0.01)")
     p.set_defaults(func=_remove)
 
@@ -60,25 +73,28 @@ def register(sub) -> None:
 def _prune(args: argparse.Namespace) -> int:
     from ..checkpoint import save_checkpoint
     from ..compress.pruning import prune
+    from ..core.metrics import get_metric
     from ..training import evaluate
 
-    out = out_dir(args)
-    model = model_from_args(args)
+    out = out_dir(args, writes=("model.pt",))
     data = data_from_args(args)
+    model = model_from_args(args, data)
     res = prune(model, data, criterion=args.criterion, steps=args.steps, rule=args.rule, center=args.center,
-                layers=args.layers or None, seed=args.seed, batch_size=args.batch_size, device=args.device)
+                layers=args.layers or None, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                partial=out / "prune.json")
     extra = {}
     if not args.no_eval:
         test = data_from_args(args, "test")
-        extra = {"test_acc_before": evaluate(model, test, device=args.device),
-                 "test_acc_after": evaluate(res.model, test, device=args.device)}
+        metric = metric_from_args(args, model, test)
+        extra = {"metric": get_metric(metric).name, "test_before": evaluate(model, test, metric, device=args.device),
+                 "test_after": evaluate(res.model, test, metric, device=args.device)}
     res.save(out / "prune.json")
     save_checkpoint(res.model, out / "model.pt", extra=extra)
     for h in res.history:
         print(f"step {h['step']}: {h['action']} {h['layer']} kernel {h['kernel']}: {h['reason']}")
     print(f"params {res.params_before} -> {res.params_after}; MACs {res.macs_before} -> {res.macs_after}")
     if extra:
-        print(f"test accuracy {extra['test_acc_before']:.4f} -> {extra['test_acc_after']:.4f}")
+        print(f"test {extra['metric']} {extra['test_before']:.4f} -> {extra['test_after']:.4f}")
     say(f"wrote {out / 'prune.json'} and {out / 'model.pt'}")
     return 0
 
@@ -87,14 +103,18 @@ def _remove(args: argparse.Namespace) -> int:
     from ..checkpoint import save_checkpoint
     from ..compress.removal import remove_trivial
 
-    out = out_dir(args)
-    res = remove_trivial(model_from_args(args), data_from_args(args), tolerance=args.tolerance, metric=args.metric,
-                         batch_size=args.batch_size, device=args.device)
+    out = out_dir(args, writes=("model.pt",))
+    data = data_from_args(args)
+    model = model_from_args(args, data)
+    res = remove_trivial(model, data, tolerance=args.tolerance, metric=metric_from_args(args, model, data),
+                         batch_size=args.batch_size, device=args.device, partial=out / "removal.json")
     res.save(out / "removal.json")
-    save_checkpoint(res.model, out / "model.pt", extra={"removed": res.removed, args.metric: res.final})
-    print(f"{args.metric} {res.baseline:.4f} -> {res.final:.4f}; removed {len(res.removed)} branches: {', '.join(res.removed)}")
+    save_checkpoint(res.model, out / "model.pt", extra={"removed": res.removed, res.metric: res.final})
+    print(f"{res.metric} {res.baseline:.4f} -> {res.final:.4f}; removed {len(res.removed)} branches: {', '.join(res.removed)}")
     for k in res.before:
         print(f"{k:10s} {res.before[k]:>14,.4g} -> {res.after[k]:,.4g}")
+    for k, v in res.meta.get("latency_ms", {}).items():
+        print(f"latency ms {k}: {v:.3f} (a timing, in meta)")
     print(f"wrote {out / 'model.pt'}")
     return 0
 
@@ -103,11 +123,12 @@ def _route(args: argparse.Namespace) -> int:
     from ..analyses.activation_labels import strongest_activation_labels
     from ..report import save_figure
 
-    out = out_dir(args)
-    model = model_from_args(args)
+    out = out_dir(args, writes=("router.pt",))
     data = data_from_args(args)
+    model = model_from_args(args, data)
     labels = strongest_activation_labels(model, data, args.layers or None, feature_maps=args.feature_maps,
-                                         top=args.top, where=args.where, batch_size=args.batch_size, device=args.device)
+                                         top=args.top, where=args.where, batch_size=args.batch_size, device=args.device,
+                                         partial=out / "labels.json")
     labels.save(out / "labels.json")
     save_figure(labels.plot(data), out / "labels.png")
     print("images labelled per layer: " + ", ".join(f"{k}={v}" for k, v in labels.counts.items()))

@@ -216,7 +216,7 @@ def sweep(
     progress: bool | None = None,
     desc: str = "sweep",
     partial: Callable[[SweepState], Any] | None = None,
-    partial_every: float = PARTIAL_EVERY,
+    partial_every: float | None = None,
     traced: Traced | None = None,
 ) -> SweepState:
     """Measure every unit over the data (see the module docstring).
@@ -230,6 +230,7 @@ def sweep(
         engine: ``"auto"`` (the split path wherever it applies), ``"fast"`` (refuse the fallback) or
             ``"naive"`` (full forward passes with hooks for every unit).
         partial: called with the state as the sweep goes (see the module docstring).
+        partial_every: seconds of work between two partial writes (default :data:`PARTIAL_EVERY`).
         traced: the model's trace where the caller has one; it is reused when every unit's module is
             a single call in it (else the model is traced once here).
 
@@ -254,7 +255,7 @@ def sweep(
         first_change: list[tuple[torch.Tensor, torch.Tensor]] = []
         with progress_bar(len(loader) * len(units), desc, enabled=progress, unit="pass") as bar, \
                 Partials((lambda: partial(state)) if partial is not None else None, partial_every) as partials:  # fmt: skip
-            for b in batches(loader, dev):
+            for b in batches(loader, dev, model):
                 ctx = BatchContext(b.index)
                 with explained(model, b.x):
                     clean_out, values, observed = plan.clean(b.x)
@@ -281,8 +282,17 @@ def sweep(
     return state
 
 
-def _change(out: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(largest absolute difference, whether anything differs) without a host sync."""
-    diff = (out.double() - clean.double()).abs()
+def _flat(out: Any) -> torch.Tensor:
+    """Every tensor of a model output (a tensor, or a dict / tuple of them) as one flat float64 tensor."""
+    if isinstance(out, torch.Tensor):
+        return out.double().flatten()
+    parts = out.values() if isinstance(out, dict) else out
+    return torch.cat([_flat(p) for p in parts if isinstance(p, torch.Tensor | dict | list | tuple)])
+
+
+def _change(out: Any, clean: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(largest absolute difference, whether anything differs) without a host sync; any output structure."""
+    out, clean = _flat(out), _flat(clean)
+    diff = (out - clean).abs()
     biggest = diff.max() if diff.numel() else diff.new_zeros(())
     return biggest, (out != clean).any() | torch.isnan(biggest)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ...core.batches import as_loader, batches, resolve_device
-from .surgeon import Surgeon
+from .surgeon import Surgeon, trainable
 
 __all__ = ["least_distinct", "gedeon_harris", "by_importance"]
 
@@ -160,8 +160,8 @@ def _importance(criterion: str):
 def _accumulate_gradients(model: nn.Module, data, batch_size: int, device) -> None:
     model.zero_grad(set_to_none=True)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    with torch.enable_grad():
-        for b in batches(as_loader(data, batch_size), resolve_device(device, model)):
+    with torch.enable_grad(), trainable(model):  # frozen layers get a gradient too: every kernel is scored
+        for b in batches(as_loader(data, batch_size), resolve_device(device, model), model):
             loss_fn(model(b.x), b.y).backward()
 
 
