@@ -23,6 +23,7 @@ from .analyses.distinctiveness import DistinctivenessResult, distinctiveness
 from .analyses.impulse import ImpulseResult, impulse_response
 from .analyses.scores import KernelScoresResult, kernel_scores
 from .analyses.shuffle import ShuffleResult, channel_shuffle, pixel_shuffle
+from .analyze import AnalysisResult, analyze
 from .checkpoint import CheckpointError, load_checkpoint, register_surgery, save_checkpoint
 from .compress.pruning import DistinctivenessImportance, PruneResult, SeededRandomImportance, prune
 from .compress.pruning.trials import HeadToHeadResult, TrialsResult, head_to_head, pruning_trials
@@ -45,6 +46,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AblationResult",
     "Accuracy",
+    "AnalysisResult",
+    "analyze",
     "BranchRemoved",
     "channel_shuffle",
     "CheckpointError",

@@ -156,3 +156,44 @@ def test_cli_analyze(tmp_path, capsys):
     res = cr.Result.load(out / "analysis.json")
     assert res.meta["complete"] is True and set(res.lenses) == {"dead", "distinctiveness", "ablation"}
     assert (out / "report.html").exists()
+
+
+USER_FILE = """import torch, torch.nn as nn
+class Net(nn.Module):
+    def __init__(self, num_classes=2):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.f = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1))
+        self.fc = nn.Linear(6, num_classes)
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.f(x))
+        return self.fc(x.mean((2, 3)))
+def build(num_classes=2):
+    return Net(num_classes)
+"""
+
+
+def test_cli_analyze_a_user_file_a_plain_state_dict_and_pngs(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from cnn_redundancy.cli import main
+
+    root = tmp_path / "pngs"
+    rng = np.random.default_rng(1)
+    for cls in ("circle", "square"):
+        (root / cls).mkdir(parents=True)
+        for i in range(15):
+            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (tmp_path / "net.py").write_text(USER_FILE)
+    model = cr.get_model(f"{tmp_path / 'net.py'}:build", seed=0)
+    torch.save(model.state_dict(), tmp_path / "weights.pth")  # a plain state_dict, as users save them
+    out = tmp_path / "analysis"
+    assert main(["-q", "analyze", "-m", f"{tmp_path / 'net.py'}:build", "-c", str(tmp_path / "weights.pth"),
+                 "-d", "imagefolder", "--root", str(root), "--split", "all", "--grayscale", "--image-size", "16",
+                 "--lenses", "dead", "blocks", "shuffle", "--out", str(out)]) == 0  # fmt: skip
+    res = cr.Result.load(out / "analysis.json")
+    assert res.layers == ["stem", "f.0", "f.2"] and list(res.blocks) == ["add"]
+    assert res.data["analysis"] + res.data["validation"] == 30 and (out / "report.html").exists()
+    assert "Dead kernels:" in capsys.readouterr().out

@@ -110,8 +110,8 @@ def run_impulse(ctx: Context) -> str | None:
                                    for a, b in zip(big, big[1:])}  # fmt: skip
     ctx.results["impulse"] = r
     if r.small_maps:
-        return (f"responses of {', '.join(r.small_maps)} are 4x4 pixels or less: NCC not meaningful there, "
-                "not reported (use a larger input)")
+        shown = ", ".join(r.small_maps[:3]) + (f" and {len(r.small_maps) - 3} more" if len(r.small_maps) > 3 else "")
+        return f"{len(r.small_maps)} layers ({shown}) respond in 4x4 pixels or less: NCC not meaningful, not reported"
     return None
 
 

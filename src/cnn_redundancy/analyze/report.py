@@ -163,6 +163,8 @@ def _blocks_figure(res):
     drops = [res.blocks[b]["drop"] for b in names]
     fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.26 * len(names)))
     ax.barh(range(len(names)), drops, color=["tab:green" if res.blocks[b]["trivial"] else "tab:blue" for b in names])
+    for i, d in enumerate(drops):
+        ax.text(d, i, f" {d:+.4f}", va="center", fontsize=7)
     ax.axvline(res.answer["thresholds"]["max_drop"], color="tab:red", ls=":", label="max drop")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()
