@@ -111,6 +111,7 @@ def fit(
     batch_size: int = 64,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
+    schedule: str | None = None,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     step: Step | None = None,
     val: Dataset | DataLoader | None = None,
@@ -124,6 +125,8 @@ def fit(
 
     Args:
         optimizer: ``"adam"`` (default), ``"sgd"`` (momentum 0.9) or ``"rmsprop"``.
+        schedule: ``None`` (a constant learning rate) or ``"cosine"`` (from ``lr`` to 0 over the run,
+            stepped every batch: the short fine-tuning schedule of ``compress``).
         loss: defaults to cross-entropy.
         step: ``step(model, batch) -> (loss, output, target)`` for models trained otherwise (default:
             ``loss(model(x), y)``); the output and target feed the training metric.
@@ -142,7 +145,10 @@ def fit(
     loader = train if isinstance(train, DataLoader) else DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen)
     if len(loader) == 0:
         raise ValueError("The training set is empty")
+    if schedule not in (None, "cosine"):
+        raise ValueError(f"schedule must be None or 'cosine', not {schedule!r}")
     opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader))) if schedule else None
     step = step or _default_step(loss or nn.CrossEntropyLoss(), get_metric(metric).output)
     history: dict[str, list[float]] = {"loss": [], "train_metric": [], "val_metric": []}
     try:
@@ -157,6 +163,8 @@ def fit(
                     batch_loss, out, y = step(model, batch)
                     batch_loss.backward()
                     opt.step()
+                    if sched is not None:
+                        sched.step()
                     total += float(batch_loss.detach()) * len(y)
                     n += len(y)
                     m.update(out.detach(), y)
