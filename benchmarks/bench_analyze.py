@@ -23,7 +23,7 @@ os.environ.setdefault("CNN_REDUNDANCY_QUIET", "1")
 import torch  # noqa: E402
 
 import cnn_redundancy as cr  # noqa: E402
-from cnn_redundancy.analyze import analyze  # noqa: E402
+from cnn_redundancy.survey import analyze  # noqa: E402
 
 
 class LazyImages(torch.utils.data.Dataset):

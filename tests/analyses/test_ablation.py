@@ -7,7 +7,7 @@ import torch
 
 import cnn_redundancy as cr
 from cnn_redundancy.analyses.ablation import AblationResult, zero_ablation
-from cnn_redundancy.compress.removal import RemovalResult, remove_branches, remove_trivial
+from cnn_redundancy.compression.removal import RemovalResult, remove_branches, remove_trivial
 from cnn_redundancy.core.hooks import hook_count
 from cnn_redundancy.testing import PlainNet, random_images, zero_branch_resnet
 
@@ -161,7 +161,7 @@ def test_cli_reproduce_quick(tmp_path):
 
 
 def test_remove_trivial_keeps_the_branches_tried_when_interrupted(net, data, tmp_path, interrupt_at):
-    import cnn_redundancy.compress.removal as R
+    import cnn_redundancy.compression.removal as R
 
     d = _labels_from(net, data)
     interrupt_at(R, "evaluate", 2)  # Ctrl-C while the second branch is tried
@@ -174,7 +174,7 @@ def test_remove_trivial_keeps_the_branches_tried_when_interrupted(net, data, tmp
 
 
 def test_remove_trivial_writes_partial_results_as_it_goes(net, data, tmp_path, monkeypatch):
-    import cnn_redundancy.compress.removal as R
+    import cnn_redundancy.compression.removal as R
     import cnn_redundancy.core.results as results
 
     monkeypatch.setattr(results, "PARTIAL_EVERY", 0.0)  # the 30 s cadence, shortened

@@ -155,7 +155,7 @@ def test_an_output_folder_never_mixes_two_runs(lenet, tmp_path, capsys):
 
 
 def test_an_interrupted_prune_keeps_its_steps_and_says_so(lenet, tmp_path, capsys, interrupt_at):
-    import cnn_redundancy.compress.pruning as P
+    import cnn_redundancy.compression.pruning as P
 
     interrupt_at(P, "_step", 2)  # Ctrl-C during the second step
     assert main(["-q", "prune", "-c", str(lenet), "--limit", "32", "--steps", "3", "--no-eval", "-o", str(tmp_path)]) == 130

@@ -3,7 +3,7 @@
 For the first ``feature_maps`` maps of every conv layer of a trained CNN 1, the ``top`` images with
 the highest mean absolute activation; each selected image is labelled with the index of the layer
 that selected it (the deeper layer wins on repetition). The router (CNN 2) and the skip network
-(CNN 3) that use these labels live in :mod:`cnn_redundancy.compress.skipnet`; the paper's whole
+(CNN 3) that use these labels live in :mod:`cnn_redundancy.compression.skipnet`; the paper's whole
 experiment in :mod:`cnn_redundancy.experiments.layer_skipping`.
 """
 

@@ -18,7 +18,7 @@ from .common import (
 
 
 def register(sub) -> None:
-    from ..analyze import LENSES
+    from ..survey import LENSES
 
     p = sub.add_parser(
         "analyze",
@@ -41,8 +41,8 @@ def register(sub) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from ..analyze import analyze
     from ..core.batches import resolve_device
+    from ..survey import analyze
 
     out_dir(args)
     data = data_from_args(args)

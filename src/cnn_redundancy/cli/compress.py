@@ -1,4 +1,9 @@
-"""Commands that return a smaller model: ``prune``, ``remove-trivial``, ``route`` (labels and a router)."""
+"""Commands that return a smaller model: ``compress``, ``prune``, ``remove-trivial``, ``route`` (labels and a router).
+
+``compress``, and ``prune`` / ``remove-trivial`` given ``--target-macs`` or ``--max-drop``, keep three
+kinds of data apart: the data set's training split trains and calibrates, a seeded part of it
+chooses (validation), and the test split (``--test-split``) only reports.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,38 @@ from .common import (
 CRITERIA = ("distinctiveness", "random", "l1", "l2", "fpgm", "taylor")
 
 
+def _add_guarantee_args(p: argparse.ArgumentParser, *, target: bool = True) -> None:
+    g = p.add_argument_group("guarantee (validation data chooses, the test split only reports)")
+    if target:
+        g.add_argument("--target-macs", type=float, help="stop at this fraction of the original MACs (e.g. 0.5)")
+    g.add_argument("--max-drop", type=float, help="stop where the validation metric would drop by more (e.g. 0.01)")
+    g.add_argument("--test-split", default="test", choices=["test", "none"],
+                   help="the split that verifies (default test; 'none': hold out a seeded fifth of --split)")
+    g.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning after pruning (cosine schedule)")
+
+
 def register(sub) -> None:
+    from ..compression.compress import CRITERIA as COMPRESS_CRITERIA
+
+    p = sub.add_parser(
+        "compress",
+        help="a smaller, faster model within a metric drop, verified on the test split beside Torch-Pruning",
+        description="Remove dead kernels, merge near-duplicates, remove trivial residual branches, then prune channels "
+        "(criterion auto: the best of distinctiveness, Taylor, L1, FPGM on validation data) until --target-macs or "
+        "--max-drop on validation data; optionally fine-tune; verify on the test split beside Torch-Pruning's "
+        "pruners and random at the same MACs. Writes <out>/model.pt, <out>/compress.json, compress.png, report.html.",
+    )
+    add_model_args(p)
+    add_data_args(p, split="train")
+    add_out_arg(p, "runs/compress")
+    add_metric_args(p)
+    _add_guarantee_args(p)
+    p.add_argument("--criterion", default="auto", choices=["auto", *COMPRESS_CRITERIA])
+    p.add_argument("--layers", nargs="*", help="conv layers that may lose kernels (names or globs; default all)")
+    p.add_argument("--baselines", nargs="*", default=["l1", "taylor", "random"], choices=["l1", "taylor", "random"],
+                   help="Torch-Pruning's pruners and random at the same MACs (default all three)")
+    p.set_defaults(func=_compress, max_drop_default=0.01)
+
     p = sub.add_parser(
         "prune",
         help="progressively remove kernels (physically) with a criterion",
@@ -37,6 +73,7 @@ def register(sub) -> None:
     p.add_argument("--rule", default="least-distinct", choices=["least-distinct", "gedeon-harris"])
     p.add_argument("--no-eval", action="store_true", help="skip the test metric before/after")
     add_metric_args(p)
+    _add_guarantee_args(p)
     p.set_defaults(func=_prune)
 
     p = sub.add_parser(
@@ -50,7 +87,9 @@ def register(sub) -> None:
     add_data_args(p)
     add_out_arg(p, "runs/remove-trivial")
     add_metric_args(p)
-    p.add_argument("--tolerance", type=float, default=0.01, help="largest allowed metric drop (default 0.01)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="largest allowed metric drop, checked on --split "
+                   "itself (default 0.01); --max-drop checks it on validation data and reports on the test split")
+    _add_guarantee_args(p, target=False)
     p.set_defaults(func=_remove)
 
     p = sub.add_parser(
@@ -70,9 +109,42 @@ def register(sub) -> None:
     p.set_defaults(func=_route)
 
 
-def _prune(args: argparse.Namespace) -> int:
+def _compress(args: argparse.Namespace, stages=("dead", "merge", "blocks", "channels"), criterion=None) -> int:
     from ..checkpoint import save_checkpoint
-    from ..compress.pruning import prune
+    from ..compression.compress import compress
+    from ..report import Figure, Section, Table, save_figure, write_report
+
+    out = out_dir(args, writes=("model.pt",))
+    data = data_from_args(args)
+    test = data_from_args(args, "test") if args.test_split == "test" and args.split != "all" else None
+    model = model_from_args(args, data)
+    metric = metric_from_args(args, model, data)
+    max_drop = args.max_drop if args.max_drop is not None or getattr(args, "target_macs", None) else 0.01
+    res = compress(model, data, test=test, target_macs=getattr(args, "target_macs", None), max_drop=max_drop,
+                   criterion=criterion or args.criterion, finetune_epochs=args.finetune_epochs,
+                   layers=getattr(args, "layers", None) or None, metric=metric or "accuracy", stages=stages,
+                   baselines=getattr(args, "baselines", ["l1", "taylor", "random"]) if "channels" in stages else (),
+                   batch_size=args.batch_size, seed=args.seed, device=args.device, partial=out / "compress.json")  # fmt: skip
+    res.save(out / "compress.json")
+    save_checkpoint(res.model, out / "model.pt", extra={"compress": res.final, "guarantee": res.guarantee})
+    save_figure(res.plot(), out / "compress.png")
+    section = Section("compress", "Compressed: what was removed, verified on the test split", order=5,
+                      intro=f"Data: {res.data['how']}.", findings=res.headline(),
+                      tables=[Table("Every method at the same MACs (test split; latency: batch of 64, median, a timing)",
+                                    ["method", "params", "MACs", "% MACs", f"test {res.metric}", "latency ms"], res.table())],
+                      figures=[Figure("compress.png", "Test metric against MACs, every method.")])  # fmt: skip
+    write_report(out, [section])
+    for line in res.headline():
+        print(line)
+    say(f"wrote {out / 'model.pt'}, {out / 'compress.json'} and {out / 'report.html'}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    if args.target_macs is not None or args.max_drop is not None:
+        return _compress(args, stages=("channels",), criterion=args.criterion if args.criterion != "l2" else "l1")
+    from ..checkpoint import save_checkpoint
+    from ..compression.pruning import prune
     from ..core.metrics import get_metric
     from ..training import evaluate
 
@@ -100,8 +172,10 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
+    if args.max_drop is not None:
+        return _compress(args, stages=("blocks",))
     from ..checkpoint import save_checkpoint
-    from ..compress.removal import remove_trivial
+    from ..compression.removal import remove_trivial
 
     out = out_dir(args, writes=("model.pt",))
     data = data_from_args(args)
@@ -134,7 +208,7 @@ def _route(args: argparse.Namespace) -> int:
     print("images labelled per layer: " + ", ".join(f"{k}={v}" for k, v in labels.counts.items()))
     if args.router_epochs > 0:
         from ..checkpoint import save_checkpoint
-        from ..compress.skipnet import train_router
+        from ..compression.skipnet import train_router
 
         router = train_router(data, labels, epochs=args.router_epochs, seed=args.seed, device=args.device)
         save_checkpoint(router.model, out / "router.pt", extra={"history": router.history, "layers": labels.layers})

@@ -17,7 +17,7 @@ import torch
 
 from ..analyses.ablation import zero_ablation
 from ..checkpoint import save_checkpoint
-from ..compress.removal import remove_trivial
+from ..compression.removal import remove_trivial
 from ..core.registry import experiment
 from ..core.results import atomic_write
 from ..data import load_dataset, subset

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from ..analyses.distinctiveness import distinctiveness
-from ..compress.pruning import CRITERIA
-from ..compress.pruning.trials import HeadToHeadResult, head_to_head, pruning_trials
+from ..compression.pruning import CRITERIA
+from ..compression.pruning.trials import HeadToHeadResult, head_to_head, pruning_trials
 from ..core.registry import experiment, option
 from ..data import load_dataset, subset
 from ..models import get_model

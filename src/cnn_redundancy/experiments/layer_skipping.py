@@ -2,8 +2,8 @@
 
 1. :func:`~cnn_redundancy.analyses.activation_labels.strongest_activation_labels` labels images of
    the training set by the conv layer of their strongest activations (CNN 1).
-2. :func:`~cnn_redundancy.compress.skipnet.train_router`: CNN 2 learns to predict the label (the exit).
-3. :class:`~cnn_redundancy.compress.skipnet.SkipNetwork`: CNN 3 runs an image only up to its exit.
+2. :func:`~cnn_redundancy.compression.skipnet.train_router`: CNN 2 learns to predict the label (the exit).
+3. :class:`~cnn_redundancy.compression.skipnet.SkipNetwork`: CNN 3 runs an image only up to its exit.
 4. :func:`layer_skipping_experiment`: the paper's protocol (its labelled subset, split in two) and
    the end-to-end use on the real test set, against CNN 1 and a confidence-based early exit;
    :func:`run` writes its tables, figures and report section.
@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..analyses.activation_labels import strongest_activation_labels
-from ..compress.skipnet import (
+from ..compression.skipnet import (
     ExitDataset,
     RelabelledDataset,
     SkipNetwork,

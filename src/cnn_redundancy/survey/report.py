@@ -17,8 +17,8 @@ __all__ = ["answer_lines", "lens_map", "write_analysis_report", "COLUMNS"]
 #: the layer x lens map: per-layer measure, column title, and whether it is a fraction of kernels
 COLUMNS = [
     ("dead", "dead kernels", True),
-    ("near_duplicate", "near-duplicate activations", True),
-    ("high_ncc", "impulse NCC >= 0.9", True),
+    ("near_duplicate", "live, near-duplicate activations", True),
+    ("high_ncc", "live, impulse NCC >= 0.9", True),
     ("shuffle_cosine", "shuffle cosine (mean)", False),
     ("low_taylor", "Taylor < 1% of max", True),
     ("ablation_drop", "metric drop, layer zeroed", False),

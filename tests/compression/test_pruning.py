@@ -218,7 +218,7 @@ def test_prune_keeps_the_steps_done_when_interrupted(tmp_path):
 
 
 def test_pruning_trials_keep_the_finished_runs_when_interrupted(tmp_path, interrupt_at):
-    from cnn_redundancy.compress.pruning import trials as TR
+    from cnn_redundancy.compression.pruning import trials as TR
 
     interrupt_at(TR, "_pruned_trial", 2)  # Ctrl-C during the second (trial, criterion) run
     tr = cr.subset(cr.load_dataset("mnist5k", "train"), 64)
@@ -243,7 +243,7 @@ def test_prune_writes_partial_results_as_it_goes(tmp_path, monkeypatch):
 
 def test_pruning_trials_write_partial_results_as_they_go(tmp_path, monkeypatch):
     import cnn_redundancy.core.results as results
-    from cnn_redundancy.compress.pruning import trials as TR
+    from cnn_redundancy.compression.pruning import trials as TR
 
     monkeypatch.setattr(results, "PARTIAL_EVERY", 0.0)  # the 30 s cadence, shortened
     real, on_disk = TR._pruned_trial, []

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import cnn_redundancy as cr
-from cnn_redundancy.compress.compress import compress
-from cnn_redundancy.compress.pruning.schedule import Shrinker
-from cnn_redundancy.compress.stages import merge_duplicates, remove_dead
+from cnn_redundancy.compression.compress import compress
+from cnn_redundancy.compression.pruning.schedule import Shrinker
+from cnn_redundancy.compression.stages import merge_duplicates, remove_dead
 from cnn_redundancy.core.observe import resolve_observe
 from cnn_redundancy.testing import TinyCNN, duplicated_kernels_net, random_images
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import cnn_redundancy as cr
-from cnn_redundancy.analyze import analyze
 from cnn_redundancy.core.hooks import hook_count
+from cnn_redundancy.survey import analyze
 from cnn_redundancy.testing import TinyCNN, random_images, zero_branch_resnet
 
 

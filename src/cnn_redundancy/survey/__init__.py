@@ -244,13 +244,20 @@ def analyze(
     return res
 
 
+def _model_name(model: nn.Module) -> str:
+    spec = getattr(model, "cnn_redundancy_spec", None)
+    if not spec:
+        return type(model).__name__
+    kw = ", ".join(f"{k}={v}" for k, v in spec.get("kwargs", {}).items())
+    return f"{spec['name']}({kw})" if kw else spec["name"]
+
+
 def _start(model, names, how, device, data, seed, metric, max_drop, budget) -> AnalysisResult:
     dev = resolve_device(device, model)
     x0 = data[0][0][None].to(dev)
-    spec = getattr(model, "cnn_redundancy_spec", None)
     params = {"layers": names, "metric": metric, "max_drop": max_drop, "budget_minutes": budget}
     res = AnalysisResult(meta={**make_meta("analyze", params, seed), "complete": False},
-                         model=spec["name"] if spec else type(model).__name__, layers=names, data=how,
+                         model=_model_name(model), layers=names, data=how,
                          kernels={n: model.get_submodule(n).out_channels for n in names},
                          macs=count_macs(model, x0))  # fmt: skip
     for n in names:

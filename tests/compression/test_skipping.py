@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import cnn_redundancy as cr
-from cnn_redundancy.compress.skipnet import ExitDataset, RelabelledDataset, check_same_spatial_size
+from cnn_redundancy.compression.skipnet import ExitDataset, RelabelledDataset, check_same_spatial_size
 from cnn_redundancy.core.hooks import capture, count_calls, hook_count
 from cnn_redundancy.experiments.layer_skipping import layer_skipping_experiment
 from cnn_redundancy.testing import TinyCNN, layer_response_images, layer_response_net, random_images

@@ -96,9 +96,13 @@ class CompressResult(Result):
         g = self.guarantee
         lines = [f"{self.original['macs'] / 1e6:.2f} M -> {self.final['macs'] / 1e6:.2f} M MACs "
                  f"({100 * self.final['macs_fraction']:.1f}% left), params {self.original['params']:,} -> "
-                 f"{self.final['params']:,}; {self.metric} on test {self.original['test']:.4f} -> {self.final['test']:.4f}",
-                 f"guarantee (drop <= {g['max_drop']:g} on validation data): val drop {g['val_drop']:+.4f}, test drop "
-                 f"{g['test_drop']:+.4f} ({'holds' if g['holds_on_test'] else 'does not hold'} on the test split)"]  # fmt: skip
+                 f"{self.final['params']:,}; {self.metric} on test {self.original['test']:.4f} -> {self.final['test']:.4f}"]
+        if g["max_drop"] is None:
+            lines.append(f"no metric budget (the target alone stopped it): val drop {g['val_drop']:+.4f}, "
+                         f"test drop {g['test_drop']:+.4f}")
+        else:
+            lines.append(f"guarantee (drop <= {g['max_drop']:g} on validation data): val drop {g['val_drop']:+.4f}, test "
+                         f"drop {g['test_drop']:+.4f} ({'holds' if g['holds_on_test'] else 'does not hold'} on the test split)")
         lines += [f"{s['stage']}: {s['note']}" for s in self.stages]
         lines += [f"{b['method']} at the same MACs: test {b['test']:.4f}" for b in self.baselines]
         return lines
@@ -116,8 +120,9 @@ class CompressResult(Result):
                    label="original", zorder=3)  # fmt: skip
         ax.scatter([self.final["macs"] / 1e6], [self.final["test"]], marker="s", s=60, color="tab:red",
                    label=f"compressed ({self.criterion})", zorder=3)  # fmt: skip
-        ax.axhline(self.original["test"] - self.guarantee["max_drop"], color="gray", ls=":", lw=1,
-                   label=f"original - {self.guarantee['max_drop']:g}")  # fmt: skip
+        if self.guarantee.get("max_drop") is not None:
+            ax.axhline(self.original["test"] - self.guarantee["max_drop"], color="gray", ls=":", lw=1,
+                       label=f"original - {self.guarantee['max_drop']:g}")  # fmt: skip
         ax.set_xlabel("MACs per image (millions)")
         ax.set_ylabel(f"{self.metric} on the test split")
         ax.set_title("compress against Torch-Pruning and random, same MACs (test split)", fontsize=9)

@@ -27,7 +27,7 @@ from ..analyses.distinctiveness import distinctiveness
 from ..analyses.impulse import impulse_response
 from ..analyses.scores import kernel_scores
 from ..analyses.shuffle import channel_shuffle
-from ..compress.skipnet import check_same_spatial_size
+from ..compression.skipnet import check_same_spatial_size
 from ..core.graph import Traced
 from ..core.structure import consumer, residual_adds
 from ..data import subset
@@ -72,6 +72,13 @@ def _frac(flags) -> float:
     return sum(bool(f) for f in flags) / len(flags) if flags else math.nan
 
 
+def _live(ctx: Context, layer: str) -> list[bool]:
+    """Which kernels are alive (all of them when the dead lens has not run): near-duplicate counts leave
+    dead kernels out, since a dead kernel has no angle and its impulse response copies other dead ones'."""
+    dead = ctx.per_kernel.get(layer, {}).get("dead")
+    return [not d for d in dead] if dead is not None else [True] * ctx.kernels(layer)
+
+
 def run_dead(ctx: Context) -> str | None:
     r = dead_kernels(ctx.model, ctx.data, ctx.layers, observe=ctx.observed, **ctx.common)
     for layer in ctx.layers:
@@ -89,7 +96,8 @@ def run_distinctiveness(ctx: Context) -> str | None:
     for layer in ctx.layers:
         angle, partner = r.nearest(layer)
         ctx.file(layer, angle=angle, angle_partner=partner)
-        ctx.per_layer[layer]["near_duplicate"] = _frac(math.isnan(a) or a < NEAR_ANGLE for a in angle)
+        ctx.per_layer[layer]["near_duplicate"] = _frac(live and not math.isnan(a) and a < NEAR_ANGLE
+                                                       for a, live in zip(angle, _live(ctx, layer)))  # fmt: skip
     ctx.results["distinctiveness"] = r
     return None
 
@@ -104,7 +112,8 @@ def run_impulse(ctx: Context) -> str | None:
         small = layer in r.small_maps
         ncc = [math.nan] * ctx.kernels(layer) if small else r.max_ncc_values[layer]
         ctx.file(layer, ncc=ncc, ncc_partner=[None] * len(ncc) if small else r.max_ncc_partner[layer])
-        ctx.per_layer[layer]["high_ncc"] = math.nan if small else _frac(v >= HIGH_NCC for v in ncc)
+        ctx.per_layer[layer]["high_ncc"] = math.nan if small else _frac(live and v >= HIGH_NCC
+                                                                        for v, live in zip(ncc, _live(ctx, layer)))
     big = [layer for layer in ctx.layers if layer not in r.small_maps]
     ctx.depth["impulse_across"] = {f"{a} -> {b}": _frac(v >= HIGH_NCC for v in r.cross_depth(a, b))
                                    for a, b in zip(big, big[1:])}  # fmt: skip
