@@ -105,3 +105,19 @@ def test_bad_arguments():
         compress(m, random_images(40), target_macs=1.5)
     with pytest.raises(ValueError, match="criterion must be"):
         compress(m, random_images(40), criterion="magic")
+
+
+def test_cli_compress_and_reproduce_quick(tmp_path, capsys):
+    from cnn_redundancy.cli import main
+
+    ck = cr.save_checkpoint(cr.get_model("lenet5", seed=0), tmp_path / "m.pt")
+    out = tmp_path / "c"
+    assert main(["-q", "compress", "-c", str(ck), "--limit", "300", "--target-macs", "0.6", "--criterion", "l1",
+                 "--baselines", "l1", "--out", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "MACs" in printed and "torch-pruning l1 at the same MACs" in printed
+    res = cr.Result.load(out / "compress.json")
+    assert res.final["macs_fraction"] <= 0.6 and res.data["test"] == 300 and (out / "report.html").exists()
+    assert cr.load_checkpoint(out / "model.pt") is not None
+    assert main(["-q", "reproduce", "compress", "--quick", "--out", str(tmp_path / "r")]) == 0
+    assert "Test accuracy at the same MACs" in (tmp_path / "r" / "report.html").read_text()
