@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..core.batches import expected_input_shape, forward_checked, resolve_device, sample_shape
+from ..core.device import placed
 from ..core.graph import ACTIVATIONS, SplitUnavailable, trace
 from ..core.hooks import capture, preserved
 from ..core.layers import LayerSpec, resolve_layers
@@ -371,8 +372,8 @@ def _impulses(model: nn.Module, shape: tuple[int, int, int], device: torch.devic
 
 
 def _responses(model: nn.Module, names: list[str], impulses: torch.Tensor) -> dict[str, list]:
-    """Every named layer's output for the impulses (model left as found)."""
-    with preserved(model), torch.no_grad(), capture(model, names) as store:
+    """Every named layer's output for the impulses (model left as found, on its own device)."""
+    with preserved(model), torch.no_grad(), placed(model, impulses.device), capture(model, names) as store:
         model.eval()
         forward_checked(model, impulses)
     missing = [n for n in names if n not in store]

@@ -31,7 +31,8 @@ def add_model_args(p: argparse.ArgumentParser, *, default: str = "lenet5") -> No
     g.add_argument("--checkpoint", "-c", help="a checkpoint written by 'cnn-redundancy train' (overrides --model)")
     g.add_argument("--model", "-m", default=default, help=f"model name: registered, torchvision:<name> or file.py:factory (default {default})")
     g.add_argument("--model-kw", nargs="*", metavar="KEY=VALUE", help="model arguments, e.g. width=10")
-    g.add_argument("--device", default=None, help="auto (CUDA when present), cpu, cuda or cuda:N (default: cpu)")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N "
+                   "(default auto; under torchrun each process takes cuda:LOCAL_RANK)")
 
 
 def add_data_args(p: argparse.ArgumentParser, *, split: str = "test", required: bool = True) -> None:
@@ -68,7 +69,11 @@ def data_from_args(args: argparse.Namespace, split: str | None = None):
 
 
 def say(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    """A note on stderr (from rank 0 only under ``torchrun``)."""
+    from ..core.distributed import is_main
+
+    if is_main():
+        print(msg, file=sys.stderr)
 
 
 def out_dir(args: argparse.Namespace) -> Path:

@@ -185,7 +185,7 @@ def remove_trivial(
             removed.append(b)
     if removed:
         copy_spec(model, current, {"kind": "remove-branch", "blocks": removed})
-    ex = _example(data).to(dev)
+    ex = _example(data).to(resolve_device(None, model))  # costs are measured where the model lives
     if measure:
         before, after = model_cost(model, ex), model_cost(current, ex)
     else:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import torch
 
+from .device import full_precision
+
 __all__ = [
     "Metric",
     "Accuracy",
@@ -13,13 +15,20 @@ __all__ = [
     "get_metric",
     "METRICS",
     "cosine_per_channel",
+    "squared_norms",
     "normalize_responses",
     "ncc_matrix",
 ]
 
 
 class Metric:
-    """A metric accumulated over batches: ``reset()``, ``update(output, target)``, ``compute()``."""
+    """A metric accumulated over batches: ``reset()``, ``update(output, target)``, ``compute()``.
+
+    A metric's state is additive: ``batch_state(output, target)`` is what one batch adds (a dict
+    of tensors, left on the device: no host synchronisation), ``merge(state)`` adds it, and
+    ``update`` is the two in turn. Sweeps and ``evaluate`` measure batches apart (on other processes,
+    too) and merge their states, so a metric of your own implements ``batch_state`` and ``merge``.
+    """
 
     name = "metric"
     higher_is_better = True
@@ -27,15 +36,27 @@ class Metric:
     def reset(self) -> None:
         raise NotImplementedError
 
+    def batch_state(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What one batch adds to the state."""
+        raise NotImplementedError(f"{type(self).__name__} must implement batch_state() and merge() to be measured "
+                                  "batch by batch")  # fmt: skip
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        """Add a batch's state (from :meth:`batch_state`, possibly computed elsewhere)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement batch_state() and merge()")
+
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        raise NotImplementedError
+        self.merge(self.batch_state(output, target))
 
     def compute(self) -> float:
         raise NotImplementedError
 
 
 class Accuracy(Metric):
-    """Top-1 accuracy (fraction in [0, 1]) of class logits ``[N, classes]`` against labels ``[N]``."""
+    """Top-1 accuracy (fraction in [0, 1]) of class logits ``[N, classes]`` against labels ``[N]``.
+
+    The count of correct answers stays a tensor on the model's device until :meth:`compute`.
+    """
 
     name = "accuracy"
 
@@ -43,19 +64,24 @@ class Accuracy(Metric):
         self.reset()
 
     def reset(self) -> None:
-        self.correct = 0
+        self.correct: int | torch.Tensor = 0
         self.total = 0
 
-    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+    def batch_state(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         if output.dim() != 2:
             raise ValueError(f"accuracy expects logits of shape [batch, classes], got {tuple(output.shape)}")
-        self.correct += int((output.argmax(1) == target.to(output.device)).sum())
-        self.total += int(target.numel())
+        # the total is known on the host: only the count of correct answers lives on the device
+        return {"correct": (output.argmax(1) == target.to(output.device)).sum(), "total": int(target.numel())}
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        self.correct = self.correct + state["correct"]
+        self.total = self.total + state["total"]
 
     def compute(self) -> float:
-        if self.total == 0:
+        total = int(self.total)
+        if total == 0:
             raise ValueError("accuracy of an empty data set")
-        return self.correct / self.total
+        return int(self.correct) / total
 
 
 class Dice(Metric):
@@ -78,7 +104,7 @@ class Dice(Metric):
         self.inter: torch.Tensor | None = None
         self.sums: torch.Tensor | None = None
 
-    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+    def batch_state(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         if output.dim() != 4:
             raise ValueError(f"dice expects logits of shape [batch, classes, H, W], got {tuple(output.shape)}")
         if target.dim() == 4:
@@ -94,7 +120,10 @@ class Dice(Metric):
             raise ValueError(f"dice: target shape {tuple(target.shape)} does not match prediction {tuple(pred.shape)}")
         p = torch.nn.functional.one_hot(pred, classes).flatten(0, -2).double()
         t = torch.nn.functional.one_hot(target.clamp(0, classes - 1), classes).flatten(0, -2).double()
-        inter, sums = (p * t).sum(0), p.sum(0) + t.sum(0)
+        return {"inter": (p * t).sum(0), "sums": p.sum(0) + t.sum(0)}
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        inter, sums = state["inter"], state["sums"]
         self.inter = inter if self.inter is None else self.inter + inter
         self.sums = sums if self.sums is None else self.sums + sums
 
@@ -132,17 +161,27 @@ def get_metric(metric: str | Metric | Callable[[], Metric]) -> Metric:
     raise TypeError(f"metric must be a name or a Metric, not {type(metric).__name__}")
 
 
-def cosine_per_channel(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def squared_norms(a: torch.Tensor) -> torch.Tensor:
+    """``[N, C]`` float64 squared norm of each map of ``a`` (``[N, C, ...]``), summed in ``a``'s precision
+    (float32 at least): the clean side of :func:`cosine_per_channel`, computed once and reused."""
+    a = full_precision(a).flatten(2)
+    return (a * a).sum(-1).double()
+
+
+def cosine_per_channel(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12, *, a_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Cosine similarity between ``a[n, c]`` and ``b[n, c]`` flattened, for every sample and channel.
 
-    ``a``, ``b``: ``[N, C, ...]``. Returns ``[N, C]`` (float64; computed in the inputs' precision).
-    Both norms zero: 1 (nothing changed); exactly one zero: 0.
+    ``a``, ``b``: ``[N, C, ...]``. Returns ``[N, C]`` (float64; computed in the inputs' precision,
+    float32 at least). ``a_sq``: :func:`squared_norms` of ``a`` where the caller has it (a sweep
+    compares one clean activation with many perturbed ones). Both norms zero: 1 (nothing
+    changed); exactly one zero: 0.
     """
-    a = a.flatten(2)
-    b = b.flatten(2)
+    a = full_precision(a).flatten(2)
+    b = full_precision(b).flatten(2)
     # the three sums are computed alike, so identical maps give exactly 1 also in float32
     dot = (a * b).sum(-1).double()
-    aa, bb = (a * a).sum(-1).double(), (b * b).sum(-1).double()
+    aa = (a * a).sum(-1).double() if a_sq is None else a_sq
+    bb = (b * b).sum(-1).double()
     za, zb = aa <= eps * eps, bb <= eps * eps
     cos = dot / (aa * bb).sqrt().clamp_min(eps * eps)
     cos = torch.where(za & zb, torch.ones_like(cos), torch.where(za | zb, torch.zeros_like(cos), cos))
