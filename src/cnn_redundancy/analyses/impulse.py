@@ -326,7 +326,8 @@ def impulse_response(
         raise ValueError(f"max_lag must be None or an integer >= 0, not {max_lag!r}")
     names = resolve_layers(model, layers, types=(nn.Conv2d,))
     shape = _input_shape(model, data, input_shape)
-    impulses = _impulses(model, shape, resolve_device(device, model), amplitude)
+    dev = resolve_device(device, model)
+    impulses = _impulses(model, shape, dev, amplitude)
     network = _responses(model, names, impulses) if mode in ("network", "both") else {}
     linear = _responses(linearized(model), names, impulses) if mode in ("linear", "both") else {}
     params = {"layers": names, "input_shape": list(shape), "mode": mode, "lag": lag, "max_lag": max_lag, "amplitude": amplitude}
@@ -337,7 +338,7 @@ def impulse_response(
             progress_bar(len(names), "impulse NCC", enabled=progress, unit="layer") as bar:  # fmt: skip
         for n in names:
             r = res.response(n)
-            res.max_ncc_values[n] = _max_offdiag(ncc_matrix(r, lag=lag, max_lag=max_lag))
+            res.max_ncc_values[n] = _max_offdiag(ncc_matrix(r.to(dev), lag=lag, max_lag=max_lag))
             res.constant[n] = torch.nonzero(normalize_responses(r)[1]).flatten().tolist()
             partials.started = True
             bar.update(1)

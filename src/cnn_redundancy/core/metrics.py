@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -201,11 +202,107 @@ def normalize_responses(x: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tens
     return flat.view(x.shape).to(torch.float64), const
 
 
-def _overlap(n_a: int, n_b: int, n_full: int) -> torch.Tensor:
-    """Overlap length per circular shift index of a full 1-D cross-correlation."""
-    idx = torch.arange(n_full)
-    shift = torch.where(idx > n_a - 1, idx - n_full, idx)
-    return torch.minimum(torch.full_like(shift, n_b), n_a - shift) - torch.clamp(-shift, min=0)
+def _shift_range(n_a: int, n_b: int, lag: str, max_lag: int | None, min_overlap: float) -> tuple[int, int] | None:
+    """The valid relative shifts along one axis, ``(first, last)``, or ``None`` when there is none.
+
+    Shift ``s`` places ``b``'s pixel ``p`` on ``a``'s pixel ``p + s`` (``-(n_b - 1) <= s <= n_a - 1``).
+    ``"zero"``: the centring shift alone. ``"max"``: every shift whose overlap covers at least
+    ``min_overlap`` of the smaller map, within ``max_lag`` of the centring shift. The valid shifts
+    are an interval (the overlap rises, stays, then falls with ``s``).
+    """
+    centre = (n_a - n_b) // 2
+    if lag == "zero":
+        return centre, centre
+    s = torch.arange(-(n_b - 1), n_a)
+    overlap = torch.minimum(torch.full_like(s, n_b), n_a - s) - torch.clamp(-s, min=0)
+    ok = overlap >= min_overlap * min(n_a, n_b)
+    if max_lag is not None:
+        ok &= (s - centre).abs() <= max_lag
+    if not ok.any():
+        return None
+    chosen = s[ok]
+    return int(chosen[0]), int(chosen[-1])
+
+
+def _deviations(s: torch.Tensor, s2: torch.Tensor, n: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(window mean, 1 / sqrt(sum of squared deviations))`` per response and shift, 0 where the window is
+    constant (float64 sums; the same test of constancy as always)."""
+    var = s2 - s * s / n
+    ok = var > 1e-9 * s2.abs() + 1e-30
+    return s / n, torch.where(ok, var.clamp_min(1e-300).rsqrt(), torch.zeros_like(var))
+
+
+def _overlaps(a_size: tuple[int, int], b_size: tuple[int, int], ys: tuple[int, int], xs: tuple[int, int]):
+    """For every valid shift ``(sy, sx)``: the overlapping window as slices of ``a`` and of ``b``."""
+    for sy in range(ys[0], ys[1] + 1):
+        by = slice(max(0, -sy), min(b_size[0], a_size[0] - sy))
+        for sx in range(xs[0], xs[1] + 1):
+            bx = slice(max(0, -sx), min(b_size[1], a_size[1] - sx))
+            yield (slice(by.start + sy, by.stop + sy), slice(bx.start + sx, bx.stop + sx)), (by, bx)
+
+
+def _unit_windows(w: torch.Tensor) -> torch.Tensor:
+    """Each response's window, centred and scaled to unit norm in float64, then float32 ``[K, n]``; zeros
+    for a constant window (its correlation is 0). Two such rows' dot product is Pearson's r."""
+    mean, inverse = _deviations(w.sum((1, 2, 3)), w.square().sum((1, 2, 3)), w[0].numel())
+    return ((w - mean[:, None, None, None]) * inverse[:, None, None, None]).flatten(1).float()
+
+
+def _ncc_direct(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ys, xs, symmetric: bool, chunk: int) -> None:
+    """Small maps: per valid shift, one float32 matrix product of the overlapping windows, each centred
+    and normalized in float64 first (so float32 only ever multiplies unit vectors: no cancellation);
+    ``out`` keeps the largest r over the shifts."""
+    ka, kb = a.shape[0], b.shape[0]
+    rows = max(1, min(ka, chunk // max(1, kb), -(-ka // 4) if symmetric and ka >= 256 else ka))
+    blocks = [(slice(i, min(ka, i + rows)), slice(i if symmetric else 0, kb)) for i in range(0, ka, rows)]
+    best = [torch.full((r.stop - r.start, c.stop - c.start), -torch.inf, device=a.device) for r, c in blocks]
+    for (ay, ax), (by, bx) in _overlaps(a.shape[2:], b.shape[2:], ys, xs):
+        left, right = _unit_windows(a[:, :, ay, ax]), _unit_windows(b[:, :, by, bx])
+        for (r, c), m in zip(blocks, best):
+            torch.maximum(m, left[r] @ right[c].T, out=m)
+    for (r, c), m in zip(blocks, best):
+        out[r, c] = m.double()
+        if symmetric:
+            out[c, r] = m.T.double()
+
+
+def _ncc_fourier(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ys, xs, symmetric: bool, chunk: int) -> None:
+    """Large maps: the correlation at every shift through FFTs (float64), the valid shifts cut out
+    before any element-wise work, a chunk of rows (upper triangle for ``b=a``) at a time."""
+    c, ha, wa, hb, wb = a.shape[1], a.shape[2], a.shape[3], b.shape[2], b.shape[3]
+    size = (ha + hb - 1, wa + wb - 1)
+    iy = torch.arange(ys[0], ys[1] + 1, device=a.device) % size[0]  # shift s sits at index s mod size
+    ix = torch.arange(xs[0], xs[1] + 1, device=a.device) % size[1]
+
+    def corr(fx, fy):  # sum over maps of the cross-correlation at the valid shifts: entry s = sum_p x(p + s) y(p)
+        full = torch.fft.irfft2((fx * fy.conj()).sum(-3), s=size)
+        return full.index_select(-2, iy).index_select(-1, ix).flatten(-2)
+
+    def fft(x):
+        return torch.fft.rfft2(x, s=size)
+
+    one_a, one_b = (fft(torch.ones(1, c, h, w, dtype=torch.float64, device=a.device)) for h, w in ((ha, wa), (hb, wb)))
+    fa, fb = fft(a), fft(b)
+    n = corr(one_a, one_b).clamp_min(1)  # [1, V] overlap sizes
+    ma, ia = _deviations(corr(fa, one_b), corr(fft(a * a), one_b), n)
+    mb, ib = _deviations(corr(one_a, fb), corr(one_a, fft(b * b)), n)
+    step = max(1, chunk // max(1, b.shape[0] * c * size[0] * size[1]))
+    for i in range(0, a.shape[0], step):
+        rows, cols = slice(i, i + step), slice(i if symmetric else 0, b.shape[0])
+        sab = corr(fa[rows, None], fb[None, cols])  # [rows, cols, V]
+        block = ((sab - n * ma[rows, None] * mb[None, cols]) * ia[rows, None] * ib[None, cols]).amax(-1)
+        out[rows, cols] = block
+        if symmetric:
+            out[cols, rows] = block.T
+
+
+def _fourier_is_cheaper(c: int, b_size: tuple[int, int], ys: tuple[int, int], xs: tuple[int, int],
+                        size: tuple[int, int]) -> bool:  # fmt: skip
+    """Per pair of responses: the direct products' multiply-adds (about ``C hb wb`` per valid shift)
+    against the FFT's product and inverse, weighted by how much faster matrix products run."""
+    v = (ys[1] - ys[0] + 1) * (xs[1] - xs[0] + 1)
+    cells = size[0] * size[1]
+    return c * b_size[0] * b_size[1] * v > 40 * (c * cells + cells * max(1.0, math.log2(cells)))
 
 
 def ncc_matrix(
@@ -233,62 +330,37 @@ def ncc_matrix(
         min_overlap: with ``lag="max"``, shifts whose overlap covers less than this fraction of the
             smaller map's height or width are ignored (a few overlapping corner pixels would
             otherwise correlate perfectly by chance).
-        chunk_elements: bound on the size of the intermediate correlation tensors.
+        chunk_elements: bound on the size of the intermediate tensors (memory stays bounded).
 
-    A window where either map is constant has no defined correlation and counts as 0; a constant
-    response therefore correlates 0 with everything. Values lie in [-1, 1].
+    Only the valid shifts are worked on: small maps by one float32 matrix product per valid shift
+    of windows centred and normalized in float64 (the values agree with a float64 computation to
+    about 1e-6),
+    large maps by float64 FFTs with the valid shifts cut out before the element-wise work. With
+    ``b=None`` only the upper triangle is computed (the matrix is symmetric). Memory is bounded by
+    ``chunk_elements`` and the ``K x K`` result; everything runs on the responses' device (a GPU
+    computes it batched). A window where either map is
+    constant has no defined correlation and counts as 0; a constant response therefore correlates 0
+    with everything. Values lie in [-1, 1].
 
     Returns:
-        ``[Ka, Kb]`` float64 tensor.
+        ``[Ka, Kb]`` float64 tensor on the CPU.
     """
     if lag not in ("max", "zero"):
         raise ValueError(f"lag must be 'max' or 'zero', not {lag!r}")
     if not 0.0 < min_overlap <= 1.0:
         raise ValueError("min_overlap must be in (0, 1]")
+    symmetric = b is None
     b = a if b is None else b
     if a.dim() != 4 or b.dim() != 4:
         raise ValueError("responses must be [kernels, maps, H, W]")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"responses have {a.shape[1]} and {b.shape[1]} maps each; they must match")
-    a, b = a.double(), b.double()
-    c, ha, wa, hb, wb = a.shape[1], a.shape[2], a.shape[3], b.shape[2], b.shape[3]
-    hf, wf = ha + hb - 1, wa + wb - 1
-
-    def fft(x):
-        return torch.fft.rfft2(x, s=(hf, wf))
-
-    def corr(fx, fy):  # sum over maps of the cross-correlation, entry s = sum_p x(p + s) y(p)
-        return torch.fft.irfft2((fx * fy.conj()).sum(-3), s=(hf, wf))
-
-    one_a, one_b = fft(torch.ones(1, c, ha, wa, dtype=torch.float64)), fft(torch.ones(1, c, hb, wb, dtype=torch.float64))
-    fa, fb = fft(a), fft(b)
-    sa, sa2 = corr(fa, one_b), corr(fft(a * a), one_b)  # [Ka, hf, wf]
-    sb, sb2 = corr(one_a, fb), corr(one_a, fft(b * b))  # [Kb, hf, wf]
-    oy, ox = _overlap(ha, hb, hf), _overlap(wa, wb, wf)
-    n = (oy[:, None] * ox[None, :] * c).double().clamp_min(1)
-    var_a = sa2 - sa * sa / n
-    var_b = sb2 - sb * sb / n
-    ok_a = var_a > 1e-9 * sa2.abs() + 1e-30
-    ok_b = var_b > 1e-9 * sb2.abs() + 1e-30
-    sy = torch.arange(hf)
-    sy = torch.where(sy > ha - 1, sy - hf, sy)
-    sx = torch.arange(wf)
-    sx = torch.where(sx > wa - 1, sx - wf, sx)
-    cy, cx = (ha - hb) // 2, (wa - wb) // 2  # the shift that centres b on a
-    if lag == "zero":
-        valid = ((sy - cy) == 0)[:, None] & ((sx - cx) == 0)[None, :]
-    else:
-        valid = (oy >= min_overlap * min(ha, hb))[:, None] & (ox >= min_overlap * min(wa, wb))[None, :]
-        if max_lag is not None:
-            valid &= ((sy - cy).abs() <= max_lag)[:, None] & ((sx - cx).abs() <= max_lag)[None, :]
-    out = torch.empty(a.shape[0], b.shape[0], dtype=torch.float64)
-    step = max(1, chunk_elements // max(1, b.shape[0] * hf * wf * c))
-    for i in range(0, a.shape[0], step):
-        sab = corr(fa[i : i + step, None], fb[None])  # [s, Kb, hf, wf]
-        num = sab - sa[i : i + step, None] * sb[None] / n
-        den = (var_a[i : i + step, None].clamp_min(0) * var_b[None].clamp_min(0)).sqrt()
-        ok = ok_a[i : i + step, None] & ok_b[None] & valid
-        r = torch.where(ok, num / den.clamp_min(1e-300), torch.zeros_like(num))
-        r = r.masked_fill(~valid, -torch.inf)
-        out[i : i + step] = r.flatten(2).amax(-1)
-    return out.clamp(-1.0, 1.0)
+    a, b = a.detach().double(), b.detach().double().to(a.device)
+    ys = _shift_range(a.shape[2], b.shape[2], lag, max_lag, min_overlap)
+    xs = _shift_range(a.shape[3], b.shape[3], lag, max_lag, min_overlap)
+    out = torch.full((a.shape[0], b.shape[0]), -1.0, dtype=torch.float64, device=a.device)
+    if ys is not None and xs is not None and a.shape[0] and b.shape[0]:
+        size = (a.shape[2] + b.shape[2] - 1, a.shape[3] + b.shape[3] - 1)
+        fourier = _fourier_is_cheaper(a.shape[1], tuple(b.shape[2:]), ys, xs, size)
+        (_ncc_fourier if fourier else _ncc_direct)(out, a, b, ys, xs, symmetric, chunk_elements)
+    return out.clamp(-1.0, 1.0).cpu()
