@@ -99,22 +99,23 @@ class ActivationStats:
 
     def cosines(self, center: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(cosines [K, K], degenerate mask [K], norms [K])`` of the (centered) vectors."""
-        g = self.centered_gram(center)
+        g = self.gram if center is None else self.centered_gram(center)  # read only: no copy needed
         diag = g.diagonal().clamp_min(0.0)
         norms = diag.sqrt()
         tol = 1e-12 * float(diag.max()) if diag.numel() else 0.0
         dead = diag <= tol
         safe = torch.where(dead, torch.ones_like(norms), norms)
-        cos = (g / (safe[:, None] * safe[None, :])).clamp_(-1.0, 1.0)
-        return cos, dead, norms
+        cos = safe[:, None] * safe[None, :]
+        torch.div(g, cos, out=cos)  # K x K buffers are large: one for the products, the quotient and the angles
+        return cos.clamp_(-1.0, 1.0), dead, norms
 
     def angles(self, center: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(angles [K, K] in degrees, norms [K])``; rows/columns of zero-norm vectors are NaN.
 
         The diagonal is 0, except for a zero-norm (degenerate) vector, whose diagonal entry is NaN too.
         """
-        cos, dead, norms = self.cosines(center)
-        ang = torch.rad2deg(torch.arccos(cos))
+        ang, dead, norms = self.cosines(center)
+        ang.arccos_().rad2deg_()
         ang[dead, :] = math.nan
         ang[:, dead] = math.nan
         ang.fill_diagonal_(0.0)

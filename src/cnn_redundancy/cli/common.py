@@ -57,7 +57,10 @@ def model_from_args(args: argparse.Namespace):
 
     if getattr(args, "checkpoint", None):
         return load_checkpoint(args.checkpoint)
-    say(f"note: no --checkpoint given, using {args.model} with random weights")
+    say(f"note: no --checkpoint given, using {args.model} with random weights (seeded by --seed)")
+    import torch
+
+    torch.manual_seed(getattr(args, "seed", 0))  # the same weights in every process under torchrun
     return get_model(args.model, **parse_kw(args.model_kw)).eval()
 
 

@@ -184,9 +184,8 @@ def cosine_per_channel(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12, *, 
     aa = (a * a).sum(-1).double() if a_sq is None else a_sq
     bb = (b * b).sum(-1).double()
     za, zb = aa <= eps * eps, bb <= eps * eps
-    cos = dot / (aa * bb).sqrt().clamp_min(eps * eps)
-    cos = torch.where(za & zb, torch.ones_like(cos), torch.where(za | zb, torch.zeros_like(cos), cos))
-    return cos.clamp(-1.0, 1.0)
+    cos = dot.div_((aa * bb).sqrt_().clamp_min_(eps * eps))
+    return cos.masked_fill_(za | zb, 0.0).masked_fill_(za & zb, 1.0).clamp_(-1.0, 1.0)
 
 
 def normalize_responses(x: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
