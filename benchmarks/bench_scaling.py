@@ -102,10 +102,13 @@ def table(configs: list[tuple[str, int, int, int, int]]) -> None:
 def setup_cost() -> None:
     """Time at 256 images against 256 times the cost of one more image (goal: at most 2x)."""
     for name, side, analysis in (("resnet50", 32, "distinctiveness"), ("mobilenet_v2", 32, "zero-ablation")):
-        m, fn = model(name), cr.get_analysis(name=analysis).fn
-        fn(m, images(8, side), batch_size=256, progress=False)  # warm-up
-        t = {n: min(timed(lambda n=n: fn(m, images(n, side), batch_size=256, progress=False)) for _ in range(2))
-             for n in (256, 768)}  # fmt: skip
+        m, fn = model(name), cr.get_analysis(analysis).fn
+
+        def run(n: int, m=m, fn=fn, side=side) -> None:
+            fn(m, images(n, side), batch_size=256, progress=False)
+
+        run(8)  # warm-up
+        t = {n: min(timed(lambda n=n: run(n)) for _ in range(2)) for n in (256, 768)}
         per_image = (t[768] - t[256]) / 512
         print(f"{analysis} on {name} {side}x{side}: 256 images {t[256]:.2f} s, 768 images {t[768]:.2f} s; "
               f"time at 256 images = {t[256] / (256 * per_image):.2f} x 256 x the per-image cost (goal <= 2)")
@@ -158,13 +161,12 @@ def distributed_overhead() -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--worker", type=Path)
+    ap = argparse.ArgumentParser(description="each analysis as a multiple of plain inference; 2 processes against 1")
+    ap.add_argument("--quick", action="store_true", help="the 64x64 table and the distributed part only")
+    ap.add_argument("--worker", type=Path, help="(internal) a torchrun worker writing its times to this file")
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker)
-        return
+        return worker(args.worker)
     cr.set_progress(False)
     configs = [("resnet18", 64, 256, 64, 64), ("resnet50", 64, 256, 64, 64)]
     if not args.quick:
