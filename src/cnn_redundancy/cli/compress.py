@@ -35,6 +35,13 @@ def _add_guarantee_args(p: argparse.ArgumentParser, *, target: bool = True) -> N
 
 
 def register(sub) -> None:
+    _register_compress(sub)
+    _register_prune(sub)
+    _register_remove(sub)
+    _register_route(sub)
+
+
+def _register_compress(sub) -> None:
     from ..compression.compress import CRITERIA as COMPRESS_CRITERIA
 
     p = sub.add_parser(
@@ -56,6 +63,8 @@ def register(sub) -> None:
                    help="Torch-Pruning's pruners and random at the same MACs (default all three)")
     p.set_defaults(func=_compress, max_drop_default=0.01)
 
+
+def _register_prune(sub) -> None:
     p = sub.add_parser(
         "prune",
         help="progressively remove kernels (physically) with a criterion",
@@ -76,6 +85,8 @@ def register(sub) -> None:
     _add_guarantee_args(p)
     p.set_defaults(func=_prune)
 
+
+def _register_remove(sub) -> None:
     p = sub.add_parser(
         "remove-trivial",
         help="remove residual branches whose removal keeps the metric within tolerance",
@@ -92,6 +103,8 @@ def register(sub) -> None:
     _add_guarantee_args(p, target=False)
     p.set_defaults(func=_remove)
 
+
+def _register_route(sub) -> None:
     p = sub.add_parser(
         "route",
         help="label images by the conv layer of their strongest activations; train a router",
