@@ -103,8 +103,8 @@ def memory() -> None:
 def resnet_step() -> None:
     import cnn_redundancy as cr
     from cnn_redundancy.analyses.distinctiveness import activation_stats
-    from cnn_redundancy.compress.pruning.rules import least_distinct
-    from cnn_redundancy.compress.pruning.surgeon import Surgeon
+    from cnn_redundancy.compression.pruning.rules import least_distinct
+    from cnn_redundancy.compression.pruning.surgeon import Surgeon
     from cnn_redundancy.core.observe import resolve_observe
 
     model = cr.get_model("torchvision:resnet18", num_classes=10).eval()

@@ -54,3 +54,21 @@ def unchanged():
             assert_same(model, snap)
 
     return check
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """``interrupt_at(module, "name", n)``: the ``n``-th call of ``module.name`` raises KeyboardInterrupt (Ctrl-C)."""
+
+    def patch(module, name: str, n: int) -> None:
+        real, calls = getattr(module, name), []
+
+        def wrapper(*a, **kw):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*a, **kw)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    return patch

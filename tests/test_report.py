@@ -25,3 +25,9 @@ def test_result_load_errors(tmp_path):
     (tmp_path / "odd.json").write_text('{"type": "NoSuchResult"}')
     with pytest.raises(ValueError, match="Unknown result type"):
         Result.load(tmp_path / "odd.json")
+
+
+def test_table_cells_are_escaped_once(tmp_path):
+    s = Section("cells", "Cells", tables=[Table("T", ["a"], [["x<y & z"], [0.5]])])
+    html = write_report(tmp_path, [s]).read_text()
+    assert "<td>x&lt;y &amp; z</td>" in html and "&amp;lt;" not in html and "<td>0.5</td>" in html

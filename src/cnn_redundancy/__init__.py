@@ -1,7 +1,7 @@
 """cnn-redundancy: find, explain and remove redundancy in trained PyTorch CNNs.
 
-The public surface: every analysis and its result, what compresses a model, models, data,
-training and checkpoints. The shared mechanics (hooks, tracing, the sweep engine, the registry)
+The public surface: every analysis and its result, ``analyze`` (every lens at once) and ``compress``
+(a smaller model with a guarantee verified on held-out data), models, data, training and checkpoints. The shared mechanics (hooks, tracing, the sweep engine, the registry)
 live in :mod:`cnn_redundancy.core`.
 
 Example:
@@ -17,14 +17,18 @@ from __future__ import annotations
 
 from .analyses.ablation import AblationResult, zero_ablation
 from .analyses.activation_labels import LabelResult, strongest_activation_labels
+from .analyses.cka import CKAResult, cka
+from .analyses.dead import DeadResult, dead_kernels
 from .analyses.distinctiveness import DistinctivenessResult, distinctiveness
 from .analyses.impulse import ImpulseResult, impulse_response
+from .analyses.scores import KernelScoresResult, kernel_scores
 from .analyses.shuffle import ShuffleResult, channel_shuffle, pixel_shuffle
 from .checkpoint import CheckpointError, load_checkpoint, register_surgery, save_checkpoint
-from .compress.pruning import DistinctivenessImportance, PruneResult, SeededRandomImportance, prune
-from .compress.pruning.trials import HeadToHeadResult, TrialsResult, head_to_head, pruning_trials
-from .compress.removal import BranchRemoved, RemovalResult, remove_branches, remove_trivial
-from .compress.skipnet import RouterResult, SkipNetwork, predict_exits, train_router, train_skip_network
+from .compression.compress import CompressResult, compress
+from .compression.pruning import DistinctivenessImportance, PruneResult, SeededRandomImportance, prune
+from .compression.pruning.trials import HeadToHeadResult, TrialsResult, head_to_head, pruning_trials
+from .compression.removal import BranchRemoved, RemovalResult, remove_branches, remove_trivial
+from .compression.skipnet import RouterResult, SkipNetwork, predict_exits, train_router, train_skip_network
 from .core.cost import count_macs, count_macs_params, measure_latency
 from .core.layers import conv_layers
 from .core.metrics import Accuracy, Dice, Metric
@@ -35,6 +39,7 @@ from .core.structure import decomposition_layers, layer_blocks, residual_blocks
 from .data import DatasetNotFoundError, load_dataset, subset
 from .experiments.layer_skipping import LayerSkippingResult, layer_skipping_experiment
 from .models import get_model, list_models, register_model
+from .survey import AnalysisResult, analyze
 from .training import evaluate, fit, seed_everything
 
 __version__ = "0.1.0"
@@ -42,13 +47,21 @@ __version__ = "0.1.0"
 __all__ = [
     "AblationResult",
     "Accuracy",
+    "AnalysisResult",
+    "analyze",
     "BranchRemoved",
     "channel_shuffle",
     "CheckpointError",
+    "cka",
+    "CKAResult",
+    "compress",
+    "CompressResult",
     "conv_layers",
     "count_macs",
     "count_macs_params",
     "DatasetNotFoundError",
+    "dead_kernels",
+    "DeadResult",
     "decomposition_layers",
     "Dice",
     "distinctiveness",
@@ -62,6 +75,8 @@ __all__ = [
     "HeadToHeadResult",
     "impulse_response",
     "ImpulseResult",
+    "kernel_scores",
+    "KernelScoresResult",
     "LabelResult",
     "layer_blocks",
     "layer_skipping_experiment",

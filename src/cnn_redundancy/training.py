@@ -13,10 +13,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .core.batches import BatchLoop, as_loader, batches, expected_input_shape, forward_checked, resolve_device
+from .core.batches import (
+    BatchLoop,
+    as_loader,
+    batches,
+    check_batch,
+    expected_input_shape,
+    forward_checked,
+    resolve_device,
+)
 from .core.device import autocast, check_amp, placed, wants_channels_last
 from .core.hooks import preserved
-from .core.metrics import Metric, get_metric
+from .core.metrics import Metric, get_metric, select_output
 from .core.progress import progress_bar
 
 __all__ = [
@@ -61,7 +69,7 @@ def predict_batches(model: nn.Module, data, *, batch_size: int = 256, device=Non
     with preserved(model), torch.no_grad(), placed(model, dev), \
             progress_bar(len(loader), desc, enabled=progress, unit="batch") as bar:  # fmt: skip
         model.eval()
-        for b in batches(loader, dev):
+        for b in batches(loader, dev, model):
             yield forward_checked(model, b.x), b.y
             bar.update(1)
 
@@ -91,7 +99,7 @@ def evaluate(
     check_amp(amp)
     loader = as_loader(data, batch_size)
     dev = resolve_device(device, model)
-    loop = BatchLoop(loader, dev, m.merge, channels_last=wants_channels_last(dev, amp))
+    loop = BatchLoop(loader, dev, m.merge, model=model, channels_last=wants_channels_last(dev, amp))
     with preserved(model), torch.no_grad(), placed(model, dev, channels_last=loop.channels_last), \
             progress_bar(len(loop), "evaluate", enabled=progress, unit="batch") as bar:  # fmt: skip
         model.eval()
@@ -103,19 +111,22 @@ def evaluate(
     return m.compute()
 
 
-def _default_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Step:
+def _default_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], output: str | int | None) -> Step:
     def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch[0], batch[1]
-        out = forward_checked(model, x)
+        check_batch(model, x)
+        out = select_output(forward_checked(model, x), output, "the loss")
         return loss_fn(out, y), out, y
 
     return step
 
 
-def _epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, step: Step, m: Metric,
+def _epoch(model: nn.Module, loader: DataLoader, optimizers: tuple, step: Step, m: Metric,
            dev: torch.device, bar) -> tuple[float, float]:  # fmt: skip
-    """One pass over the training data: the mean loss and the training metric. The loss is summed on
-    the device (float64, as Python floats would), read back only for a shown progress bar."""
+    """One pass over the training data: the mean loss and the training metric. ``optimizers``: the
+    optimizer and the learning-rate schedule (or ``None``), stepped every batch. The loss is summed
+    on the device (float64, as Python floats would), read back only for a shown progress bar."""
+    opt, sched = optimizers
     model.train()
     total = torch.zeros((), dtype=torch.float64, device=dev)
     n = 0
@@ -125,6 +136,8 @@ def _epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, ste
         batch_loss, out, y = step(model, batch)
         batch_loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         total += batch_loss.detach().double() * len(y)
         n += len(y)
         m.update(out.detach(), y)
@@ -143,6 +156,7 @@ def fit(
     batch_size: int = 64,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
+    schedule: str | None = None,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     step: Step | None = None,
     val: Dataset | DataLoader | None = None,
@@ -159,6 +173,8 @@ def fit(
 
     Args:
         optimizer: ``"adam"`` (default), ``"sgd"`` (momentum 0.9) or ``"rmsprop"``.
+        schedule: ``None`` (a constant learning rate) or ``"cosine"`` (from ``lr`` to 0 over the run,
+            stepped every batch: the short fine-tuning schedule of ``compress``).
         loss: defaults to cross-entropy.
         step: ``step(model, batch) -> (loss, output, target)`` for models trained otherwise (default:
             ``loss(model(x), y)``); the output and target feed the training metric.
@@ -176,14 +192,17 @@ def fit(
     loader = train if isinstance(train, DataLoader) else DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen)
     if len(loader) == 0:
         raise ValueError("The training set is empty")
-    step = step or _default_step(loss or nn.CrossEntropyLoss())
+    if schedule not in (None, "cosine"):
+        raise ValueError(f"schedule must be None or 'cosine', not {schedule!r}")
+    step = step or _default_step(loss or nn.CrossEntropyLoss(), get_metric(metric).output)
     history: dict[str, list[float]] = {"loss": [], "train_metric": [], "val_metric": []}
     try:
         with placed(model, dev, keep=True), \
                 progress_bar(epochs * len(loader), f"train {type(model).__name__}", enabled=progress, unit="batch") as bar:  # fmt: skip
             opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader))) if schedule else None
             for _ in range(epochs):
-                mean_loss, train_metric = _epoch(model, loader, opt, step, get_metric(metric), dev, bar)
+                mean_loss, train_metric = _epoch(model, loader, (opt, sched), step, get_metric(metric), dev, bar)
                 history["loss"].append(mean_loss)
                 history["train_metric"].append(train_metric)
                 if val is not None:

@@ -7,7 +7,7 @@ import torch
 
 import cnn_redundancy as cr
 from cnn_redundancy.analyses.ablation import AblationResult, zero_ablation
-from cnn_redundancy.compress.removal import RemovalResult, remove_branches, remove_trivial
+from cnn_redundancy.compression.removal import RemovalResult, remove_branches, remove_trivial
 from cnn_redundancy.core.hooks import hook_count
 from cnn_redundancy.testing import PlainNet, random_images, zero_branch_resnet
 
@@ -135,6 +135,9 @@ def test_remove_trivial_smaller_model_within_tolerance_saves_and_loads(net, data
     assert "layer1.1" in exact.removed and exact.final == 1.0  # the zero-BN branch goes at zero tolerance
     res = remove_trivial(net, d, tolerance=0.25, progress=False)
     assert res.after["params"] < res.before["params"] and res.after["macs"] < res.before["macs"]
+    # the measured latency is a timing: in meta, outside the same-seed comparison
+    assert "latency_ms" not in res.before and res.meta["latency_ms"]["before"] > 0 and res.meta["complete"] is True
+    assert remove_trivial(net, d, tolerance=0.25, progress=False) == res
     assert res.baseline - res.final <= 0.25
     assert cr.evaluate(res.model, d) == pytest.approx(res.final)
     path = cr.save_checkpoint(res.model, tmp_path / "m.pt")
@@ -155,3 +158,33 @@ def test_cli_reproduce_quick(tmp_path):
     res = AblationResult.load(tmp_path / "resnet20-mnist5k-layer-zero-kernel.json")
     assert len(res.units) == 21
     assert cr.load_checkpoint(tmp_path / "resnet20-trimmed.pt") is not None
+
+
+def test_remove_trivial_keeps_the_branches_tried_when_interrupted(net, data, tmp_path, interrupt_at):
+    import cnn_redundancy.compression.removal as R
+
+    d = _labels_from(net, data)
+    interrupt_at(R, "evaluate", 2)  # Ctrl-C while the second branch is tried
+    with pytest.raises(KeyboardInterrupt):
+        remove_trivial(net, d, tolerance=1.0, measure=False, progress=False, partial=tmp_path / "removal.json")
+    kept = RemovalResult.load(tmp_path / "removal.json")
+    assert len(kept.trials) == 1 and kept.meta["complete"] is False
+    ranking = AblationResult.load(tmp_path / "removal-ranking.json")  # the ranking sweep had finished
+    assert ranking.meta["complete"] is True and ranking.mode == "remove-branch"
+
+
+def test_remove_trivial_writes_partial_results_as_it_goes(net, data, tmp_path, monkeypatch):
+    import cnn_redundancy.compression.removal as R
+    import cnn_redundancy.core.results as results
+
+    monkeypatch.setattr(results, "PARTIAL_EVERY", 0.0)  # the 30 s cadence, shortened
+    d, real, on_disk = _labels_from(net, data), R.evaluate, []
+
+    def look(*a, **kw):
+        path = tmp_path / "removal.json"
+        on_disk.append(len(RemovalResult.load(path).trials) if path.exists() else None)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(R, "evaluate", look)
+    remove_trivial(net, d, tolerance=1.0, measure=False, progress=False, partial=tmp_path / "removal.json")
+    assert on_disk[:3] == [None, 1, 2]

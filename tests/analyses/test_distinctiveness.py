@@ -120,3 +120,15 @@ def test_result_round_trip_and_plot(tmp_path):
     fig = res.plot()
     assert len(fig.axes) >= 2
     assert cr.distinctiveness(duplicated_kernels_net(), random_images(16), center="mean").to_dict() == res.to_dict()
+
+
+def test_nearest_partner_and_dead_kernels():
+    m = duplicated_kernels_net()
+    with torch.no_grad():
+        m.conv2.bias[0] = -100.0  # dead under the ReLU
+    res = cr.distinctiveness(m, random_images(32))
+    angle, partner = res.nearest("conv1")
+    assert angle[0] == pytest.approx(0.0, abs=1e-3) and partner[0] == 1 and partner[1] == 0
+    a2, p2 = res.nearest("conv2")
+    assert res.dead["conv2"] == [0] and math.isnan(a2[0]) and p2[0] is None
+    assert all(math.isfinite(a) for a in a2[1:]) and a2[2] == pytest.approx(0.0, abs=1e-3) and p2[2] == 3

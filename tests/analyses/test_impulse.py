@@ -87,3 +87,18 @@ def test_plots():
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0", "1", "2", "3", "4", "5"]
     assert res.plot("conv1", kind="ncc").axes[0].get_xlabel() == "kernel of conv1"
     assert res.plot("conv1", kind="max_ncc").axes[0].get_ylabel() == "max NCC with another kernel"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_float64_and_float16_models(dtype):
+    m = duplicated_kernels_net().to(dtype)
+    res = impulse_response(m, input_shape=(1, 12, 12), progress=False)
+    assert m.conv1.weight.dtype == dtype and res.max_ncc("conv1")[0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_negative_max_lag_is_refused():
+    with pytest.raises(ValueError, match="max_lag must be None or an integer >= 0, not -3"):
+        impulse_response(duplicated_kernels_net(), input_shape=(1, 12, 12), max_lag=-3)
+    res = impulse_response(duplicated_kernels_net(), input_shape=(1, 12, 12), progress=False)
+    with pytest.raises(ValueError, match="max_lag must be"):
+        res.ncc("conv1", max_lag=-3)

@@ -161,3 +161,18 @@ def test_several_layers_in_one_call_give_each_layers_own_answer(data):
         alone = channel_shuffle(m, data, layer, batch_size=32, repeats=2, seed=1)
         assert both.cosine[layer] == alone.cosine[layer] and both.metric[layer] == alone.metric[layer]
     assert len(both.plot().axes) == 2 and len(both.headline()) == 2
+
+
+def test_one_sample_batches_cannot_be_channel_shuffled():
+    m = ignored_channel_net(2)
+    with pytest.raises(ValueError, match="a batch of one sample cannot change"):
+        channel_shuffle(m, random_images(8), "conv2", batch_size=1, metric=None, progress=False)
+    with pytest.warns(UserWarning, match="batch 1 holds one sample"):  # 9 = 8 + 1: the last batch cannot shuffle
+        channel_shuffle(m, random_images(9), "conv2", batch_size=8, metric=None, progress=False)
+    res = pixel_shuffle(m, random_images(1), "conv2", batch_size=1, metric=None, progress=False)  # pixels move within one
+    assert min(res.mean_cosine["conv2"]) < 1.0
+
+
+def test_channels_must_be_integer_indices():
+    with pytest.raises(ValueError, match=r"channels must be integer indices, got \[0.7\]"):
+        channel_shuffle(TinyCNN(), random_images(8), "conv2", channels=[0.7], progress=False)

@@ -80,7 +80,7 @@ def _assert_same(model, before):
 
 def test_every_method_is_registered():
     assert IDS == ["channel-shuffle", "pixel-shuffle", "impulse", "distinctiveness", "zero-ablation",
-                   "strongest-activations"]  # fmt: skip
+                   "strongest-activations", "dead-kernels", "kernel-scores", "cka"]  # fmt: skip
 
 
 @pytest.mark.parametrize("a", ANALYSES, ids=IDS)
@@ -178,3 +178,84 @@ def test_partial_result_file_ends_complete(a, data, tmp_path):
     kept = Result.load(tmp_path / "partial.json")
     assert kept.meta["complete"] is True and res.meta["complete"] is True
     assert kept.to_dict() == res.to_dict()
+
+
+NEEDS_DATA = [a for a in ANALYSES if a.needs_data]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("a", NEEDS_DATA, ids=[a.name for a in NEEDS_DATA])
+def test_non_finite_data_is_refused_naming_the_sample(a, data, bad):
+    x, y = data.tensors
+    x = x.clone()
+    x[19, 0, 3, 4] = bad
+    model = _model()
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"sample 19 of the data \(batch 2, position 3\) has a NaN or infinite"):
+        _run(a, model, torch.utils.data.TensorDataset(x, y))
+    _assert_same(model, before)
+
+
+@pytest.mark.parametrize("a", NEEDS_DATA, ids=[a.name for a in NEEDS_DATA])
+def test_raw_uint8_images_are_refused_with_the_fix(a, data):
+    x, y = data.tensors
+    raw = torch.utils.data.TensorDataset((x * 40 + 128).clamp(0, 255).to(torch.uint8), y)
+    with pytest.raises(TypeError, match=r"inputs are torch\.uint8.*x\.float\(\) / 255"):
+        _run(a, _model(), raw)
+
+
+EVALUATES = [a for a in ANALYSES if a.evaluates]
+
+
+@pytest.mark.parametrize("a", EVALUATES, ids=[a.name for a in EVALUATES])
+def test_labels_outside_the_classes_are_refused(a, data):
+    x, y = data.tensors
+    with pytest.raises(ValueError, match="label 10 is outside the model's 10 classes"):
+        _run(a, _model(), torch.utils.data.TensorDataset(x, torch.full_like(y, 10)))
+
+
+class DictCNN(CachingCNN):
+    """A CachingCNN returning a dict, as segmentation heads with an auxiliary output do."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return {"out": out, "aux": out.flip(1)}
+
+
+@pytest.mark.parametrize("a", ANALYSES, ids=IDS)
+def test_a_dict_output_gives_the_plain_answer_with_an_output_selector(a, data):
+    """Where the analysis evaluates, ``metric=get_metric(..., output=key)`` reads a dict output and gives the
+    plain model's answer (without it: an error naming ``output=``); elsewhere the dict is either not read
+    (the plain answer) or refused with a typed error, the model left as found."""
+    from cnn_redundancy.core.metrics import get_metric
+
+    plain = _run(a, _model(), data)
+    torch.manual_seed(0)
+    model = DictCNN().eval()
+    if a.evaluates:
+        assert _run(a, model, data, metric=get_metric("accuracy", output="out")) == plain
+        with pytest.raises(TypeError, match=r"output='out'"):
+            _run(a, model, data)
+        return
+    before = _state(model)
+    try:
+        assert _run(a, model, data) == plain
+    except (TypeError, ValueError):
+        _assert_same(model, before)
+
+
+@pytest.mark.parametrize("a", ANALYSES, ids=IDS)
+def test_partial_results_are_written_while_the_work_goes(a, data, tmp_path, monkeypatch):
+    """With the 30 s cadence set to 0, a partial file (``"complete": false``) appears before the end."""
+    import cnn_redundancy.core.results as results
+
+    monkeypatch.setattr(results, "PARTIAL_EVERY", 0.0)
+    seen, save = [], results.Result.save
+
+    def recording(self, path):
+        seen.append(self.meta.get("complete"))
+        return save(self, path)
+
+    monkeypatch.setattr(results.Result, "save", recording)
+    _run(a, _model(), data, partial=tmp_path / "p.json")
+    assert False in seen and seen[-1] is True

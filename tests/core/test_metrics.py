@@ -73,3 +73,50 @@ def test_ncc_different_sizes_and_constants():
     assert ncc_matrix(corner)[0, 1] < 0.5
     with pytest.raises(ValueError, match="maps each"):
         ncc_matrix(a, torch.zeros(1, 2, 9, 9))
+
+
+def test_labels_outside_the_classes_are_refused_not_counted_wrong():
+    with pytest.raises(ValueError, match=r"label 10 is outside the model's 10 classes \(0..9\).*num_classes"):
+        Accuracy().update(torch.zeros(3, 10), torch.tensor([0, 10, 1]))
+    with pytest.raises(ValueError, match="label -1 is outside"):
+        Accuracy().update(torch.zeros(2, 10), torch.tensor([-1, 0]))
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, 0, 0] = 3
+    with pytest.raises(ValueError, match=r"dice: label 3 is outside the model's 3 classes"):
+        Dice().update(torch.zeros(1, 3, 4, 4), target)
+
+
+def test_a_dict_or_tuple_output_needs_a_selector_that_says_how():
+    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    with pytest.raises(TypeError, match=r"dict with keys 'out', 'aux'.*output='out'.*--output-key out"):
+        Accuracy().update({"out": logits, "aux": logits}, torch.tensor([1, 0]))
+    with pytest.raises(TypeError, match=r"tuple of 2 outputs.*output=0"):
+        Accuracy().update((logits, logits), torch.tensor([1, 0]))
+    m = get_metric("accuracy", output="out")
+    m.update({"out": logits, "aux": -logits}, torch.tensor([1, 0]))
+    t = Accuracy(output=1)
+    t.update((-logits, logits), torch.tensor([1, 0]))
+    assert m.compute() == t.compute() == 1.0
+    with pytest.raises(ValueError, match="output='main' is not an output"):
+        get_metric("dice", output="main").update({"out": logits}, torch.tensor([1, 0]))
+
+
+def test_accuracy_on_per_pixel_logits_names_dice():
+    with pytest.raises(ValueError, match="need metric='dice'"):
+        Accuracy().update(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+
+
+def test_metric_inferred_from_the_output_shape():
+    import cnn_redundancy as cr
+    from cnn_redundancy.core.metrics import infer_metric
+    from cnn_redundancy.testing import TinyCNN, random_images
+
+    seg = cr.get_model("pspnet_resnet", in_channels=1, num_classes=3, depths=(1, 1, 1, 1), width=4, input_size=16)
+    assert infer_metric(seg, random_images(2, (1, 16, 16))) == "dice"
+    assert infer_metric(TinyCNN(), random_images(2)) == "accuracy"
+
+
+def test_negative_max_lag_is_refused():
+    a = torch.randn(3, 1, 5, 5)
+    with pytest.raises(ValueError, match="max_lag must be None or an integer >= 0, not -3"):
+        ncc_matrix(a, max_lag=-3)

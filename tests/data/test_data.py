@@ -134,3 +134,56 @@ def test_subset_is_seeded():
     a, b, c = subset(te, 50, seed=0), subset(te, 50, seed=0), subset(te, 50, seed=1)
     assert len(a) == 50 and torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
     assert subset(te, None) is te
+
+
+class _WritesAFile:
+    """What a crafted batch file could hold: unpickling it would call pathlib.Path.write_text."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.write_text, (pathlib.Path(self.path), "pwned")
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_batches_are_read_without_running_code(tmp_path, protocol):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    data = np.random.default_rng(0).integers(0, 256, (3, 3072), dtype=np.uint8)
+    with open(folder / "test_batch", "wb") as f:  # the real format: a dict of bytes keys, numpy data, label list
+        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"data": data, b"labels": [1, 2, 3],
+                     b"filenames": [b"a.png", b"b.png", b"c.png"]}, f, protocol=protocol)  # fmt: skip
+    te = load_dataset("cifar10", "test", root=tmp_path)
+    assert te.labels.tolist() == [1, 2, 3] and torch.equal(te.images.reshape(3, -1), torch.from_numpy(data))
+    marker = tmp_path / "pwned.txt"
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": _WritesAFile(marker), b"labels": [0]}, f, protocol=protocol)
+    with pytest.raises(ValueError, match=r"not a readable CIFAR batch file: refused .*a data batch holds only"):
+        load_dataset("cifar10", "test", root=tmp_path)
+    assert not marker.exists()
+
+
+def test_subset_refuses_a_non_positive_limit():
+    te = load_dataset("digits", "test")
+    for n in (-995, 0):
+        with pytest.raises(ValueError, match=f"limit must be a positive number of samples, not {n}"):
+            subset(te, n)
+
+
+def test_normalize_options(tmp_path):
+    raw = load_dataset("digits", "test", normalize="none")
+    custom = load_dataset("digits", "test", normalize="0.5,0.25")
+    assert torch.allclose(custom[0][0], (raw[0][0] - 0.5) / 0.25)
+    with pytest.raises(ValueError, match="3 means for images with 1 channel"):
+        load_dataset("digits", "test", normalize="imagenet")
+    with pytest.raises(ValueError, match="normalize must be 'imagenet', 'none' or 'mean,std'"):
+        load_dataset("digits", "test", normalize="0.5")
+    d = tmp_path / "imgs" / "a"
+    d.mkdir(parents=True)
+    Image.fromarray(np.full((10, 14, 3), 255, dtype=np.uint8)).save(d / "0.png")
+    x = load_dataset("imagefolder", "all", root=tmp_path / "imgs", normalize="imagenet", image_size=6)[0][0]
+    assert x.shape == (3, 6, 6)  # one number: square
+    assert torch.allclose(x[:, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))

@@ -34,3 +34,25 @@ def test_bad_model_names():
         get_model("lenet5", depth=3)
     with pytest.raises(ValueError, match="does not exist"):
         get_model("/nonexistent/file.py:make")
+
+
+def test_seed_builds_the_same_weights_and_leaves_the_random_state_alone():
+    torch.manual_seed(5)
+    a = get_model("lenet5", width=2, seed=0)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    b = get_model("lenet5", width=2, seed=0)
+    assert torch.equal(torch.rand(3), after)  # the global stream is where it was
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(get_model("lenet5", width=2, seed=1).conv1.weight, a.conv1.weight)
+    assert model_spec(a)["kwargs"] == {"width": 2}  # the seed is not a model argument
+
+
+def test_model_arguments_of_the_wrong_type_are_one_clear_error():
+    with pytest.raises(ValueError, match=r"lenet5: argument width must be an integer \(default 1\), not 'abc'"):
+        get_model("lenet5", width="abc")
+    with pytest.raises(ValueError, match="argument in_channels must be an integer .* not True"):
+        get_model("lenet5", in_channels=True)
+    with pytest.raises(ValueError, match="argument depths must be a list"):
+        get_model("pspnet_resnet", depths=3)
+    assert get_model("pspnet_resnet", depths=[1, 1, 1, 1], width=4).encoder.layer1[0].conv1.out_channels == 4

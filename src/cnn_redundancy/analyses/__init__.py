@@ -6,3 +6,6 @@ from . import impulse  # noqa: F401
 from . import distinctiveness  # noqa: F401
 from . import ablation  # noqa: F401
 from . import activation_labels  # noqa: F401
+from . import dead  # noqa: F401
+from . import scores  # noqa: F401
+from . import cka  # noqa: F401

@@ -25,6 +25,7 @@ it would return with a zero kernel.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
 from typing import Any
 
@@ -32,17 +33,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.batches import SHARDS, as_loader, forward_checked, resolve_device
+from ..core.batches import SHARDS, as_loader, first_input, forward_checked, resolve_device
 from ..core.device import AMP_CHOICES, check_amp, placed
+from ..core.graph import Traced
 from ..core.hooks import preserved
 from ..core.layers import LayerSpec, conv_layers, resolve_layers
 from ..core.metrics import Metric, get_metric
+from ..core.plotting import height_for
 from ..core.registry import analysis, option
 from ..core.results import Result, make_meta
 from ..core.structure import (
     block_of,
     decomposition_layers,
     layer_blocks,
+    residual_adds,
     residual_blocks,
     shortcut_convs,
     shortcut_output,
@@ -124,34 +128,34 @@ class AblationResult(Result):
         return lines
 
     def plot(self, ax=None, *, title: str | None = None):
-        """Bars of the metric per ablated unit, the baseline as a line, decomposition layers in red."""
+        """Bars of the metric per ablated unit (one row each, forward order), the baseline as a line,
+        decomposition layers in red, units whose ablation changed nothing hatched."""
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
 
+        n = len(self.units)
         if ax is None:
-            width = max(5.0, 0.28 * len(self.units) + 2)
-            fig, ax = plt.subplots(figsize=(width, 3.6))
+            fig, ax = plt.subplots(figsize=(7.5, height_for(n)))
         else:
             fig = ax.figure
         colors = ["tab:red" if u in self.decomposition else "tab:blue" for u in self.units]
-        x = range(len(self.units))
-        bars = ax.bar(x, [self.scores[u] for u in self.units], color=colors)
+        bars = ax.barh(range(n), [self.scores[u] for u in self.units], color=colors)
         for b, u in zip(bars, self.units):
             if not self.changed[u]:
                 b.set_hatch("//")
-        ax.axhline(self.baseline, color="black", ls="--", lw=1, label=f"baseline {self.baseline:.3f}")
-        ax.axhline(self.baseline - self.tolerance, color="gray", ls=":", lw=1, label=f"baseline - tolerance ({self.tolerance:g})")
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(self.units, rotation=90 if len(self.units) > 6 else 0, fontsize=7)
-        ax.set_ylabel(self.metric)
-        ax.set_ylim(0, max(1.0, self.baseline * 1.05))
-        from matplotlib.patches import Patch
-
+        ax.axvline(self.baseline, color="black", ls="--", lw=1, label=f"baseline {self.baseline:.3f}")
+        ax.axvline(self.baseline - self.tolerance, color="gray", ls=":", lw=1, label=f"baseline - tolerance ({self.tolerance:g})")
+        ax.set_yticks(range(n), self.units, fontsize=7 if n > 30 else 8)
+        ax.set_ylim(n - 0.5, -0.5)
+        ax.set_xlabel(f"{self.metric} with the unit ablated")
+        ax.set_ylabel("ablated unit (forward order)")
+        ax.set_xlim(0, max(1.0, self.baseline * 1.05))
         handles, _ = ax.get_legend_handles_labels()
         handles += [Patch(color="tab:red", label="decomposition layer"), Patch(color="tab:blue", label="other")]
         if self.unchanged:
             handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="output unchanged"))
         ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-        ax.set_title(title or f"zero-ablation, scope={self.scope}, mode={self.mode}")
+        ax.set_title(title or f"zero-ablation, scope={self.scope}, mode={self.mode}", fontsize=9)
         fig.tight_layout()
         return fig
 
@@ -165,11 +169,16 @@ class _Ablated:
     blocks: list[str]
     decomposition: bool
     stage: str
+    adds: dict[str, int] = dataclasses.field(default_factory=dict)  # graph additions -> bypass argument
 
     def unit(self) -> Unit:
-        """The sweep unit: each zeroed conv returns its bias alone, each removed block its shortcut."""
+        """The sweep unit: each zeroed conv returns its bias alone, each removed branch leaves its shortcut
+        (a residual addition found in the graph returns its bypass; a block module returns ``act(shortcut(x))``)."""
         fns = {n: _zero_kernel for n in self.convs}
-        fns.update({b: _no_branch for b in self.blocks})
+        if self.adds:
+            fns.update({node: (lambda ctx, mod, inputs, out, k=k: inputs[k]) for node, k in self.adds.items()})
+        else:
+            fns.update({b: _no_branch for b in self.blocks})
         return Unit(self.name, fns)
 
 
@@ -188,7 +197,32 @@ def _kept_layers(model: nn.Module, order: list[str], adjacent: str) -> set[str]:
     return kept
 
 
-def _units(model, scope, mode, layers, order, adjacent) -> tuple[list[_Ablated], list[str]]:
+def _branches(model: nn.Module, layers, decomp: set[str], engine: str) -> list[_Ablated]:
+    """One unit per residual branch: the additions found in the traced graph (any ``x + f(x)`` block),
+    or, for a model fx cannot trace (or ``engine="naive"``), the blocks in torchvision's convention
+    (removed with hooks)."""
+    traced = Traced.maybe(model) if engine != "naive" else None
+    adds = residual_adds(traced) if traced is not None else []
+    found = {a.name: a for a in adds} or {b: None for b in residual_blocks(model)}
+    if not found:
+        raise ValueError(f"mode='remove-branch' needs residual blocks (an addition of a branch and a shortcut); "
+                         f"{type(model).__name__} has none (use mode='zero-kernel')")
+    specs = [] if layers is None else [layers] if isinstance(layers, str) else list(layers)
+    bad = [s for s in specs if not any(fnmatch.fnmatchcase(n, s) for n in found)]
+    if bad:
+        raise ValueError(f"with mode='remove-branch' layers are residual blocks; not blocks: {', '.join(map(str, bad))}. "
+                         f"Blocks: {', '.join(found)}")
+    chosen = [n for n in found if not specs or any(fnmatch.fnmatchcase(n, s) for s in specs)]
+    out = []
+    for name in chosen:
+        a = found[name]
+        members = set(a.convs) if a is not None else set()
+        dec = any(n.startswith(name + ".") or n in members for n in decomp)
+        out.append(_Ablated(name, [], [name], dec, stage_of(name), {a.node: a.bypass} if a is not None else {}))
+    return out
+
+
+def _units(model, scope, mode, layers, order, adjacent, engine) -> tuple[list[_Ablated], list[str]]:
     blocks = residual_blocks(model)
     decomp = set(decomposition_layers(model))
     skipped: list[str] = []
@@ -209,21 +243,14 @@ def _units(model, scope, mode, layers, order, adjacent) -> tuple[list[_Ablated],
         if not names:
             raise ValueError(f"none of the selected layers is a shortcut conv; shortcut convs: {', '.join(short)}")
         return [_Ablated(n, [n], [], True, stage(n)) for n in names], skipped
-    if mode == "remove-branch" and not blocks:
-        raise ValueError(f"mode='remove-branch' needs residual blocks; {type(model).__name__} has none (use mode='zero-kernel')")
+    if scope == "layer" and mode == "zero-kernel":
+        chosen = set(resolve_layers(model, layers))
+        return [_Ablated(n, [n], [], n in decomp, stage(n)) for n in order if n in chosen], skipped
     if scope == "layer":
-        if mode == "zero-kernel":
-            chosen = set(resolve_layers(model, layers))
-            return [_Ablated(n, [n], [], n in decomp, stage(n)) for n in order if n in chosen], skipped
-        chosen_b = blocks if layers is None else resolve_layers(model, layers, types=None)
-        bad = [b for b in chosen_b if b not in blocks]
-        if bad:
-            raise ValueError(f"with mode='remove-branch' layers are residual blocks; not blocks: {', '.join(bad)}. "
-                             f"Blocks: {', '.join(blocks)}")
-        return [
-            _Ablated(b, [], [b], any(n.startswith(b + ".") for n in decomp), stage_of(b))
-            for b in blocks if b in chosen_b
-        ], skipped  # fmt: skip
+        return _branches(model, layers, decomp, engine), skipped
+    if mode == "remove-branch" and not blocks:
+        raise ValueError(f"mode='remove-branch' with scope='block' needs residual blocks in torchvision's convention; "
+                         f"{type(model).__name__} has none (use scope='layer' or mode='zero-kernel')")
     kept = _kept_layers(model, order, adjacent)
     groups = layer_blocks(model, order=order)
     if layers is not None:
@@ -365,10 +392,10 @@ def zero_ablation(
     dev = resolve_device(device, model)
     with preserved(model), torch.no_grad(), placed(model, dev):
         model.eval()
-        x0 = next(iter(loader))[0][:1].to(dev)
+        x0 = first_input(loader, model).to(dev)
         forward_checked(model, x0)
         order = conv_layers(model, example_input=x0)
-    ablated, skipped = _units(model, scope, mode, layers, order, adjacent)
+    ablated, skipped = _units(model, scope, mode, layers, order, adjacent, engine)
     params = {"scope": scope, "mode": mode, "units": [u.name for u in ablated], "metric": metric_name, "tolerance": tolerance, "adjacent": adjacent, "n_samples": len(loader.dataset), "amp": amp}
     meta = make_meta("zero_ablation", params, seed)
     meta["skipped_blocks"], meta["shard"] = skipped, shard

@@ -3,7 +3,7 @@
 For the first ``feature_maps`` maps of every conv layer of a trained CNN 1, the ``top`` images with
 the highest mean absolute activation; each selected image is labelled with the index of the layer
 that selected it (the deeper layer wins on repetition). The router (CNN 2) and the skip network
-(CNN 3) that use these labels live in :mod:`cnn_redundancy.compress.skipnet`; the paper's whole
+(CNN 3) that use these labels live in :mod:`cnn_redundancy.compression.skipnet`; the paper's whole
 experiment in :mod:`cnn_redundancy.experiments.layer_skipping`.
 """
 
@@ -232,7 +232,7 @@ def strongest_activation_labels(
             order = torch.sort(s, dim=0, descending=True, stable=True).indices[:top]
             best_s[n], best_i[n] = s.gather(0, order), i.gather(0, order)
 
-    loop = BatchLoop(loader, dev, merge, channels_last=wants_channels_last(dev, amp))
+    loop = BatchLoop(loader, dev, merge, model=model, channels_last=wants_channels_last(dev, amp))
     with preserved(model), torch.no_grad(), placed(model, dev, channels_last=loop.channels_last), \
             capture_after(model, observed, fn=reduce) as store, \
             progress_bar(len(loop), "strongest activations", enabled=progress, unit="batch") as bar, \

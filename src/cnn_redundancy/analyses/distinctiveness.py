@@ -36,6 +36,7 @@ from ..core.device import AMP_CHOICES, autocast, check_amp, full_precision, plac
 from ..core.hooks import capture_after, preserved
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.observe import ObserveSpec, resolve_observe
+from ..core.plotting import height_for, per_layer_boxes
 from ..core.progress import progress_bar
 from ..core.registry import analysis, option
 from ..core.results import Partials, Result, make_meta
@@ -199,7 +200,7 @@ def activation_stats(
         if on_batch is not None:
             on_batch(stats)
 
-    loop = BatchLoop(loader, dev, apply, channels_last=wants_channels_last(dev, amp))
+    loop = BatchLoop(loader, dev, apply, model=model, channels_last=wants_channels_last(dev, amp))
     with preserved(model), torch.no_grad(), placed(model, dev, channels_last=loop.channels_last), \
             capture_after(model, obs, fn=lambda _, t: _reduce(t, means)) as results, \
             progress_bar(len(loop), "activation vectors", enabled=progress, unit="batch") as bar:  # fmt: skip
@@ -228,6 +229,8 @@ class DistinctivenessResult(Result):
         norms: ``layer -> [K]`` norm of each (centered) vector.
         mean_norm: ``layer -> [K]`` mean Frobenius norm of each kernel's activation map.
         degenerate: ``layer -> kernel indices`` whose (centered) vector is zero.
+        dead: ``layer -> kernel indices`` whose activation is zero on every sample (their vectors are
+            zero: they are degenerate too, and no angle says anything about them).
     """
 
     layers: list[str] = dataclasses.field(default_factory=list)
@@ -238,7 +241,22 @@ class DistinctivenessResult(Result):
     norms: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     mean_norm: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     degenerate: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    dead: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     kind = "distinctiveness"
+
+    def nearest(self, layer: str) -> tuple[list[float], list[int | None]]:
+        """Per kernel, the smallest angle to another kernel of the layer and that kernel (NaN / ``None``
+        for a degenerate kernel). With centering, a complementary pair (near 180 degrees) counts as near:
+        the angle is folded to ``min(a, 180 - a)``."""
+        a = torch.tensor(self.angles[layer], dtype=torch.float64)
+        if self.center is not None:
+            a = torch.minimum(a, 180.0 - a)
+        a.fill_diagonal_(math.inf)
+        a = torch.where(torch.isnan(a), math.inf, a)
+        values, idx = a.min(1) if a.numel() else (a.new_zeros(0), a.new_zeros(0, dtype=torch.long))
+        ok = torch.isfinite(values)
+        return ([float(v) if o else math.nan for v, o in zip(values.tolist(), ok.tolist())],
+                [int(i) if o else None for i, o in zip(idx.tolist(), ok.tolist())])
 
     def pairs(self, limit: int | None = None, *, layer: str | None = None, descending: bool = False) -> list[dict[str, Any]]:
         """Kernel pairs ``{layer, i, j, angle}`` of the same layer sorted by angle (least distinct first).
@@ -261,29 +279,29 @@ class DistinctivenessResult(Result):
     def headline(self, top: int = 10) -> list[str]:
         """The least distinct pairs, and the kernels whose activation vector is zero."""
         lines = [f"{p['layer']}: kernels {p['i']} and {p['j']} at {p['angle']:.2f} degrees" for p in self.pairs(top)]
-        lines += [f"{layer}: {len(d)} kernel(s) with a zero activation vector: {d}" for layer, d in self.degenerate.items() if d]
+        lines += [f"{layer}: {len(d)} dead kernel(s) (zero on every sample): {d}" for layer, d in self.dead.items() if d]
+        lines += [f"{layer}: {len(d) - len(self.dead.get(layer, []))} more kernel(s) with a zero centered vector "
+                  "(the same activation norm on every sample)" for layer, d in self.degenerate.items()
+                  if len(d) > len(self.dead.get(layer, []))]  # fmt: skip
         return lines
 
     def plot(self, layer: str | None = None):
-        """Heatmap of a layer's angle matrix and a histogram of every layer's pair angles."""
+        """Heatmap of a layer's angle matrix (default the last) beside each layer's nearest angles, one row
+        per layer (dead kernels, which have no angle, left out)."""
         import matplotlib.pyplot as plt
 
         layer = layer or self.layers[-1]
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, max(4.0, height_for(len(self.layers)))),
+                                       gridspec_kw={"width_ratios": [1, 1.2]})  # fmt: skip
         im = ax1.imshow(self.angles[layer], cmap="viridis", vmin=0, vmax=180 if self.center else 90)
-        ax1.set_title(f"{layer}: angle between kernels (deg)")
+        ax1.set_title(f"{layer}: angle between kernels (degrees; white: dead)", fontsize=9)
         ax1.set_xlabel("kernel")
         ax1.set_ylabel("kernel")
-        fig.colorbar(im, ax=ax1)
-        for name in self.layers:
-            ax2.hist([p["angle"] for p in self.pairs(layer=name)], bins=36, range=(0, 180 if self.center else 90),
-                     alpha=0.6, label=name)
-        ax2.set_xlabel("angle (degrees)")
-        ax2.set_ylabel("pairs")
-        ax2.set_title(f"distinctiveness (center={self.center})")
-        if len(self.layers) <= 10:
-            ax2.legend(fontsize=7)
-        fig.tight_layout()
+        fig.colorbar(im, ax=ax1, fraction=0.046, pad=0.04, label="degrees")
+        per_layer_boxes(self.layers, [self.nearest(x)[0] for x in self.layers], ax=ax2, line=15.0,
+                        line_label="15 degrees (Gedeon-Harris 'similar')",
+                        xlabel="angle to the nearest other kernel (degrees" + (", folded to 0-90)" if self.center else ")"),
+                        title=f"distinctiveness, center={self.center}: each point a kernel")  # fmt: skip
         return fig
 
 
@@ -300,6 +318,7 @@ def result_from_stats(stats: dict[str, ActivationStats], obs: dict[str, str], ce
         res.norms[name] = norms.tolist()
         res.mean_norm[name] = (st.sums / st.n).tolist()
         res.degenerate[name] = torch.nonzero(torch.isnan(ang.diagonal())).flatten().tolist()
+        res.dead[name] = torch.nonzero(st.maxs <= 0).flatten().tolist()
     return res
 
 

@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.batches import expected_input_shape, forward_checked, resolve_device, sample_shape
+from ..core.batches import expected_input_shape, forward_checked, model_dtype, resolve_device, sample_shape
 from ..core.device import placed
 from ..core.graph import ACTIVATIONS, SplitUnavailable, trace
 from ..core.hooks import capture, preserved
 from ..core.layers import LayerSpec, resolve_layers
-from ..core.metrics import ncc_matrix, normalize_responses
+from ..core.metrics import check_max_lag, ncc_matrix, normalize_responses
+from ..core.plotting import per_layer_boxes
 from ..core.progress import progress_bar
 from ..core.registry import analysis, option
 from ..core.results import Partials, Result, make_meta
@@ -56,6 +57,9 @@ class ImpulseResult(Result):
         lag: default NCC lag (``"max"`` over spatial shifts, or ``"zero"``); ``max_lag`` bounds shifts.
         max_ncc_values: ``max_ncc_values[layer][k]``: highest NCC of kernel ``k`` with any other kernel
             of its layer (itself excluded); the paper's figure 9.
+        max_ncc_partner: ``max_ncc_partner[layer][k]``: that other kernel (``None`` in a one-kernel layer).
+        small_maps: layers whose responses are 4x4 pixels or less: an NCC over so few pixels says little
+            (a few values correlate by chance), so :meth:`redundant_fraction` gives NaN for them.
         constant: kernels whose response is constant (no spatial structure; NCC 0 with everything).
     """
 
@@ -67,7 +71,9 @@ class ImpulseResult(Result):
     lag: str = "max"
     max_lag: int | None = None
     max_ncc_values: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    max_ncc_partner: dict[str, list[int | None]] = dataclasses.field(default_factory=dict)
     constant: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    small_maps: list[str] = dataclasses.field(default_factory=list)
 
     @cached_property
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -117,19 +123,21 @@ class ImpulseResult(Result):
         if not kw and layer in self.max_ncc_values:
             return list(self.max_ncc_values[layer])
         m = self.ncc(layer, **kw)
-        return _max_offdiag(m)
+        return _max_offdiag(m)[0]
 
     def redundant_fraction(self, threshold: float = 0.9) -> dict[str, float]:
-        """Per layer, the fraction of kernels with a partner of NCC at least ``threshold``."""
+        """Per layer, the fraction of kernels with a partner of NCC at least ``threshold`` (NaN for
+        layers in :attr:`small_maps`)."""
         out = {}
         for layer in self.layers:
             vals = self.max_ncc(layer)
-            out[layer] = sum(v >= threshold for v in vals) / len(vals) if vals else 0.0
+            out[layer] = math.nan if layer in self.small_maps else sum(v >= threshold for v in vals) / len(vals) if vals else 0.0
         return out
 
     def headline(self, threshold: float = 0.9) -> list[str]:
         """Per layer, the fraction of kernels whose response has a near-copy (NCC >= ``threshold``)."""
-        return [f"{layer}: {frac:.1%} of kernels have a partner with NCC >= {threshold}"
+        return [f"{layer}: {frac:.1%} of kernels have a partner with NCC >= {threshold}" if not math.isnan(frac)
+                else f"{layer}: responses of 4x4 pixels or less, NCC not meaningful"
                 for layer, frac in self.redundant_fraction(threshold).items()]
 
     def cross_depth(self, layer_a: str, layer_b: str, **kw) -> list[float]:
@@ -138,9 +146,16 @@ class ImpulseResult(Result):
 
     def plot(self, layer: str | None = None, *, kind: str = "responses", impulse: int = 0, max_kernels: int = 64, title: str | None = None):
         """``kind="responses"``: grid of kernel responses (paper fig. 8); ``"ncc"``: NCC heatmap (fig. 9);
-        ``"max_ncc"``: one-vs-all maximum NCC per kernel."""
+        ``"max_ncc"``: one-vs-all maximum NCC per kernel. Without a layer, when there are several: the
+        one-vs-all maximum NCC of every layer's kernels, one row per layer."""
         import matplotlib.pyplot as plt
 
+        if layer is None and len(self.layers) > 1:
+            return per_layer_boxes(self.layers, [[math.nan] * len(self.max_ncc(x)) if x in self.small_maps
+                                                 else self.max_ncc(x) for x in self.layers],
+                                   xlabel="max NCC of a kernel's impulse response with another kernel's", line=0.9,
+                                   line_label="0.9 (the paper's threshold)", xlim=(-1.0, 1.0),
+                                   title=title or "impulse responses: one-vs-all maximum NCC per kernel")  # fmt: skip
         layer = layer or self.layers[0]
         self._check(layer)
         if kind == "responses":
@@ -194,12 +209,14 @@ class ImpulseResult(Result):
         raise ValueError(f"kind must be 'responses', 'ncc' or 'max_ncc', not {kind!r}")
 
 
-def _max_offdiag(m: torch.Tensor) -> list[float]:
+def _max_offdiag(m: torch.Tensor) -> tuple[list[float], list[int | None]]:
+    """Per row, the largest value off the diagonal and its column."""
     if m.shape[0] < 2:
-        return [float("nan")] * m.shape[0]
+        return [float("nan")] * m.shape[0], [None] * m.shape[0]
     m = m.clone()
     m.fill_diagonal_(-torch.inf)
-    return m.amax(1).tolist()
+    values, idx = m.max(1)
+    return values.tolist(), idx.tolist()
 
 
 _LINEAR_FUNCS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish, F.hardtanh,
@@ -322,8 +339,7 @@ def impulse_response(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if lag not in ("max", "zero"):
         raise ValueError(f"lag must be 'max' or 'zero', not {lag!r}")
-    if max_lag is not None and (isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 0):
-        raise ValueError(f"max_lag must be None or an integer >= 0, not {max_lag!r}")
+    check_max_lag(max_lag)
     names = resolve_layers(model, layers, types=(nn.Conv2d,))
     shape = _input_shape(model, data, input_shape)
     dev = resolve_device(device, model)
@@ -338,12 +354,17 @@ def impulse_response(
             progress_bar(len(names), "impulse NCC", enabled=progress, unit="layer") as bar:  # fmt: skip
         for n in names:
             r = res.response(n)
-            res.max_ncc_values[n] = _max_offdiag(ncc_matrix(r.to(dev), lag=lag, max_lag=max_lag))
+            res.max_ncc_values[n], res.max_ncc_partner[n] = _max_offdiag(ncc_matrix(r.to(dev), lag=lag, max_lag=max_lag))
             res.constant[n] = torch.nonzero(normalize_responses(r)[1]).flatten().tolist()
+            if r.shape[-1] * r.shape[-2] <= 16:
+                res.small_maps.append(n)
             partials.started = True
             bar.update(1)
             partials.maybe()
         res.meta["complete"] = True
+    if res.small_maps:
+        warnings.warn(f"impulse responses of {', '.join(res.small_maps)} are 4x4 pixels or less: their NCC is not "
+                      "meaningful (redundant_fraction gives NaN there); use a larger input_shape", stacklevel=2)
     return res
 
 
@@ -365,7 +386,7 @@ def _input_shape(model: nn.Module, data, input_shape) -> tuple[int, int, int]:
 def _impulses(model: nn.Module, shape: tuple[int, int, int], device: torch.device, amplitude: float) -> torch.Tensor:
     """One impulse per input channel, at the centre pixel, in the model's floating-point type."""
     c, h, w = shape
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = model_dtype(model) or torch.float32
     impulses = torch.zeros(c, c, h, w, device=device, dtype=dtype)
     for i in range(c):
         impulses[i, i, h // 2, w // 2] = amplitude

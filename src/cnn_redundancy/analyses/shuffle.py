@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ from ..core.graph import Traced
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.metrics import cosine_per_channel, get_metric, squared_norms
 from ..core.observe import ObserveSpec, resolve_observe
+from ..core.plotting import height_for, per_layer_boxes
 from ..core.registry import analysis, option
 from ..core.results import Result, make_meta
 from ..core.sweep import ENGINES, BatchContext, SweepState, Unit, sweep
@@ -158,22 +160,16 @@ class ShuffleResult(Result):
     def _plot_layers(self, title: str | None):
         import matplotlib.pyplot as plt
 
-        n = len(self.layers)
         has_metric = any(self.metric.values())
-        panels = 2 if has_metric else 1
-        fig, axes = plt.subplots(panels, 1, figsize=(max(6.0, 0.3 * n + 2), 3.2 * panels), squeeze=False)
-        ax = axes[0, 0]
-        ax.boxplot([self.mean_cosine[layer] for layer in self.layers], showfliers=True)
-        ax.set_ylabel("mean cosine similarity per channel")
-        ax.set_title(f"{self.mode} shuffle: one box per layer (each point a shuffled input channel)")
+        fig, axes = plt.subplots(1, 2 if has_metric else 1, figsize=(12 if has_metric else 7, height_for(len(self.layers))),
+                                 squeeze=False)  # fmt: skip
+        per_layer_boxes(self.layers, [self.mean_cosine.get(layer, []) for layer in self.layers], ax=axes[0, 0],
+                        xlabel=f"mean cosine similarity of the observed activation ({self.mode} shuffle)",
+                        title="each point: one shuffled input channel of the layer", line=1.0, line_label="unchanged")
         if has_metric:
-            ax2 = axes[1, 0]
-            ax2.boxplot([self.metric_drop(layer) for layer in self.layers], showfliers=True)
-            ax2.set_ylabel(f"{self.metric_name} drop per channel")
-            ax2.axhline(0, color="gray", lw=0.8)
-        for a in axes[:, 0]:
-            a.set_xticks(range(1, n + 1), self.layers, rotation=90 if n > 6 else 0, fontsize=7)
-            a.set_xlabel("layer whose input channels are shuffled")
+            per_layer_boxes(self.layers, [self.metric_drop(layer) for layer in self.layers], ax=axes[0, 1],
+                            xlabel=f"{self.metric_name} drop when the channel is shuffled", line=0.0, line_label="no drop",
+                            title=f"baseline {self.metric_name} {self.baseline:.4f}")  # fmt: skip
         if title:
             fig.suptitle(title)
         fig.tight_layout()
@@ -189,9 +185,21 @@ def _permutations(mode: str, seed: int, repeat: int, batch: int, n_channels: int
     """One permutation per channel: of the batch (channel mode) or of each sample's pixels (pixel mode)."""
     g = _batch_generator(seed, repeat, batch)
     n, hw = shape[0], shape[2] * shape[3]
+    if mode == "channel" and n < 2:
+        _one_sample(batch)
     if mode == "channel":
         return [torch.randperm(n, generator=g) for _ in range(n_channels)]
     return [torch.argsort(torch.rand(n, hw, generator=g), dim=1) for _ in range(n_channels)]
+
+
+def _one_sample(batch: int) -> None:
+    """A one-sample batch cannot be shuffled across samples: refuse it first, warn about a later one."""
+    why = "channel shuffle permutes a channel across the samples of a batch, and a batch of one sample cannot change"
+    if batch == 0:
+        raise ValueError(f"{why}: every cosine would be 1.0 and no metric would drop. Use batch_size >= 2 and at least "
+                         "two samples")
+    warnings.warn(f"batch {batch} holds one sample: {why}, so it adds unperturbed samples (cosine 1.0) to the means; "
+                  "choose a batch size that leaves no one-sample last batch (or drop_last=True)", stacklevel=2)
 
 
 def _perturbed_channel(x: torch.Tensor, k: int, perm: torch.Tensor, mode: str) -> torch.Tensor:
@@ -250,14 +258,20 @@ def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, s
     return units
 
 
-def _check_channels(model: nn.Module, layers: list[str], channels: Sequence[int] | None) -> dict[str, list[int]]:
+def _check_channels(model: nn.Module, layers: list[str], channels) -> dict[str, list[int]]:
+    """The input channels to perturb per layer: all, the same list for every layer, or ``{layer: list}``."""
+    if isinstance(channels, Mapping):
+        unknown = [k for k in channels if k not in layers]
+        if unknown:
+            raise ValueError(f"channels names layers that are not probed: {', '.join(map(str, unknown))}")
     out = {}
     for layer in layers:
         n_in = model.get_submodule(layer).in_channels
-        if channels is None:
+        chosen = channels.get(layer) if isinstance(channels, Mapping) else channels
+        if chosen is None:
             out[layer] = list(range(n_in))
             continue
-        chans = list(channels)
+        chans = list(chosen)
         if not chans:
             raise ValueError("channels is empty")
         bad_type = [c for c in chans if isinstance(c, bool) or not isinstance(c, int)]
@@ -342,7 +356,7 @@ def _probe(mode: str, doc: str):
         *,
         observe: ObserveSpec = None,
         metric: str | None = "accuracy",
-        channels: Sequence[int] | None = None,
+        channels: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
         repeats: int = 1,
         engine: str = "auto",
         amp: str | None = None,
@@ -398,7 +412,7 @@ channel_shuffle = _probe("channel", """Shuffle each input channel of conv layers
             (:func:`cnn_redundancy.core.graph.default_observe`), else the layer's output. One module
             for one layer, or a dict ``{layer: module}``.
         metric: ``"accuracy"``, ``"dice"``, or ``None`` for the cosine alone (fastest).
-        channels: input channels to perturb (default: all).
+        channels: input channels to perturb (default: all); one list for every layer, or ``{layer: list}``.
         repeats: independent shuffles per channel; the metric is reported as mean and std.
         engine: ``"auto"`` (fast where the model is fx-traceable), ``"fast"`` or ``"naive"``.
         seed: seed of every permutation (same seed, same result).

@@ -15,6 +15,7 @@ __all__ = ["main", "build_parser"]
 
 COMMAND_MODULES = [
     "cnn_redundancy.cli.basic",
+    "cnn_redundancy.cli.analyze",
     "cnn_redundancy.cli.analyses",
     "cnn_redundancy.cli.compress",
 ]
@@ -55,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         with launched(getattr(args, "device", None)):  # under torchrun: join the process group
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted; results written so far are kept", file=sys.stderr)
+        out = getattr(args, "out", None)
+        print("interrupted" + (f"; files already written to {out} are kept (results still under way are marked "
+                               '"complete": false); work that had written nothing yet is lost' if out else ""),
+              file=sys.stderr)  # fmt: skip
         return 130
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,7 +9,17 @@ from typing import Any
 
 from ..core.distributed import is_main
 from ..core.registry import Option, list_analyses, list_experiments
-from .common import add_data_args, add_model_args, add_out_arg, data_from_args, model_from_args, out_dir, say
+from .common import (
+    add_data_args,
+    add_metric_args,
+    add_model_args,
+    add_out_arg,
+    data_from_args,
+    metric_from_args,
+    model_from_args,
+    out_dir,
+    say,
+)
 
 
 def _add_option(p: argparse.ArgumentParser, opt: Option, default: Any) -> None:
@@ -60,8 +70,7 @@ def register(sub) -> None:
         if a.observes:
             p.add_argument("--observe", nargs="*", help="module whose output is read (one layer), or layer=module pairs")
         if a.evaluates:
-            p.add_argument("--metric", default="accuracy", choices=["accuracy", "dice", "none"],
-                           help="the model's metric ('none': skip it where the analysis allows)")
+            add_metric_args(p, none=True)
         _options(p, a.fn, a.options)
         p.set_defaults(func=_run_analysis, analysis=a)
 
@@ -71,14 +80,14 @@ def _run_analysis(args: argparse.Namespace) -> int:
 
     a = args.analysis
     out = out_dir(args)
-    model = model_from_args(args)
     data = data_from_args(args) if a.needs_data or args.dataset else None
+    model = model_from_args(args, data)
     kw: dict[str, Any] = {o.name: getattr(args, o.name) for o in a.options}
     kw.update(batch_size=args.batch_size, seed=args.seed, device=args.device, partial=out / f"{a.name}.json")
     if a.observes:
         kw["observe"] = _observe(args.observe)
     if a.evaluates:
-        kw["metric"] = None if args.metric == "none" else args.metric
+        kw["metric"] = metric_from_args(args, model, data)
     res = a.fn(model, data, args.layers or None, **kw)
     if not is_main():  # under torchrun every process holds the result; rank 0 writes it
         return 0
@@ -103,6 +112,7 @@ def register_reproduce(rsub) -> None:
 
 def _run_experiment(args: argparse.Namespace) -> int:
     e = args.experiment
+    out_dir(args)
     kw = {o.name: getattr(args, o.name) for o in e.options}
     path = e.run(args.out, quick=args.quick, seed=args.seed, device=args.device, **kw)
     print(f"report: {path}")

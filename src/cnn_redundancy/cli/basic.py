@@ -8,12 +8,13 @@ import json
 from ..core.results import atomic_write
 from .common import (
     add_data_args,
+    add_metric_args,
     add_model_args,
     add_out_arg,
     data_from_args,
+    metric_from_args,
     model_from_args,
     out_dir,
-    parse_kw,
     say,
 )
 
@@ -31,12 +32,13 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd", "rmsprop"])
+    add_metric_args(p)
     p.set_defaults(func=_train, batch_size=64)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a data set", description="Print the metric of a model on a data split.")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--metric", default="accuracy", choices=["accuracy", "dice"])
+    add_metric_args(p)
     p.add_argument("--amp", choices=["bf16", "fp16"], help="forward passes in bfloat16 or float16 (torch.autocast)")
     p.set_defaults(func=_evaluate)
 
@@ -57,9 +59,10 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="the main job: LeNet-5 vs LeNet-5x10 on the bundled MNIST, with report",
-        description="Train (or reuse cached) LeNet-5 and LeNet-5x10 on mnist5k, run both shuffle probes on every input "
-        "channel of conv2 and the impulse analysis on both conv layers; write JSON, figures and report.html.",
+        help="the main job: LeNet-5 vs LeNet-5x10 on the bundled MNIST, analyze and compress, one report",
+        description="Train (or reuse cached) LeNet-5 and LeNet-5x10 on mnist5k, run the impulse-response paper's "
+        "comparison (both shuffle probes on conv2, impulse responses), analyze LeNet-5x10 with every lens, compress it "
+        "to at most half its MACs within 1 point on held-out data; write JSON, figures and one report.html.",
     )
     p.add_argument("--out", "-o", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--epochs", type=int, default=4, help="training epochs per network (default 4)")
@@ -71,34 +74,36 @@ def register(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..checkpoint import load_checkpoint, save_checkpoint
-    from ..models import get_model
+    from ..checkpoint import save_checkpoint
+    from ..core.metrics import get_metric
     from ..training import evaluate, fit
 
-    out = out_dir(args)
-    torch.manual_seed(args.seed)
-    model = load_checkpoint(args.checkpoint) if args.checkpoint else get_model(args.model, **parse_kw(args.model_kw))
+    out = out_dir(args, writes=("model.pt",))
     train = data_from_args(args, "train")
     test = data_from_args(args, "test")
+    model = model_from_args(args, train)
+    metric = metric_from_args(args, model, train)
+    name = get_metric(metric).name
     hist = fit(model, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
-               seed=args.seed, val=test, checkpoint=out / "model.pt", device=args.device)
-    acc = evaluate(model, test, device=args.device)
-    save_checkpoint(model, out / "model.pt", extra={"history": hist, "test_accuracy": acc})
-    atomic_write(out / "train.json", json.dumps({"history": hist, "test_accuracy": acc}, indent=1))
-    print(f"test accuracy {acc:.4f}; checkpoint {out / 'model.pt'}")
+               seed=args.seed, val=test, metric=metric, checkpoint=out / "model.pt", device=args.device)
+    score = evaluate(model, test, metric, device=args.device)
+    save_checkpoint(model, out / "model.pt", extra={"history": hist, f"test_{name}": score})
+    atomic_write(out / "train.json", json.dumps({"history": hist, f"test_{name}": score}, indent=1))
+    print(f"test {name} {score:.4f}; checkpoint {out / 'model.pt'}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ..core.distributed import is_main
+    from ..core.metrics import get_metric
     from ..training import evaluate
 
-    value = evaluate(model_from_args(args), data_from_args(args), args.metric, batch_size=args.batch_size,
-                     device=args.device, amp=args.amp)
+    data = data_from_args(args)
+    model = model_from_args(args, data)
+    metric = metric_from_args(args, model, data)
+    value = evaluate(model, data, metric, batch_size=args.batch_size, device=args.device, amp=args.amp)
     if is_main():
-        print(f"{args.metric} {value:.4f}")
+        print(f"{get_metric(metric).name} {value:.4f}")
     return 0
 
 
@@ -133,7 +138,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..experiments.impulse import run
+    from ..experiments.demo import run_demo
 
-    run(args.out, epochs=args.epochs, repeats=args.repeats, limit=args.limit, seed=args.seed, device=args.device)
+    run_demo(args.out, epochs=args.epochs, repeats=args.repeats, limit=args.limit, seed=args.seed, device=args.device)
     return 0

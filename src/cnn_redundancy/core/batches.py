@@ -3,7 +3,9 @@
 Every analysis, evaluation and sweep reads its data through :func:`batches`: a Dataset or a
 DataLoader over it gives the same batches, each moved once to the device (non-blocking from
 pinned memory), with a global batch index that seeds per-batch randomness and the position of
-its first sample in the data set.
+its first sample in the data set. Given the model, every batch is checked first
+(:func:`check_batch`): inputs of another dtype than the model's weights (uint8 images, float64 data
+into a float32 model) and non-finite values are refused with the fix.
 
 Under ``torchrun`` (:mod:`cnn_redundancy.core.distributed`), ``batches(..., shard=True)`` gives
 each process its share: batch ``i`` goes to rank ``i mod world_size`` and only that process loads
@@ -30,6 +32,9 @@ __all__ = [
     "SHARDS",
     "as_loader",
     "batches",
+    "check_batch",
+    "first_input",
+    "model_dtype",
     "resolve_device",
     "sample_shape",
     "split_batch",
@@ -163,9 +168,10 @@ def _raw_batches(loader: DataLoader, device: torch.device, r: int, world: int) -
         offset += len(split_batch(raw)[0])
 
 
-def batches(loader: DataLoader, device: torch.device, *, shard: bool = False,
+def batches(loader: DataLoader, device: torch.device, model: nn.Module | None = None, *, shard: bool = False,
             channels_last: bool = False) -> Iterator[Batch]:  # fmt: skip
-    """Every batch of ``loader`` moved to ``device`` (from pinned memory and non-blocking on CUDA).
+    """Every batch of ``loader`` moved to ``device`` (from pinned memory and non-blocking on CUDA),
+    checked against ``model`` where given (:func:`check_batch`).
 
     ``shard=True`` under ``torchrun``: only the batches of this process (batch ``i`` goes to rank
     ``i mod world_size``), and only those are loaded. ``channels_last``: 4-D inputs in that layout.
@@ -177,7 +183,47 @@ def batches(loader: DataLoader, device: torch.device, *, shard: bool = False,
         x = x.to(device, non_blocking=non_blocking)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        if model is not None:
+            check_batch(model, x, i, offset)
         yield Batch(i, x, None if y is None else y.to(device, non_blocking=non_blocking), offset)
+
+
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating-point type of the model's weights (its first floating parameter), or ``None``."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def check_batch(model: nn.Module, x: torch.Tensor, index: int | None = None, first: int | None = None) -> None:
+    """Refuse inputs the model would read wrongly or not at all, saying how to fix them.
+
+    ``index`` is the batch's index and ``first`` the position of its first sample in the data (where known).
+
+    Raises:
+        TypeError: integer inputs (raw image bytes), or floating inputs of another type than the
+            model's weights (outside autocast).
+        ValueError: a NaN or infinite input value (the message names the sample).
+    """
+    want = model_dtype(model)
+    if not x.is_floating_point():
+        raise TypeError(f"inputs are {x.dtype} (raw image values?) but the model computes in {want or 'floating point'}: "
+                        "convert and scale them as in training, e.g. x.float() / 255 (the toolkit's data sets do this)")
+    if want is not None and x.dtype != want and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"inputs are {x.dtype} but the model's weights are {want}: cast the data (x.to({want})) "
+                        f"or the model (model.to({x.dtype}))")
+    finite = torch.isfinite(x.reshape(len(x), -1)).all(1)
+    if not bool(finite.all()):
+        j = int((~finite).nonzero()[0])
+        where = f"sample {first + j} of the data (batch {index}, position {j})" if first is not None else f"position {j} of a batch"
+        raise ValueError(f"{where} has a NaN or infinite input value: every activation, angle and metric it reaches "
+                         "would be NaN or wrong; clean or drop that sample")
+
+
+def first_input(data: Dataset | DataLoader, model: nn.Module | None = None) -> torch.Tensor:
+    """The first input of ``data`` as a batch of one (for tracing and counting), checked against ``model``."""
+    x, _ = split_batch(next(iter(as_loader(data, 1))))
+    if model is not None:
+        check_batch(model, x[:1], 0, 0)
+    return x[:1]
 
 
 class BatchLoop:
@@ -191,6 +237,7 @@ class BatchLoop:
 
     Args:
         loader: the data. device: where batches go. apply: adds one contribution to the result.
+        model: every batch is checked against it (:func:`check_batch`).
         shard: ``"batches"`` (batch ``i`` on rank ``i mod world_size``) or ``"units"`` (every process
             sees every batch; the analysis splits its own work, and contributions are applied in
             rank order).
@@ -198,10 +245,10 @@ class BatchLoop:
     """
 
     def __init__(self, loader: DataLoader, device: torch.device, apply: Callable[[Any], None], *,
-                 shard: str = "batches", channels_last: bool = False) -> None:  # fmt: skip
+                 model: nn.Module | None = None, shard: str = "batches", channels_last: bool = False) -> None:  # fmt: skip
         if shard not in SHARDS:
             raise ValueError(f"shard must be one of {', '.join(SHARDS)}, not {shard!r}")
-        self.loader, self.device, self.apply, self.shard = loader, device, apply, shard
+        self.loader, self.device, self.apply, self.shard, self.model = loader, device, apply, shard, model
         self.channels_last = channels_last
         self._contribution: Any = None
 
@@ -217,7 +264,7 @@ class BatchLoop:
     def __iter__(self) -> Iterator[Batch]:
         by_batch = self.shard == "batches"
         done = 0
-        for b in batches(self.loader, self.device, shard=by_batch, channels_last=self.channels_last):
+        for b in batches(self.loader, self.device, self.model, shard=by_batch, channels_last=self.channels_last):
             self._contribution = None
             yield b
             self._round(b.index if by_batch else rank(), self._contribution)
@@ -251,9 +298,24 @@ def _first_conv_channels(model: nn.Module) -> int | None:
     return None
 
 
+def _fix(want: tuple[int, ...] | None, channels: int | None, x: torch.Tensor) -> str:
+    """How to make inputs of ``x``'s shape fit: the image options, or a model built for them."""
+    if x.dim() != 4:
+        return "inputs must be [batch, channels, height, width]"
+    c = want[0] if want else channels
+    if c is not None and x.shape[1] != c:
+        how = {1: "--grayscale for an image folder", 3: "RGB images (an image folder without --grayscale)"}.get(
+            c, f"images with {c} channels")
+        return f"the images have {x.shape[1]} channels, the model takes {c}: {how}, or a model built with in_channels={x.shape[1]}"
+    if want and tuple(x.shape[2:]) != tuple(want[1:]):
+        return (f"the images are {x.shape[2]}x{x.shape[3]}, the model takes {want[1]}x{want[2]}: --image-size "
+                f"{want[1]} for an image folder, or a model built with input_size={x.shape[2]}")
+    return ""
+
+
 @contextlib.contextmanager
 def explained(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
-    """Turn a shape error raised inside the block into one that says which input the model expects."""
+    """Turn a shape error raised inside the block into one that says which input the model expects and the fix."""
     try:
         yield
     except RuntimeError as e:
@@ -263,7 +325,9 @@ def explained(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
         want = expected_input_shape(model)
         c = _first_conv_channels(model)
         hint = f"expected [batch, {', '.join(map(str, want))}]" if want else (f"expected {c} input channels" if c else "")
-        raise ValueError(f"Input of shape {tuple(x.shape)} does not fit {type(model).__name__} ({hint}): {msg}") from None
+        fix = _fix(want, c, x)
+        raise ValueError(f"Input of shape {tuple(x.shape)} does not fit {type(model).__name__} ({hint})"
+                         f"{'; ' + fix if fix else ''}: {msg}") from None
 
 
 def forward_checked(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -136,7 +136,13 @@ class Traced:
         return all(n in called for n in names)
 
     def node(self, name: str) -> fx.Node:
-        """The graph node calling module ``name``; it must be called exactly once."""
+        """The graph node calling module ``name`` (called exactly once), or ``"@<node name>"``: any node
+        of the graph by its fx name (e.g. ``"@add_3"``, a residual addition)."""
+        if name.startswith("@"):
+            found = [n for n in self.order if n.name == name[1:]]
+            if not found:
+                raise SplitUnavailable(f"the traced graph has no node {name[1:]!r}")
+            return found[0]
         nodes = [n for n in self.order if n.op == "call_module" and n.target == name]
         if len(nodes) != 1:
             raise SplitUnavailable(f"layer {name!r} is called {len(nodes)} times in the traced graph (need exactly once)")
@@ -164,6 +170,50 @@ class Traced:
                 break
             node = user
         return layer
+
+    def observe_node(self, layer: str, observe: str) -> fx.Node:
+        """The node whose value is the layer's observed activation: the first call of module ``observe``
+        that depends on the layer (or the layer's own node when ``observe == layer``)."""
+        t = self.node(layer)
+        if observe == layer:
+            return t
+        down = {t}
+        for n in self.order[self.pos[t] + 1 :]:
+            if any(a in down for a in n.all_input_nodes):
+                down.add(n)
+                if n.op == "call_module" and n.target == observe:
+                    return n
+        raise ValueError(f"observe={observe!r} is not computed after layer {layer!r}")
+
+    def masked(self, points: dict[str, str]) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
+        """The forward pass with each layer's observed activation multiplied by a per-channel mask.
+
+        ``points``: layer -> observed module. Returns the module (sharing the model's weights) and
+        ``{layer: mask [1, C, 1, 1]}``, all ones: set entries to zero to remove channels, evaluate,
+        set them back; nothing is traced again.
+        """
+        g = fx.Graph()  # owned by the module built below, which holds the masks
+        env: dict[fx.Node, fx.Node] = {}
+        at = {self.observe_node(layer, obs): layer for layer, obs in points.items()}
+        masks: dict[str, torch.Tensor] = {}
+        holder = nn.Module()
+        for n in self.order:
+            if n.op == "output":
+                g.output(fx.map_arg(n.args[0], lambda a: env[a]))
+                continue
+            env[n] = g.node_copy(n, lambda a: env[a])
+            if n in at:
+                layer = at[n]
+                key = f"mask_{len(masks)}"
+                mod = self.model.get_submodule(layer)
+                masks[layer] = torch.ones(1, mod.out_channels, 1, 1, dtype=mod.weight.dtype, device=mod.weight.device)
+                holder.register_buffer(key, masks[layer])
+                env[n] = g.call_function(torch.mul, (env[n], g.get_attr(f"_cnn_redundancy_masks.{key}")))
+        root = nn.Module()
+        root._cnn_redundancy_masks = holder
+        for name, mod in self.gm.named_children():
+            root.add_module(name, mod)
+        return _graph_module(root, g), masks
 
     def split(self, layer: str, observe: Sequence[str] = ()) -> Split:
         """The :class:`Split` at ``layer`` (built once per layer and observe list)."""
@@ -212,14 +262,16 @@ class Split:
 
     Args:
         model: the network, or a :class:`Traced` of it (the trace is then reused).
-        layer: dotted name of a module called exactly once per forward pass.
+        layer: dotted name of a module called exactly once per forward pass, or ``"@<node name>"``
+            for any node of the traced graph (its output is then replaced; :attr:`module` is ``None``).
         observe: module names whose output (first call after the layer) the downstream part
             returns; ``layer`` itself may be listed (its output is then the given layer output).
 
     Attributes:
-        frontier_names, layer_input_name, layer_output_name, observe_names: node names in the
+        frontier_names, input_names, layer_output_name, observe_names: node names in the
         traced graph, so that a recorder of the full forward pass (:meth:`Traced.recorder`) can
-        feed the downstream part without running :meth:`upstream`.
+        feed the downstream part without running :meth:`upstream` (``input_names``: the tensors
+        the layer or node takes; ``layer_input_name`` is the first).
 
     Example:
         >>> from cnn_redundancy.models import get_model
@@ -236,11 +288,14 @@ class Split:
         traced = model if isinstance(model, Traced) else Traced(model, {layer, *observe})
         self.layer = layer
         self.observe = list(observe)
-        self.module = traced.model.get_submodule(layer)
         gm, order, pos = traced.gm, traced.order, traced.pos
         t = traced.node(layer)
-        if t.kwargs or len(t.args) != 1 or not isinstance(t.args[0], fx.Node):
+        self.module = traced.model.get_submodule(layer) if not layer.startswith("@") else None
+        inputs = [a for a in t.args if isinstance(a, fx.Node)]
+        if self.module is not None and (t.kwargs or len(t.args) != 1 or not inputs):
             raise SplitUnavailable(f"layer {layer!r} must be called with one tensor argument")
+        if not inputs:
+            raise SplitUnavailable(f"node {layer!r} takes no tensor input")
         down = {t}
         for n in order[pos[t] + 1 :]:
             if any(a in down for a in n.all_input_nodes):
@@ -263,7 +318,7 @@ class Split:
                 for a in n.all_input_nodes:
                     if a not in down and a not in frontier:
                         frontier.append(a)
-        layer_in = t.args[0]
+        layer_in = inputs[0]
         # frontier values that a downstream in-place op would overwrite are cloned per call
         self._clone = [
             any(_is_inplace(gm, u) and u.args and u.args[0] is f for u in f.users if u in down) for f in frontier
@@ -274,6 +329,7 @@ class Split:
         self.n_frontier = len(frontier)
         self.frontier_names = tuple(f.name for f in frontier)
         self.layer_input_name = layer_in.name
+        self.input_names = tuple(a.name for a in inputs)
         self.layer_output_name = t.name
         self.observe_names = tuple(o.name for o in obs_nodes)
 

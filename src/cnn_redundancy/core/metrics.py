@@ -1,9 +1,16 @@
-"""Metrics: accuracy and Dice (streamed over batches), cosine similarity and normalized cross-correlation."""
+"""Metrics: accuracy and Dice (streamed over batches), cosine similarity and normalized cross-correlation.
+
+A model that returns a dict or a tuple (segmentation heads with an auxiliary output, say) is
+measured on one of its outputs: ``get_metric("dice", output="out")`` (or ``Dice(output="out")``;
+on the command line ``--output-key out``). Labels outside the model's classes are refused, not
+counted as wrong.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -14,12 +21,35 @@ __all__ = [
     "Accuracy",
     "Dice",
     "get_metric",
+    "infer_metric",
+    "select_output",
+    "check_max_lag",
     "METRICS",
     "cosine_per_channel",
     "squared_norms",
     "normalize_responses",
     "ncc_matrix",
 ]
+
+
+def select_output(out: Any, key: str | int | None = None, what: str = "the metric") -> torch.Tensor:
+    """The tensor read from a model's output: the output itself, or ``out[key]`` of a dict or tuple output."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        example, kind = next(iter(out), "out"), f"a dict with keys {', '.join(map(repr, out))}"
+    elif isinstance(out, list | tuple):
+        example, kind = 0, f"a {type(out).__name__} of {len(out)} outputs"
+    else:
+        raise TypeError(f"{what} needs the model's output as a tensor, not {type(out).__name__}")
+    if key is None:
+        raise TypeError(f"the model returns {kind}: {what} needs one tensor; choose it with output={example!r} "
+                        f"(e.g. get_metric('accuracy', output={example!r}); command line: --output-key {example})")
+    try:
+        chosen = out[key]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"output={key!r} is not an output of the model: it returns {kind}") from None
+    return select_output(chosen, None, what)
 
 
 class Metric:
@@ -29,10 +59,13 @@ class Metric:
     of tensors, left on the device: no host synchronisation), ``merge(state)`` adds it, and
     ``update`` is the two in turn. Sweeps and ``evaluate`` measure batches apart (on other processes,
     too) and merge their states, so a metric of your own implements ``batch_state`` and ``merge``.
+
+    ``output``: the key or index of the model output it reads, for models returning a dict or tuple.
     """
 
     name = "metric"
     higher_is_better = True
+    output: str | int | None = None
 
     def reset(self) -> None:
         raise NotImplementedError
@@ -49,6 +82,15 @@ class Metric:
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
         self.merge(self.batch_state(output, target))
 
+    def _checked(self, given: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
+        """``target`` once its labels are known to be classes of the output: checked (a host sync) once per
+        batch's target tensor, not once per unit of a sweep that measures many outputs against it."""
+        last = getattr(self, "_checked_for", None)
+        if last is None or last[0] is not given or last[1] != classes:
+            _check_labels(target, classes, self.name)
+            self._checked_for = (given, classes)  # holding the tensor: its id cannot be reused meanwhile
+        return target
+
     def compute(self) -> float:
         raise NotImplementedError
 
@@ -61,7 +103,8 @@ class Accuracy(Metric):
 
     name = "accuracy"
 
-    def __init__(self) -> None:
+    def __init__(self, output: str | int | None = None) -> None:
+        self.output = output
         self.reset()
 
     def reset(self) -> None:
@@ -69,10 +112,13 @@ class Accuracy(Metric):
         self.total = 0
 
     def batch_state(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        output = select_output(output, self.output, "accuracy")
         if output.dim() != 2:
-            raise ValueError(f"accuracy expects logits of shape [batch, classes], got {tuple(output.shape)}")
+            seg = "; per-pixel logits [batch, classes, H, W] need metric='dice' (--metric dice)" if output.dim() == 4 else ""
+            raise ValueError(f"accuracy expects logits of shape [batch, classes], got {tuple(output.shape)}{seg}")
+        labels = self._checked(target, target.to(output.device), output.shape[1])
         # the total is known on the host: only the count of correct answers lives on the device
-        return {"correct": (output.argmax(1) == target.to(output.device)).sum(), "total": int(target.numel())}
+        return {"correct": (output.argmax(1) == labels).sum(), "total": int(target.numel())}
 
     def merge(self, state: dict[str, torch.Tensor]) -> None:
         self.correct = self.correct + state["correct"]
@@ -83,6 +129,16 @@ class Accuracy(Metric):
         if total == 0:
             raise ValueError("accuracy of an empty data set")
         return int(self.correct) / total
+
+
+def _check_labels(target: torch.Tensor, classes: int, what: str) -> torch.Tensor:
+    """``target`` if every label is a class index the output has; else one clear error."""
+    bad = (target < 0) | (target >= classes)
+    if bool(bad.any()):
+        value = int(target[bad].flatten()[0])
+        raise ValueError(f"{what}: label {value} is outside the model's {classes} classes (0..{classes - 1}); build the "
+                         "model with num_classes for this data (--model-kw num_classes=N) or check the labels")
+    return target
 
 
 class Dice(Metric):
@@ -97,8 +153,9 @@ class Dice(Metric):
 
     name = "dice"
 
-    def __init__(self, include_background: bool = False) -> None:
+    def __init__(self, include_background: bool = False, output: str | int | None = None) -> None:
         self.include_background = include_background
+        self.output = output
         self.reset()
 
     def reset(self) -> None:
@@ -106,6 +163,7 @@ class Dice(Metric):
         self.sums: torch.Tensor | None = None
 
     def batch_state(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        output, given = select_output(output, self.output, "dice"), target
         if output.dim() != 4:
             raise ValueError(f"dice expects logits of shape [batch, classes, H, W], got {tuple(output.shape)}")
         if target.dim() == 4:
@@ -119,8 +177,9 @@ class Dice(Metric):
             classes = output.shape[1]
         if target.shape != pred.shape:
             raise ValueError(f"dice: target shape {tuple(target.shape)} does not match prediction {tuple(pred.shape)}")
+        target = self._checked(given, target, classes)
         p = torch.nn.functional.one_hot(pred, classes).flatten(0, -2).double()
-        t = torch.nn.functional.one_hot(target.clamp(0, classes - 1), classes).flatten(0, -2).double()
+        t = torch.nn.functional.one_hot(target, classes).flatten(0, -2).double()
         return {"inter": (p * t).sum(0), "sums": p.sum(0) + t.sum(0)}
 
     def merge(self, state: dict[str, torch.Tensor]) -> None:
@@ -145,21 +204,41 @@ class Dice(Metric):
 METRICS: dict[str, Callable[[], Metric]] = {"accuracy": Accuracy, "dice": Dice}
 
 
-def get_metric(metric: str | Metric | Callable[[], Metric]) -> Metric:
-    """A fresh metric object from a name (``"accuracy"``, ``"dice"``), a Metric class or an instance."""
+def get_metric(metric: str | Metric | Callable[[], Metric], output: str | int | None = None) -> Metric:
+    """A fresh metric object from a name (``"accuracy"``, ``"dice"``), a Metric class or an instance.
+
+    ``output``: the key or index of the model output it reads (models returning a dict or tuple).
+    """
     if isinstance(metric, Metric):
         metric.reset()
-        return metric
-    if isinstance(metric, str):
+        m = metric
+    elif isinstance(metric, str):
         if metric not in METRICS:
             raise ValueError(f"Unknown metric {metric!r}; available: {', '.join(METRICS)}")
-        return METRICS[metric]()
-    if callable(metric):
+        m = METRICS[metric]()
+    elif callable(metric):
         m = metric()
         if not isinstance(m, Metric):
             raise TypeError("metric factory must return a cnn_redundancy.metrics.Metric")
-        return m
-    raise TypeError(f"metric must be a name or a Metric, not {type(metric).__name__}")
+    else:
+        raise TypeError(f"metric must be a name or a Metric, not {type(metric).__name__}")
+    if output is not None:
+        m.output = output
+    return m
+
+
+def infer_metric(model: torch.nn.Module, data, output: str | int | None = None) -> str:
+    """``"dice"`` for a model giving per-pixel logits ``[N, C, H, W]`` on ``data``, ``"accuracy"`` for ``[N, C]``."""
+    from .batches import first_input, forward_checked
+    from .hooks import preserved
+
+    x = first_input(data, model)
+    with preserved(model), torch.no_grad():
+        model.eval()
+        out = select_output(forward_checked(model, x.to(next(iter(model.parameters()), x).device)), output, "the metric")
+    if out.dim() in (2, 4):
+        return "accuracy" if out.dim() == 2 else "dice"
+    raise ValueError(f"cannot tell the metric from an output of shape {tuple(out.shape)}: pass --metric accuracy or dice")
 
 
 def squared_norms(a: torch.Tensor) -> torch.Tensor:
@@ -304,6 +383,12 @@ def _fourier_is_cheaper(c: int, b_size: tuple[int, int], ys: tuple[int, int], xs
     return c * b_size[0] * b_size[1] * v > 40 * (c * cells + cells * max(1.0, math.log2(cells)))
 
 
+def check_max_lag(max_lag: int | None) -> None:
+    """``max_lag`` is ``None`` or a number of pixels ``>= 0`` (a negative one would leave no shift to compare)."""
+    if max_lag is not None and (isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 0):
+        raise ValueError(f"max_lag must be None or an integer >= 0, not {max_lag!r}")
+
+
 def ncc_matrix(
     a: torch.Tensor,
     b: torch.Tensor | None = None,
@@ -348,6 +433,7 @@ def ncc_matrix(
         raise ValueError(f"lag must be 'max' or 'zero', not {lag!r}")
     if not 0.0 < min_overlap <= 1.0:
         raise ValueError("min_overlap must be in (0, 1]")
+    check_max_lag(max_lag)
     symmetric = b is None
     b = a if b is None else b
     if a.dim() != 4 or b.dim() != 4:

@@ -1,4 +1,4 @@
-"""The registry of analyses: what the command line and ``analyze`` enumerate.
+"""The registry of analyses and experiments: what the command line and ``analyze`` enumerate.
 
 An analysis registers itself with :func:`analysis`::
 
@@ -43,6 +43,7 @@ PAPERS = {
     "distinctiveness": "Convoluted Cuts: distinctiveness pruning on convolutional kernels",
     "ablation": "Is each layer non-trivial in CNN?",
     "skipping": "Elimination of irrelevant layers in CNNs (layer skipping by strongest activations)",
+    "toolkit": "cnn-redundancy's own lenses: dead kernels, L1 and Taylor scores, linear CKA across depth",
 }
 #: the keyword-only arguments every analysis takes
 COMMON = ("batch_size", "seed", "device", "progress", "partial")

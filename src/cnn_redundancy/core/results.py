@@ -2,8 +2,9 @@
 
 Every analysis returns a subclass of :class:`Result`. Fields hold plain Python data (dicts keyed
 by layer name, lists, floats), so ``Result.load(path)`` gives back an equal object. ``meta`` holds
-the method, its parameters, the seed and the package versions, and (only there) run times: the
-same seed gives the same JSON outside ``meta``'s timings, and the same bytes where nothing was timed.
+the method, its parameters, the seed and the package versions, and (only there) timings, under the
+keys of :data:`TIMINGS` (``seconds``, ``latency_ms``): the same seed gives the same JSON outside
+them, and the same bytes where nothing was timed; ``==`` compares results without them.
 
 The files are strict JSON (any parser reads them): a non-finite number (NaN, an infinity) is written
 as ``null`` and read back as NaN wherever the field's type says a number is expected. Writes are
@@ -25,9 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["Result", "Partials", "PARTIAL_EVERY", "atomic_write", "make_meta", "to_plain", "versions"]
+__all__ = ["Result", "Partials", "PARTIAL_EVERY", "TIMINGS", "atomic_write", "make_meta", "to_plain", "versions"]
 
 PARTIAL_EVERY = 30.0  # seconds of work between two writes of a partial result
+#: the keys of ``meta`` that hold measured times (they differ from run to run)
+TIMINGS = ("seconds", "latency_ms")
 
 _TYPES: dict[str, type[Result]] = {}
 
@@ -204,8 +207,15 @@ class Result:
     def plot(self, *args, **kw):  # pragma: no cover - overridden
         raise NotImplementedError(f"{type(self).__name__} has no plot")
 
+    def comparable(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the timings in ``meta`` (:data:`TIMINGS`): what the same seed reproduces."""
+        d = self.to_dict()
+        d["meta"] = {k: v for k, v in (d.get("meta") or {}).items() if k not in TIMINGS}
+        return d
+
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and json.dumps(self.to_dict()) == json.dumps(other.to_dict())  # type: ignore[union-attr]
+        """Same type and the same JSON, timings aside (NaN equals NaN)."""
+        return type(self) is type(other) and json.dumps(self.comparable()) == json.dumps(other.comparable())  # type: ignore[union-attr]
 
 
 class Partials:
@@ -217,10 +227,10 @@ class Partials:
     ``torchrun`` only rank 0 writes.
     """
 
-    def __init__(self, write: Callable[[], Any] | None, every: float = PARTIAL_EVERY) -> None:
+    def __init__(self, write: Callable[[], Any] | None, every: float | None = None) -> None:
         from .distributed import is_main
 
-        self.write, self.every = (write if is_main() else None), every
+        self.write, self.every = (write if is_main() else None), PARTIAL_EVERY if every is None else every
         self.last = time.monotonic()
         self.started = False
 

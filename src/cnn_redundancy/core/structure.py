@@ -10,11 +10,14 @@ layers with the same channel number" (a ResNet stage).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import operator
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from .graph import ACTIVATIONS, Traced
 from .layers import conv_layers, get_module
 
 __all__ = [
@@ -26,6 +29,9 @@ __all__ = [
     "block_of",
     "stage_of",
     "shortcut_output",
+    "ResidualAdd",
+    "residual_adds",
+    "consumer",
 ]
 
 
@@ -127,3 +133,106 @@ def shortcut_output(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A residual block's output with its branch removed: ``act(shortcut(x))``."""
     ds = block.downsample
     return _non_inplace(block.relu)(x if ds is None else ds(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualAdd:
+    """A residual addition found in the traced graph: ``add(branch, bypass)`` where the bypass is the
+    block's input (or a projection of it) and the branch computes from the same input through convs.
+
+    Attributes:
+        name: the block, i.e. the innermost module whose forward makes the addition (``"layer1.0"``
+            in a torchvision ResNet; the addition's node name when it happens at the top level).
+        node: the addition as a sweep point, ``"@<fx node name>"``.
+        branch, bypass: which argument of the addition is which.
+        convs: the convs on the branch (the bypass' projection convs are not listed).
+    """
+
+    name: str
+    node: str
+    branch: int
+    bypass: int
+    convs: tuple[str, ...]
+
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+
+
+def _ancestors(order: list) -> dict:
+    anc: dict = {}
+    for n in order:
+        s = {n}
+        for a in n.all_input_nodes:
+            s |= anc[a]
+        anc[n] = s
+    return anc
+
+
+def residual_adds(traced: Traced) -> list[ResidualAdd]:
+    """Every residual addition of the traced model, in forward order (see :class:`ResidualAdd`).
+
+    An addition of two tensors is residual when one is an ancestor of the other (an identity
+    shortcut) or, from their nearest common ancestor, one path runs through more convs than the
+    other (a projection shortcut); additions of two equal-depth paths are not residual blocks.
+
+    Example:
+        >>> from cnn_redundancy.core.graph import Traced
+        >>> from cnn_redundancy.models import get_model
+        >>> [a.name for a in residual_adds(Traced(get_model("resnet20")))][:3]
+        ['layer1.0', 'layer1.1', 'layer1.2']
+    """
+    anc = _ancestors(traced.order)
+    pos = traced.pos
+    convs = {n for n in traced.order if n.op == "call_module" and isinstance(traced.gm.get_submodule(n.target), nn.Conv2d)}
+    out: list[ResidualAdd] = []
+    for n in traced.order:
+        is_add = (n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in ("add", "add_"))
+        args = [a for a in n.args[:2] if isinstance(a, torch.fx.Node)]
+        if not is_add or len(args) != 2:
+            continue
+        a, b = args
+        common = anc[a] & anc[b]
+        if not common:
+            continue
+        root = max(common, key=lambda m: pos[m])
+        on = [sorted((c for c in convs if c in anc[x] and c not in anc[root]), key=lambda m: pos[m]) for x in (a, b)]
+        if len(on[0]) == len(on[1]):
+            continue
+        branch = 0 if len(on[0]) > len(on[1]) else 1
+        stack = n.meta.get("nn_module_stack") or {}
+        name = next(reversed(stack)) if stack else n.name
+        out.append(ResidualAdd(name, "@" + n.name, branch, 1 - branch, tuple(str(c.target) for c in on[branch])))
+    names = [r.name for r in out]
+    return [r if names.count(r.name) == 1 else dataclasses.replace(r, name=f"{r.name}:{r.node[1:]}") for r in out]
+
+
+_THROUGH = (nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, *ACTIVATIONS)
+_THROUGH_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.max_pool2d,
+                      torch.nn.functional.avg_pool2d, torch.sigmoid, torch.tanh}  # fmt: skip
+
+
+def consumer(traced: Traced, layer: str) -> str | None:
+    """The conv that reads ``layer``'s output channels one to one (through batch norm, activations,
+    pooling, dropout), or ``None`` when the output branches, is added, concatenated or flattened.
+
+    Example:
+        >>> from cnn_redundancy.core.graph import Traced
+        >>> from cnn_redundancy.models import get_model
+        >>> consumer(Traced(get_model("lenet5")), "conv1"), consumer(Traced(get_model("lenet5")), "conv2")
+        ('conv2', None)
+    """
+    try:
+        node = traced.node(layer)
+    except Exception:
+        return None
+    while len(node.users) == 1:
+        node = next(iter(node.users))
+        if node.op == "call_module":
+            mod = traced.gm.get_submodule(node.target)
+            if isinstance(mod, nn.Conv2d):
+                return str(node.target)
+            if not isinstance(mod, _THROUGH):
+                return None
+        elif not (node.op == "call_function" and node.target in _THROUGH_FUNCTIONS):
+            return None
+    return None

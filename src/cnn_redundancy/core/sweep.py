@@ -61,7 +61,9 @@ class Unit:
     Attributes:
         key: the analysis' name for the unit (a layer, a ``(layer, repeat, channel)`` tuple, ...).
         replace: module name -> ``fn(ctx, module, input, output) -> new output``; applied to every
-            named module in the same forward pass.
+            named module in the same forward pass. A key ``"@<fx node name>"`` replaces the output of
+            any node of the traced graph (a residual addition, say): ``module`` is then ``None`` and
+            ``input`` the tuple of the node's tensor inputs; such units need the fast path.
         fast: optional cheaper equivalent of ``replace`` for the split path (single-module units),
             given the module's clean input and output.
         observe: module whose output (its first call after the unit's module) is observed, or ``None``.
@@ -158,7 +160,7 @@ class _Plan:
                         self.why = self.why or str(e)
                 names: list[str] = []
                 for s in (s for p, s in self.splits.items() if p in on):
-                    for n in (*s.frontier_names, s.layer_input_name, s.layer_output_name, *s.observe_names):
+                    for n in (*s.frontier_names, *s.input_names, s.layer_output_name, *s.observe_names):
                         if n not in names:
                             names.append(n)
                 self.recorder = traced.recorder(names) if names else None
@@ -169,6 +171,10 @@ class _Plan:
         if multi and not self.why:
             self.why = f"{len(multi)} unit(s) change several modules at once"
         self.fast = [u.point in self.splits for u in units]
+        nodes = [k for u, f in zip(units, self.fast) if not f for k in u.replace if k.startswith("@")]
+        if nodes:
+            raise SplitUnavailable(f"graph node {nodes[0]!r} can only be perturbed on the fast (split) path: "
+                                   f"{self.why or 'engine=naive'}")
         if engine == "fast" and not all(self.fast):
             raise SplitUnavailable(self.why or "the fast path is unavailable")
         if engine == "auto" and any(not f and u.point is not None for u, f in zip(units, self.fast)):
@@ -203,7 +209,8 @@ class _Plan:
         if self.fast[i]:
             s = self.splits[u.point]
             state = SplitState(tuple(values[n] for n in s.frontier_names), values[s.layer_input_name])
-            new = (u.fast or u.replace[u.point])(ctx, s.module, state.layer_input, values[s.layer_output_name])
+            inp = state.layer_input if s.module is not None else tuple(values[n] for n in s.input_names)
+            new = (u.fast or u.replace[u.point])(ctx, s.module, inp, values[s.layer_output_name])
             if with_output:
                 out, obs = s.downstream(state, new)
             else:
@@ -294,7 +301,7 @@ def sweep(
     progress: bool | None = None,
     desc: str = "sweep",
     partial: Callable[[SweepState], Any] | None = None,
-    partial_every: float = PARTIAL_EVERY,
+    partial_every: float | None = None,
     traced: Traced | None = None,
 ) -> SweepState:
     """Measure every unit over the data (see the module docstring).
@@ -313,6 +320,7 @@ def sweep(
         engine: ``"auto"`` (the split path wherever it applies), ``"fast"`` (refuse the fallback) or
             ``"naive"`` (full forward passes with hooks for every unit).
         partial: called with the state as the sweep goes (see the module docstring); rank 0 only.
+        partial_every: seconds of work between two partial writes (default :data:`PARTIAL_EVERY`).
         traced: the model's trace where the caller has one; it is reused when every unit's module is
             a single call in it (else the model is traced once here).
 
@@ -341,7 +349,7 @@ def sweep(
         plan = _Plan(model, units, engine, traced, active=mine)
         state.fast, state.fallback = plan.fast, plan.why
         run = _Run(plan, state, mine, template, observe_sum, amp, owner=shard == "batches" or rank() == 0)
-        loop = BatchLoop(loader, dev, run.apply, shard=shard, channels_last=last)
+        loop = BatchLoop(loader, dev, run.apply, model=model, shard=shard, channels_last=last)
         with progress_bar(len(loop) * len(mine), desc, enabled=progress, unit="pass") as bar, \
                 Partials((lambda: partial(state)) if partial is not None else None, partial_every) as partials:  # fmt: skip
 
@@ -356,15 +364,24 @@ def sweep(
     return state
 
 
-def _change(out: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(largest absolute difference, whether anything differs) without a host sync.
+def _flat(out: Any) -> torch.Tensor:
+    """Every tensor of a model output (a tensor, or a dict / tuple of them) as one flat float64 tensor."""
+    if isinstance(out, torch.Tensor):
+        return out.double().flatten()
+    parts = out.values() if isinstance(out, dict) else out
+    return torch.cat([_flat(p) for p in parts if isinstance(p, torch.Tensor | dict | list | tuple)])
+
+
+def _change(out: Any, clean: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(largest absolute difference, whether anything differs) without a host sync; any output structure.
 
     The difference is exact (float64); it is non-zero exactly where the outputs differ, and NaN
     where either is NaN (or both are the same infinity), which counts as a change too.
     """
+    out, clean = _flat(out), _flat(clean)
     if not out.numel():
-        zero = torch.zeros((), dtype=torch.float64, device=out.device)
+        zero = out.new_zeros(())
         return zero, zero > 0
-    lo, hi = torch.aminmax(out.double() - clean.double())
+    lo, hi = torch.aminmax(out - clean)
     biggest = torch.maximum(hi, -lo)
     return biggest, (biggest > 0) | torch.isnan(biggest)

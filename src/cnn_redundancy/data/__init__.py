@@ -6,9 +6,13 @@
   split 4,000/1,000 train/test, stratified by class with a fixed seed.
 - ``digits``: scikit-learn's 8x8 digits (1,797 images), stratified 80/20 split.
 - ``mnist``, ``cifar10``, ``cifar100``: the standard files under a local ``root`` (downloaded there
-  first with ``download=True`` where the machine has internet).
+  first with ``download=True`` where the machine has internet). The CIFAR batches are Python
+  pickles: they are read with an unpickler that builds only dicts, lists, bytes and numpy arrays,
+  so a crafted batch file cannot run code.
 - ``imagefolder``: ``root/<split>/<class>/<image>`` (or ``root/<class>/<image>``, split by seed).
 
+Every set takes ``normalize``: ``True`` (its usual statistics), ``False`` / ``"none"`` (values in
+[0, 1]), ``"imagenet"``, or ``"mean,std"`` (one value, or one per channel: ``"m1,m2,m3,s1,s2,s3"``).
 Missing files raise :class:`DatasetNotFoundError` with one line saying what was looked for where.
 """
 
@@ -31,9 +35,11 @@ __all__ = [
     "DATASETS",
     "load_dataset",
     "subset",
+    "split",
 ]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 SPLITS = ("train", "test", "all")
@@ -41,6 +47,33 @@ SPLITS = ("train", "test", "all")
 
 class DatasetNotFoundError(FileNotFoundError):
     """A data set's files are not where they were looked for."""
+
+
+Stats = tuple[float | tuple[float, ...], float | tuple[float, ...]]
+
+
+def normalization(normalize, default: Stats, channels: int) -> Stats:
+    """``(mean, std)`` for ``normalize`` (see the module docstring), checked against the images' ``channels``."""
+    if normalize is True or normalize is None:
+        return default
+    if normalize is False or normalize == "none":
+        return 0.0, 1.0
+    if normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        try:
+            values = [float(v) for v in normalize.split(",")] if isinstance(normalize, str) else None
+        except ValueError:
+            values = None
+        if not values or len(values) % 2:
+            raise ValueError(f"normalize must be 'imagenet', 'none' or 'mean,std' (one value or one per channel each), "
+                             f"not {normalize!r}")
+        mean, std = tuple(values[: len(values) // 2]), tuple(values[len(values) // 2 :])
+    if len(mean) not in (1, channels):
+        raise ValueError(f"normalize gives {len(mean)} means for images with {channels} channel(s)")
+    if min(std) <= 0:
+        raise ValueError(f"normalize: every std must be > 0, not {std}")
+    return mean, std
 
 
 class ArrayDataset(Dataset):
@@ -130,19 +163,19 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, arr[:, -1].astype(np.int64)
 
 
-def _mnist5k(split: str, root, *, seed: int = 0, normalize: bool = True, **kw) -> ArrayDataset:
+def _mnist5k(split: str, root, *, seed: int = 0, normalize=True, **kw) -> ArrayDataset:
     images, labels = _mnist5k_arrays()
-    mean, std = (MNIST_MEAN, MNIST_STD) if normalize else (0.0, 1.0)
+    mean, std = normalization(normalize, (MNIST_MEAN, MNIST_STD), 1)
     ds = ArrayDataset(images, labels, mean=mean, std=std, name="mnist5k")
     return _pick(ds, split, 1000, seed)
 
 
-def _digits(split: str, root, *, seed: int = 0, normalize: bool = True, **kw) -> ArrayDataset:
+def _digits(split: str, root, *, seed: int = 0, normalize=True, **kw) -> ArrayDataset:
     from sklearn.datasets import load_digits
 
     d = load_digits()
     images = (d.images * 255.0 / 16.0).round().astype(np.uint8)
-    mean, std = (0.3, 0.4) if normalize else (0.0, 1.0)
+    mean, std = normalization(normalize, (0.3, 0.4), 1)
     ds = ArrayDataset(images, d.target, mean=mean, std=std, name="digits")
     return _pick(ds, split, 360, seed)
 
@@ -153,7 +186,7 @@ def _need_root(name: str, root) -> Path:
     return Path(root).expanduser()
 
 
-def _mnist(split: str, root, *, download: bool = False, normalize: bool = True, **kw) -> ArrayDataset:
+def _mnist(split: str, root, *, download: bool = False, normalize=True, **kw) -> ArrayDataset:
     from torchvision.datasets import MNIST
 
     root = _need_root("mnist", root)
@@ -170,17 +203,41 @@ def _mnist(split: str, root, *, download: bool = False, normalize: bool = True, 
             ) from None
         images.append(tv.data.numpy())
         labels.append(tv.targets.numpy())
-    mean, std = (MNIST_MEAN, MNIST_STD) if normalize else (0.0, 1.0)
+    mean, std = normalization(normalize, (MNIST_MEAN, MNIST_STD), 1)
     return ArrayDataset(np.concatenate(images), np.concatenate(labels), mean=mean, std=std, name="mnist")
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that rebuilds plain containers and numpy arrays and refuses every other global (no code runs)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a data batch holds only arrays, lists and bytes")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2 reading numpy 1's module names
+            return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
+    """A CIFAR batch file (a pickled dict of bytes, lists and numpy arrays), read without running code."""
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+        try:
+            d = _ArraysOnly(f, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+            raise ValueError(f"{path} is not a readable CIFAR batch file: {e}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} is not a CIFAR batch file (holds a {type(d).__name__}, not a dict)")
+    return d
 
 
 def _cifar(
-    split: str, root, *, fine: bool, download: bool = False, normalize: bool = True, **kw
+    split: str, root, *, fine: bool, download: bool = False, normalize=True, **kw
 ) -> ArrayDataset:
     name = "cifar100" if fine else "cifar10"
     root = _need_root(name, root)
@@ -213,7 +270,7 @@ def _cifar(
         raw = m.get(b"fine_label_names" if fine else b"label_names")
         if raw:
             classes = [c.decode() if isinstance(c, bytes) else str(c) for c in raw]
-    mean, std = ((CIFAR100_MEAN, CIFAR100_STD) if fine else (CIFAR10_MEAN, CIFAR10_STD)) if normalize else (0.0, 1.0)
+    mean, std = normalization(normalize, (CIFAR100_MEAN, CIFAR100_STD) if fine else (CIFAR10_MEAN, CIFAR10_STD), 3)
     return ArrayDataset(np.concatenate(images), np.concatenate(labels), mean=mean, std=std, classes=classes, name=name)
 
 
@@ -225,7 +282,7 @@ def _imagefolder(
     image_size: int | tuple[int, int] | None = None,
     grayscale: bool = False,
     test_fraction: float = 0.2,
-    normalize: bool = True,
+    normalize=True,
     **kw,
 ) -> Dataset:
     from torchvision import transforms
@@ -238,11 +295,14 @@ def _imagefolder(
     tf = []
     if grayscale:
         tf.append(transforms.Grayscale(1))
-    if image_size is not None:
-        tf.append(transforms.Resize(image_size))
+    if image_size is not None:  # one number: square images (a batch needs one size)
+        tf.append(transforms.Resize((image_size, image_size) if isinstance(image_size, int) else tuple(image_size)))
     tf.append(transforms.ToTensor())
-    if normalize:
-        tf.append(transforms.Normalize([0.5] * (1 if grayscale else 3), [0.5] * (1 if grayscale else 3)))
+    channels = 1 if grayscale else 3
+    mean, std = normalization(normalize, (0.5, 0.5), channels)
+    if (mean, std) != (0.0, 1.0):
+        tf.append(transforms.Normalize([mean] * channels if isinstance(mean, float) else list(mean),
+                                       [std] * channels if isinstance(std, float) else list(std)))
     tfm = transforms.Compose(tf)
     try:
         if split != "all" and split_dir.is_dir():
@@ -285,8 +345,9 @@ def load_dataset(name: str = "mnist5k", split: str = "train", root: str | os.Pat
             ``imagefolder``.
         split: ``"train"``, ``"test"`` or ``"all"``.
         root: folder with the files (``mnist``, ``cifar*``, ``imagefolder``).
-        **kw: ``seed`` (split seed, default 0), ``normalize`` (default True), ``download``
-            (torchvision sets), ``image_size`` and ``grayscale`` (imagefolder).
+        **kw: ``seed`` (split seed, default 0), ``normalize`` (default True: the set's usual
+            statistics; see the module docstring), ``download`` (torchvision sets), ``image_size``
+            (one number: square) and ``grayscale`` (imagefolder).
 
     Example:
         >>> ds = load_dataset("mnist5k", "test")
@@ -300,12 +361,33 @@ def load_dataset(name: str = "mnist5k", split: str = "train", root: str | os.Pat
     return DATASETS[name](split, root, **kw)
 
 
-def subset(data: Dataset, n: int | None, *, seed: int = 0) -> Dataset:
-    """The first ``n`` items of a seeded permutation of ``data`` (``None``: all of it)."""
-    if n is None or n >= len(data):  # type: ignore[arg-type]
-        return data
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data), generator=g)[:n].sort().values  # type: ignore[arg-type]
+def _take(data: Dataset, idx: torch.Tensor) -> Dataset:
     if isinstance(data, ArrayDataset):
         return data.subset(idx)
     return torch.utils.data.Subset(data, idx.tolist())
+
+
+def subset(data: Dataset, n: int | None, *, seed: int = 0) -> Dataset:
+    """The first ``n`` items of a seeded permutation of ``data`` (``None``: all of it), in their original order."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"limit must be a positive number of samples, not {n!r}")
+    if n is None or n >= len(data):  # type: ignore[arg-type]
+        return data
+    g = torch.Generator().manual_seed(seed)
+    return _take(data, torch.randperm(len(data), generator=g)[:n].sort().values)  # type: ignore[arg-type]
+
+
+def split(data: Dataset, n_second: int, *, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """A seeded split of ``data`` into two disjoint parts, the second of ``n_second`` items (each in the
+    original order). Nothing is shared between the parts: choose on one, report on the other.
+
+    Example:
+        >>> a, b = split(load_dataset("digits", "test"), 60)
+        >>> len(a), len(b)
+        (300, 60)
+    """
+    n = len(data)  # type: ignore[arg-type]
+    if not 0 < n_second < n:
+        raise ValueError(f"cannot hold out {n_second} of {n} items: both parts must be non-empty")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return _take(data, perm[n_second:].sort().values), _take(data, perm[:n_second].sort().values)

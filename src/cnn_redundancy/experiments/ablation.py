@@ -17,7 +17,7 @@ import torch
 
 from ..analyses.ablation import zero_ablation
 from ..checkpoint import save_checkpoint
-from ..compress.removal import remove_trivial
+from ..compression.removal import remove_trivial
 from ..core.registry import experiment
 from ..core.results import atomic_write
 from ..data import load_dataset, subset
@@ -37,14 +37,15 @@ def _run_set(model, test, metric: str, out: Path, tag: str, tolerance: float, de
     runs = {}
     for scope, mode in (("layer", "zero-kernel"), ("block", "zero-kernel"), ("decomposition", "zero-kernel"),
                         ("layer", "remove-branch")):
+        key = f"{tag}-{scope}-{mode}"
         try:
-            res = zero_ablation(model, test, scope=scope, mode=mode, metric=metric, tolerance=tolerance, device=device)
+            res = zero_ablation(model, test, scope=scope, mode=mode, metric=metric, tolerance=tolerance, device=device,
+                                partial=out / f"{key}.json")
         except ValueError as e:  # a block scope with nothing left to zero is reported, not fatal
             if scope != "block":
                 raise
             _say(f"{tag}: scope=block skipped: {e}")
             continue
-        key = f"{tag}-{scope}-{mode}"
         res.save(out / f"{key}.json")
         save_figure(res.plot(title=f"{tag}: scope={scope}, mode={mode}"), out / f"{key}.png")
         runs[(scope, mode)] = res
@@ -111,7 +112,7 @@ def run(out: str | Path = "runs/ablation", *, quick: bool = False, seed: int = 0
     check, held = test.subset(range(half)), test.subset(range(half, len(test)))
     runs = _run_set(model, test, "accuracy", out, "resnet20-mnist5k", tol, device)
     findings += _findings("ResNet-20 / mnist5k", runs, "accuracy")
-    removal = remove_trivial(model, check, tolerance=tol)
+    removal = remove_trivial(model, check, tolerance=tol, partial=out / "resnet20-removal.json")
     removal.save(out / "resnet20-removal.json")
     save_figure(removal.plot(), out / "resnet20-removal.png")
     save_checkpoint(removal.model, out / "resnet20-trimmed.pt", extra={"removed": removal.removed})
@@ -121,7 +122,7 @@ def run(out: str | Path = "runs/ablation", *, quick: bool = False, seed: int = 0
         f"{len(removal.removed)} of {len(runs[('layer', 'remove-branch')].units)} branches ({', '.join(removal.removed) or 'none'}); "
         f"accuracy {removal.baseline:.3f} -> {removal.final:.3f} there, {held_before:.3f} -> {held_after:.3f} on the held-out half; "
         f"params {removal.before['params']:,} -> {removal.after['params']:,}, MACs {removal.before['macs']:,} -> "
-        f"{removal.after['macs']:,}, CPU latency {removal.before['latency_ms']:.1f} -> {removal.after['latency_ms']:.1f} ms "
+        f"{removal.after['macs']:,}, CPU latency {removal.meta['latency_ms']['before']:.1f} -> {removal.meta['latency_ms']['after']:.1f} ms "
         f"(batch of 16, median)."
     )
     summary["classification"] = {"baseline": runs[("layer", "zero-kernel")].baseline, "removed": removal.removed,

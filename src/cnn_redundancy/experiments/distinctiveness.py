@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from ..analyses.distinctiveness import distinctiveness
-from ..compress.pruning import CRITERIA
-from ..compress.pruning.trials import HeadToHeadResult, head_to_head, pruning_trials
+from ..compression.pruning import CRITERIA
+from ..compression.pruning.trials import HeadToHeadResult, head_to_head, pruning_trials
 from ..core.registry import experiment, option
 from ..data import load_dataset, subset
 from ..models import get_model
@@ -23,12 +23,17 @@ from ..training import fit
 __all__ = ["run"]
 
 
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
 def _h2h_table(h: HeadToHeadResult) -> list[list[Any]]:
     b = h.baseline
-    rows = [["(unpruned)", "-", "0.0", f"{100 * b['test_acc']:.1f}", "-", b["params"], b["macs"], f"{b['latency_ms']:.2f}"]]
-    for r in h.rows:
+    unpruned, latency = h.latency()
+    rows = [["(unpruned)", "-", "0.0", f"{100 * b['test_acc']:.1f}", "-", b["params"], b["macs"], _ms(unpruned)]]
+    for r, ms in zip(h.rows, latency):
         rows.append([r["criterion"], f"{100 * r['target']:.0f}%", f"{100 * r['macs_reduction']:.1f}", f"{100 * r['test_acc']:.1f}",
-                     f"{100 * r['test_acc_finetuned']:.1f}", r["params"], r["macs"], f"{r['latency_ms']:.2f}"])
+                     f"{100 * r['test_acc_finetuned']:.1f}", r["params"], r["macs"], _ms(ms)])
     return rows
 
 
@@ -75,7 +80,7 @@ def run(
         head_to_head_models, crits, reductions, latency_runs = ("lenet5",), ("distinctiveness", "random"), (0.25,), 3
     sub = subset(train, 1000, seed=seed)  # activation vectors and train accuracy: a fixed 1,000-image subset
     res = pruning_trials(model, train, test, trials=trials, steps=steps, epochs=epochs, seed=seed,
-                         activation_data=sub, train_eval=sub, device=device)
+                         activation_data=sub, train_eval=sub, device=device, partial=out / "distinctiveness_trials.json")
     res.save(out / "distinctiveness_trials.json")
     save_figure(res.plot(), out / "distinctiveness_trials.png")
     cols = ["", *[str(i) for i in range(steps + 1)]]

@@ -103,7 +103,7 @@ def run(
             r[mode] = res
             s = res.summary()
             _log(f"{label}: {mode} shuffle: mean cosine {s['mean_cosine']:.4f}, mean accuracy drop {s['mean_drop']:.4f}", quiet)
-        imp = impulse_response(model, mode="both", device=device)
+        imp = impulse_response(model, mode="both", device=device, partial=out / f"{tag}_impulse.json")
         imp.save(out / f"{tag}_impulse.json")
         for layer in imp.layers:
             save_figure(imp.plot(layer, kind="responses", title=f"{label}: impulse responses of {layer}"), out / f"{tag}_{layer}_responses.png")

@@ -2,8 +2,8 @@
 
 1. :func:`~cnn_redundancy.analyses.activation_labels.strongest_activation_labels` labels images of
    the training set by the conv layer of their strongest activations (CNN 1).
-2. :func:`~cnn_redundancy.compress.skipnet.train_router`: CNN 2 learns to predict the label (the exit).
-3. :class:`~cnn_redundancy.compress.skipnet.SkipNetwork`: CNN 3 runs an image only up to its exit.
+2. :func:`~cnn_redundancy.compression.skipnet.train_router`: CNN 2 learns to predict the label (the exit).
+3. :class:`~cnn_redundancy.compression.skipnet.SkipNetwork`: CNN 3 runs an image only up to its exit.
 4. :func:`layer_skipping_experiment`: the paper's protocol (its labelled subset, split in two) and
    the end-to-end use on the real test set, against CNN 1 and a confidence-based early exit;
    :func:`run` writes its tables, figures and report section.
@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..analyses.activation_labels import strongest_activation_labels
-from ..compress.skipnet import (
+from ..compression.skipnet import (
     ExitDataset,
     RelabelledDataset,
     SkipNetwork,
@@ -53,7 +53,9 @@ class LayerSkippingResult(Result):
         labels: the :class:`LabelResult` as a dict.
         paper: the paper's protocol on the held-out part of the labelled subset.
         end_to_end: one row per method on the real test set (accuracy, mean conv layers run,
-            MACs per image with and without the router, measured latency per image).
+            MACs per image with and without the router). The measured latency per image (ms) of each
+            method is a timing: ``meta["latency_ms"][method]`` (``None`` when not timed), outside the
+            same-seed comparison.
         confidence: the confidence-based early exit, one row per threshold.
         router: held-out router accuracy, its majority-class baseline, exit histogram on the test set.
         exit_macs: MACs per image of each exit; router_macs: the router's.
@@ -122,15 +124,17 @@ def _fresh_model(model_kw: dict[str, Any], seed: int) -> nn.Module:
     return get_model("equal_width_cnn", **model_kw)
 
 
-def _row(method: str, acc: float, exits: torch.Tensor, exit_macs: list[int], router_macs: int, latency: float | None) -> dict[str, Any]:
+def _row(method: str, acc: float, exits: torch.Tensor, exit_macs: list[int], router_macs: int, latency: float | None,
+         timings: dict[str, float | None]) -> dict[str, Any]:  # fmt: skip
+    """One end-to-end row; the measured latency (seconds) goes to ``timings`` in ms."""
     net = float(torch.tensor([exit_macs[int(e)] for e in exits.tolist()], dtype=torch.float64).mean())
+    timings[method] = None if latency is None else latency * 1e3
     return {
         "method": method,
         "accuracy": acc,
         "mean_conv_layers": float(exits.double().mean()) + 1.0,
         "macs": net,
         "macs_with_router": net + router_macs,
-        "latency_ms": None if latency is None else latency * 1e3,
         "exit_histogram": [int((exits == k).sum()) for k in range(len(exit_macs))],
     }
 
@@ -237,14 +241,15 @@ def layer_skipping_experiment(
     def latency(fn) -> float | None:
         return measure_latency(fn, x, batch_size=256, repeats=latency_repeats, warmup=1, stat="min") if latency_repeats else None
 
-    rows = []
+    rows: list[dict[str, Any]] = []
+    timings: dict[str, float | None] = {}
     with preserved(cnn1), preserved(router), torch.no_grad():
         for m in (cnn1, router, skip_paper, skip_full, early):
             m.eval()
         r_test = router(x).argmax(1)
         everything = torch.full((len(x),), last, dtype=torch.long, device=dev)
         rows.append(_row("CNN 1 (full)", _accuracy(cnn1(x), y), everything, [full_macs] * n_exits, 0,
-                         latency(cnn1)))
+                         latency(cnn1), timings))
 
         def with_router(net: SkipNetwork):
             return lambda b: net(b, router(b).argmax(1))
@@ -252,11 +257,11 @@ def layer_skipping_experiment(
         for name, net in (("CNN 3 (paper: labelled subset) + router", skip_paper),
                           ("CNN 3 (all training images) + router", skip_full)):
             rows.append(_row(name, _accuracy(net(x, r_test), y), r_test, exit_macs, router_macs,
-                             latency(with_router(net))))
+                             latency(with_router(net)), timings))
         for k in range(n_exits):
             fixed = torch.full((len(x),), k, dtype=torch.long, device=dev)
             rows.append(_row(f"early-exit net, always exit {k}", _accuracy(early(x, fixed), y), fixed, exit_macs, 0,
-                             latency(lambda b, k=k: early(b, k))))
+                             latency(lambda b, k=k: early(b, k)), timings))
         head_macs = early.head_macs()
         confidence = []
         for t in thresholds:
@@ -270,7 +275,7 @@ def layer_skipping_experiment(
     router_info = {"heldout_accuracy": paper["router_accuracy"], "majority_baseline": paper["router_majority_baseline"],
                    "test_exit_histogram": [int((r_test == k).sum()) for k in range(n_exits)]}
     result = LayerSkippingResult(
-        meta=make_meta("layer_skipping_experiment", config, seed),
+        meta={**make_meta("layer_skipping_experiment", config, seed), "latency_ms": timings},
         config=config,
         labels=labels.to_dict(),
         paper=paper,
@@ -315,10 +320,12 @@ def _findings(res: LayerSkippingResult, labels, elapsed: float) -> list[str]:
             f"Confidence early exit at no more compute (threshold {best_conf['threshold']}): {best_conf['accuracy']:.3f} "
             f"at {best_conf['macs'] / 1e6:.2f} M MACs: it {verdict} the router."
         )
-    if full["latency_ms"] and best_routed["latency_ms"]:
+    ms = res.meta.get("latency_ms", {})
+    full_ms, routed_ms = ms.get(full["method"]), ms.get(best_routed["method"])
+    if full_ms and routed_ms:
         findings.append(
-            f"Measured CPU latency per image: CNN 1 {full['latency_ms']:.4f} ms, routed {best_routed['latency_ms']:.4f} ms "
-            f"(speedup {full['latency_ms'] / best_routed['latency_ms']:.2f}x; ideal from MACs "
+            f"Measured CPU latency per image: CNN 1 {full_ms:.4f} ms, routed {routed_ms:.4f} ms "
+            f"(speedup {full_ms / routed_ms:.2f}x; ideal from MACs "
             f"{full['macs'] / best_routed['macs_with_router']:.2f}x)."
         )
     findings.append(f"Run time {elapsed:.0f} s.")
@@ -393,8 +400,9 @@ def run(
     save_figure(res.plot(), out / "routing_tradeoff.png")
     save_figure(labels.plot(train), out / "routing_labels.png")
     findings = _findings(res, labels, time.perf_counter() - t0)
+    ms = res.meta.get("latency_ms", {})
     rows = [[r["method"], r["accuracy"], r["mean_conv_layers"], r["macs"] / 1e6, r["macs_with_router"] / 1e6,
-             r["latency_ms"] if r["latency_ms"] is not None else "n/a", "/".join(map(str, r["exit_histogram"]))]
+             ms.get(r["method"]) if ms.get(r["method"]) is not None else "n/a", "/".join(map(str, r["exit_histogram"]))]
             for r in res.end_to_end]  # fmt: skip
     conf = [[c["threshold"], c["accuracy"], c["mean_conv_layers"], c["macs"] / 1e6, "/".join(map(str, c["exit_histogram"]))]
             for c in res.confidence]  # fmt: skip

@@ -9,20 +9,25 @@
 
 Every model built here carries ``model.cnn_redundancy_spec`` (name, kwargs and any structural
 surgery applied later), which is what a checkpoint stores to rebuild it without pickling code.
+``get_model(name, seed=0, ...)`` builds the same weights every time (the global random state is
+left as it was); without ``seed`` the initialisation draws from the global random state.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib.util
 import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["get_model", "register_model", "list_models", "model_spec", "set_model_spec", "copy_spec", "append_surgery"]
+__all__ = ["get_model", "register_model", "list_models", "model_spec", "set_model_spec", "copy_spec", "append_surgery",
+           "is_file_spec", "model_parameters"]  # fmt: skip
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 SPEC_ATTR = "cnn_redundancy_spec"
@@ -64,10 +69,14 @@ def set_model_spec(model: nn.Module, name: str, kwargs: dict[str, Any], surgery:
 
 
 def copy_spec(src: nn.Module, dst: nn.Module, step: dict[str, Any] | None = None) -> nn.Module:
-    """Give ``dst`` (a changed copy of ``src``) the spec of ``src``, plus the surgery ``step`` that made it."""
+    """Give ``dst`` (a changed copy of ``src``) the spec of ``src``, plus the surgery ``step`` that made it.
+
+    A model built elsewhere (no spec) keeps its surgery under a spec without a name, so that
+    ``save_checkpoint(model, path, name=...)`` records it.
+    """
     spec = model_spec(src)
-    if spec is not None:
-        new = copy.deepcopy(spec)
+    if spec is not None or step is not None:
+        new = copy.deepcopy(spec) if spec is not None else {"name": None, "kwargs": {}, "surgery": []}
         if step is not None:
             new.setdefault("surgery", []).append(step)
         object.__setattr__(dst, SPEC_ATTR, new)
@@ -79,7 +88,15 @@ def append_surgery(model: nn.Module, step: dict[str, Any]) -> nn.Module:
     return copy_spec(model, model, step)
 
 
-def _from_file(spec: str, kw: dict) -> nn.Module:
+def is_file_spec(name: str) -> bool:
+    """Whether ``name`` names a model defined in a Python file (``path/to/file.py:factory``)."""
+    return name.endswith(".py") or ".py:" in name
+
+
+def _load_file(spec: str) -> Callable[..., nn.Module]:
+    """The factory ``fn`` of ``path/to/file.py:fn`` (the file is executed: only for a name the caller gave)."""
+    if ":" not in spec:
+        raise ValueError("A model file needs a factory: path/to/file.py:factory")
     path, _, factory = spec.rpartition(":")
     file = Path(path).expanduser()
     if not file.is_file():
@@ -91,7 +108,7 @@ def _from_file(spec: str, kw: dict) -> nn.Module:
     if fn is None:
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
         raise ValueError(f"{file} has no {factory!r}; callables there: {', '.join(names)}")
-    return fn(**kw)
+    return fn
 
 
 def _torchvision(name: str, kw: dict) -> nn.Module:
@@ -101,41 +118,80 @@ def _torchvision(name: str, kw: dict) -> nn.Module:
         return torchvision.models.get_model(name, weights=None, **kw)
     except ValueError:
         avail = torchvision.models.list_models(module=torchvision.models)
-        import difflib
-
         close = difflib.get_close_matches(name, avail, n=5)
         raise ValueError(f"Unknown torchvision model {name!r}. Closest: {', '.join(close) or ', '.join(avail[:20])}") from None
 
 
-def get_model(name: str, **kw: Any) -> nn.Module:
-    """Build a model by name.
-
-    Example:
-        >>> m = get_model("lenet5", width=10)
-        >>> m.conv1.out_channels, m.conv2.out_channels
-        (60, 160)
-    """
+def _factory(name: str) -> Callable[..., nn.Module]:
+    """The function that builds ``name`` (a file spec's file is executed here)."""
     _load_zoo()
     if name.startswith("torchvision:"):
-        model = _torchvision(name.split(":", 1)[1], kw)
-    elif name.endswith(".py") or ".py:" in name:
-        if ":" not in name:
-            raise ValueError("A model file needs a factory: path/to/file.py:factory")
-        model = _from_file(name, kw)
-    elif name in _REGISTRY:
-        fn = _REGISTRY[name]
-        params = inspect.signature(fn).parameters
-        unknown = [k for k in kw if k not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values())]
-        if unknown:
-            raise ValueError(f"{name} takes no argument {', '.join(unknown)}; it takes {', '.join(params)}")
-        model = fn(**kw)
-    else:
-        import difflib
-
+        return lambda **kw: _torchvision(name.split(":", 1)[1], kw)
+    if is_file_spec(name):
+        return _load_file(name)
+    if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         raise ValueError(
             f"Unknown model {name!r}. Registered: {', '.join(sorted(_REGISTRY))}"
             + (f" (closest: {', '.join(close)})" if close else "")
             + "; or torchvision:<name>, or path/to/file.py:factory"
         )
+    return _REGISTRY[name]
+
+
+def model_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword arguments the factory of ``name`` takes (empty for torchvision models)."""
+    if name.startswith("torchvision:"):
+        return {}
+    return dict(inspect.signature(_factory(name)).parameters)
+
+
+def _kind(default: Any) -> tuple[tuple[type, ...], str] | None:
+    """The types a value may have where the factory's default is ``default``, and their name."""
+    if isinstance(default, bool):
+        return (bool,), "true or false"
+    if isinstance(default, int):
+        return (int,), "an integer"
+    if isinstance(default, float):
+        return (int, float), "a number"
+    if isinstance(default, str):
+        return (str,), "a string"
+    if isinstance(default, list | tuple):
+        return (list, tuple), "a list"
+    return None
+
+
+def _check_kwargs(name: str, params: dict[str, inspect.Parameter], kw: dict[str, Any]) -> None:
+    """Unknown arguments, and values whose type does not fit the factory's default, as one clear error."""
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in kw if k not in params]
+    if unknown:
+        raise ValueError(f"{name} takes no argument {', '.join(unknown)}; it takes {', '.join(params)}")
+    for k, v in kw.items():
+        kind = _kind(params[k].default)
+        if kind is not None and not (isinstance(v, kind[0]) and (bool in kind[0] or not isinstance(v, bool))):
+            raise ValueError(f"{name}: argument {k} must be {kind[1]} (default {params[k].default!r}), not {v!r}")
+
+
+def get_model(name: str, *, seed: int | None = None, **kw: Any) -> nn.Module:
+    """Build a model by name; ``seed`` makes its initial weights the same on every call.
+
+    Example:
+        >>> m = get_model("lenet5", width=10)
+        >>> m.conv1.out_channels, m.conv2.out_channels
+        (60, 160)
+        >>> torch.equal(get_model("lenet5", seed=0).conv1.weight, get_model("lenet5", seed=0).conv1.weight)
+        True
+    """
+    fn = _factory(name)
+    if name in _REGISTRY or is_file_spec(name):
+        _check_kwargs(name, dict(inspect.signature(fn).parameters), kw)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            model = fn(**kw)
+        except TypeError as e:
+            raise ValueError(f"{name}({', '.join(f'{k}={v!r}' for k, v in kw.items())}) cannot be built: {e}") from None
     return set_model_spec(model, name, kw)

@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import os
 from pathlib import Path
@@ -24,12 +23,14 @@ __all__ = ["Section", "Table", "Figure", "save_figure", "write_report", "load_se
 
 @dataclasses.dataclass
 class Table:
-    """A table: ``title``, ``columns``, ``rows`` (lists of cells), an optional ``note``."""
+    """A table: ``title``, ``columns``, ``rows`` (lists of cells), an optional ``note``, and optional
+    background ``colors`` (a CSS color or ``None`` per cell, same shape as ``rows``)."""
 
     title: str
     columns: list[str]
     rows: list[list[Any]]
     note: str = ""
+    colors: list[list[str | None]] | None = None
 
 
 @dataclasses.dataclass
@@ -84,9 +85,10 @@ def load_sections(out_dir: str | os.PathLike) -> list[Section]:
 
 
 def _cell(v: Any) -> str:
+    """A table cell's text (the template escapes it, once)."""
     if isinstance(v, float):
         return f"{v:.4g}"
-    return html.escape(str(v))
+    return str(v)
 
 
 def write_report(

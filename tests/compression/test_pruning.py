@@ -115,7 +115,10 @@ def test_pruned_models_run_and_save_load(name, kw, shape, tmp_path):
         y = res.model(x)
     assert y.shape == m(x).shape
     path = cr.save_checkpoint(res.model, tmp_path / "p.pt")
-    back = cr.load_checkpoint(path)
+    if ".py:" in name:  # a checkpoint never runs the file it names: the caller names it
+        with pytest.raises(cr.CheckpointError, match="never runs code"):
+            cr.load_checkpoint(path)
+    back = cr.load_checkpoint(path, model=name if ".py:" in name else None)
     with torch.no_grad():
         assert torch.allclose(back(x), y, atol=1e-6)
     if "grouped" in name:  # one kernel per group goes: groups stay equal
@@ -168,8 +171,89 @@ def test_cli_reproduce_quick_and_prune(tmp_path):
     section = (out / "sections" / "distinctiveness.json").read_text()
     assert "Table 1" in section and "Average gap" in section
     trials = cr.Result.load(out / "distinctiveness_trials.json")
-    assert trials.trials == 2 and len(trials.test_acc["distinctiveness"][0]) == 3
+    assert trials.trials == 2 and len(trials.test_acc["distinctiveness"][0]) == 3 and trials.meta["complete"] is True
+    h2h = cr.Result.load(out / "head_to_head_lenet5.json")  # latencies are timings, kept in meta
+    assert "latency_ms" not in h2h.baseline and all("latency_ms" not in r for r in h2h.rows)
+    unpruned, rows = h2h.latency()
+    assert unpruned > 0 and len(rows) == len(h2h.rows) and all(v > 0 for v in rows)
     assert main(["-q", "prune", "--model", "lenet5", "--limit", "64", "--steps", "2", "--criterion", "l1",
                  "--out", str(tmp_path / "pr")]) == 0
     pruned = cr.load_checkpoint(tmp_path / "pr" / "model.pt")
     assert pruned.conv1.out_channels + pruned.conv2.out_channels == 20
+
+
+@pytest.mark.parametrize("criterion", ["l1", "taylor", "distinctiveness", "random"])
+def test_frozen_layers_are_pruned_and_stay_frozen(criterion):
+    m = TinyCNN()
+    m.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1, bias=False)  # a bias-free stem, frozen as in transfer learning
+    m.conv1.weight.requires_grad_(False)
+    m.fc.weight.requires_grad_(False)
+    res = cr.prune(m, random_images(16), criterion=criterion, steps=2, layers="conv1")
+    assert res.model.conv1.out_channels == 2 and res.model.conv1.weight.shape == (2, 1, 3, 3)
+    assert not res.model.conv1.weight.requires_grad and not res.model.fc.weight.requires_grad
+    assert res.model.conv2.weight.requires_grad and not m.conv1.weight.requires_grad
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_a_model_that_cannot_be_copied_gets_a_clear_message():
+    import threading
+
+    m = TinyCNN()
+    m.lock = threading.Lock()
+    with pytest.raises(ValueError, match=r"TinyCNN cannot be copied \(copy.deepcopy failed.*make the model deep-copyable"):
+        cr.prune(m, random_images(8), steps=1)
+
+
+def test_prune_keeps_the_steps_done_when_interrupted(tmp_path):
+    def stop(entry, model):
+        if entry["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cr.prune(TinyCNN(), random_images(16), steps=5, callback=stop, partial=tmp_path / "prune.json")
+    kept = cr.Result.load(tmp_path / "prune.json")
+    assert [h["step"] for h in kept.history] == [1, 2] and kept.meta["complete"] is False
+    done = cr.prune(TinyCNN(), random_images(16), steps=2, partial=tmp_path / "done.json")
+    assert cr.Result.load(tmp_path / "done.json") == done and done.meta["complete"] is True
+
+
+def test_pruning_trials_keep_the_finished_runs_when_interrupted(tmp_path, interrupt_at):
+    from cnn_redundancy.compression.pruning import trials as TR
+
+    interrupt_at(TR, "_pruned_trial", 2)  # Ctrl-C during the second (trial, criterion) run
+    tr = cr.subset(cr.load_dataset("mnist5k", "train"), 64)
+    with pytest.raises(KeyboardInterrupt):
+        cr.pruning_trials("lenet5", tr, tr, trials=2, steps=1, epochs=1, partial=tmp_path / "t.json")
+    kept = cr.Result.load(tmp_path / "t.json")
+    assert len(kept.test_acc["distinctiveness"]) == 1 and kept.test_acc["random"] == [] and kept.meta["complete"] is False
+
+
+def test_prune_writes_partial_results_as_it_goes(tmp_path, monkeypatch):
+    import cnn_redundancy.core.results as results
+
+    monkeypatch.setattr(results, "PARTIAL_EVERY", 0.0)  # the 30 s cadence, shortened
+    on_disk = []
+
+    def look(entry, model):
+        on_disk.append(len(cr.Result.load(tmp_path / "p.json").history))
+
+    cr.prune(TinyCNN(), random_images(16), steps=3, callback=look, partial=tmp_path / "p.json")
+    assert on_disk == [1, 2, 3]
+
+
+def test_pruning_trials_write_partial_results_as_they_go(tmp_path, monkeypatch):
+    import cnn_redundancy.core.results as results
+    from cnn_redundancy.compression.pruning import trials as TR
+
+    monkeypatch.setattr(results, "PARTIAL_EVERY", 0.0)  # the 30 s cadence, shortened
+    real, on_disk = TR._pruned_trial, []
+
+    def look(*a, **kw):
+        path = tmp_path / "t.json"
+        on_disk.append(sum(map(len, cr.Result.load(path).test_acc.values())) if path.exists() else None)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(TR, "_pruned_trial", look)
+    tr = cr.subset(cr.load_dataset("mnist5k", "train"), 64)
+    cr.pruning_trials("lenet5", tr, tr, trials=1, steps=1, epochs=1, partial=tmp_path / "t.json")
+    assert on_disk == [None, 1]

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..analyses.ablation import zero_ablation
-from ..checkpoint import register_surgery
-from ..core.batches import as_loader, resolve_device
+from ..checkpoint import CheckpointError, register_surgery
+from ..core.batches import first_input, resolve_device
 from ..core.cost import model_cost
 from ..core.layers import get_module
 from ..core.metrics import Metric, get_metric
-from ..core.results import Result, make_meta
-from ..core.structure import is_residual_block, residual_blocks, shortcut_output
+from ..core.results import Partials, Result, make_meta
+from ..core.structure import residual_blocks, shortcut_output
 from ..models import copy_spec
 from ..training import evaluate
 
@@ -60,24 +62,32 @@ def remove_branches(model: nn.Module, blocks: list[str], *, copy_model: bool = T
         >>> type(m.layer1[1]).__name__
         'BranchRemoved'
     """
-    for b in blocks:
-        if not is_residual_block(get_module(model, b)):
-            raise ValueError(f"{b!r} is not a residual block; blocks: {', '.join(residual_blocks(model))}")
+    _check_blocks(model, blocks)
     out = copy.deepcopy(model) if copy_model else model
     _replay(out, {"blocks": blocks})
     return copy_spec(model, out, {"kind": "remove-branch", "blocks": list(blocks)})
 
 
-@register_surgery("remove-branch")
+def _check_blocks(model: nn.Module, blocks: list[str]) -> None:
+    known = residual_blocks(model)
+    for b in blocks:
+        if b not in known:
+            raise ValueError(f"{b!r} is not a residual block; blocks: {', '.join(known)}")
+
+
+def _check_step(step: dict[str, Any]) -> None:
+    blocks = step.get("blocks")
+    if not (isinstance(blocks, list) and blocks and all(isinstance(b, str) for b in blocks)):
+        raise CheckpointError("blocks must be a list of residual block names")
+
+
+@register_surgery("remove-branch", check=_check_step)
 def _replay(model: nn.Module, step: dict[str, Any]) -> nn.Module:
+    _check_blocks(model, step["blocks"])
     for b in step["blocks"]:
         block = get_module(model, b)
         _replace(model, b, BranchRemoved(block.downsample, copy.deepcopy(block.relu)))
     return model
-
-
-def _example(data) -> torch.Tensor:
-    return next(iter(as_loader(data, 1)))[0][:1]
 
 
 @dataclasses.dataclass(eq=False)
@@ -88,7 +98,8 @@ class RemovalResult(Result):
         metric, tolerance: the criterion. baseline / final: the metric before and after.
         removed: blocks whose branch was removed, in removal order.
         trials: ``[{"block", "score", "kept"}]`` for every block tried, in order.
-        before / after: ``{"params", "macs", "latency_ms"}`` (latency: median CPU time of a batch).
+        before / after: ``{"params", "macs"}``; their measured CPU latency (median time of a batch, ms)
+            is a timing: ``meta["latency_ms"] = {"before", "after"}``, outside the same-seed comparison.
         model: the smaller model (not saved in the JSON; save it with ``save_checkpoint``).
     """
 
@@ -135,6 +146,7 @@ def remove_trivial(
     measure: bool = True,
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    partial: str | os.PathLike | None = None,
 ) -> RemovalResult:
     """Greedily remove residual branches while the metric stays within ``tolerance`` of the baseline.
 
@@ -144,6 +156,9 @@ def remove_trivial(
         tolerance: largest allowed drop of the metric (absolute, e.g. 0.01 = one accuracy point).
         metric: ``"accuracy"`` or ``"dice"`` (or a Metric).
         measure: also count MACs and time the CPU latency before and after.
+        partial: a JSON path rewritten with the branches tried so far (when 30 s of work have passed
+            since the last write, on an error or interrupt, and at the end); the ranking sweep that
+            comes first writes its own partial result next to it (``<name>-ranking.json``).
 
     Returns:
         A :class:`RemovalResult`; ``result.model`` is the smaller model.
@@ -162,35 +177,46 @@ def remove_trivial(
         raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
     if not residual_blocks(model):
         raise ValueError(f"{type(model).__name__} has no residual blocks: there is no branch to remove")
-    name = get_metric(metric).name
     dev = resolve_device(device, model)
-    sweep = zero_ablation(model, data, scope="layer", mode="remove-branch", metric=metric,
-                          tolerance=tolerance, batch_size=batch_size, device=dev, progress=progress)
-    baseline = sweep.baseline
-    ranked = sorted(sweep.units, key=lambda u: (-sweep.scores[u], sweep.units.index(u)))
-    current = copy.deepcopy(model).eval()
-    removed: list[str] = []
-    trials = []
-    score = baseline
-    for b in ranked:
-        if baseline - sweep.scores[b] > tolerance:  # alone already too costly: removing more cannot help
-            trials.append({"block": b, "score": sweep.scores[b], "kept": False})
-            continue
-        candidate = remove_branches(current, [b])
-        s = evaluate(candidate, data, metric, batch_size=batch_size, device=dev, progress=progress)
-        ok = baseline - s <= tolerance
-        trials.append({"block": b, "score": s, "kept": ok})
-        if ok:
-            current, score = candidate, s
-            removed.append(b)
-    if removed:
-        copy_spec(model, current, {"kind": "remove-branch", "blocks": removed})
-    ex = _example(data).to(resolve_device(None, model))  # costs are measured where the model lives
+    ranking = None if partial is None else Path(partial).with_name(Path(partial).stem + "-ranking.json")
+    sweep = zero_ablation(model, data, scope="layer", mode="remove-branch", metric=metric, tolerance=tolerance,
+                          batch_size=batch_size, device=dev, progress=progress, partial=ranking)
+    res = RemovalResult(metric=get_metric(metric).name, tolerance=float(tolerance), baseline=float(sweep.baseline),
+                        final=float(sweep.baseline), model=copy.deepcopy(model).eval(),
+                        meta={**make_meta("remove_trivial", {"tolerance": tolerance, "metric": get_metric(metric).name,
+                                                             "measure": measure}), "complete": False})  # fmt: skip
+    with Partials((lambda: res.save(partial)) if partial is not None else None) as partials:
+        partials.started = True
+        for b in sorted(sweep.units, key=lambda u: (-sweep.scores[u], sweep.units.index(u))):
+            _try_removal(res, sweep.scores[b], b, data, metric, batch_size, dev, progress)
+            partials.maybe()
+        if res.removed:
+            copy_spec(model, res.model, {"kind": "remove-branch", "blocks": res.removed})
+        _measure(res, model, first_input(data, model).to(resolve_device(None, model)), measure)  # where the model lives
+    return res
+
+
+def _try_removal(res: RemovalResult, alone: float, block: str, data, metric, batch_size: int, dev, progress) -> None:
+    """Remove ``block``'s branch from ``res.model`` if the metric stays within the tolerance (recorded in ``res.trials``)."""
+    if res.baseline - alone > res.tolerance:  # alone already too costly: removing more cannot help
+        res.trials.append({"block": block, "score": alone, "kept": False})
+        return
+    candidate = remove_branches(res.model, [block])
+    s = evaluate(candidate, data, metric, batch_size=batch_size, device=dev, progress=progress)
+    ok = res.baseline - s <= res.tolerance
+    res.trials.append({"block": block, "score": s, "kept": ok})
+    if ok:
+        res.model, res.final = candidate, s
+        res.removed.append(block)
+
+
+def _measure(res: RemovalResult, model: nn.Module, ex: torch.Tensor, measure: bool) -> None:
+    """Parameters (and MACs) before and after; the measured latency goes to ``meta`` (a timing)."""
     if measure:
-        before, after = model_cost(model, ex), model_cost(current, ex)
+        before, after = model_cost(model, ex), model_cost(res.model, ex)
+        res.meta["latency_ms"] = {"before": before.pop("latency_ms"), "after": after.pop("latency_ms")}
     else:
-        n = sum(p.numel() for p in model.parameters())
-        before, after = {"params": n}, {"params": sum(p.numel() for p in current.parameters())}
-    meta = make_meta("remove_trivial", {"tolerance": tolerance, "metric": name, "measure": measure})
-    return RemovalResult(metric=name, tolerance=float(tolerance), baseline=float(baseline), final=float(score),
-                         removed=removed, trials=trials, before=before, after=after, meta=meta, model=current)
+        before = {"params": sum(p.numel() for p in model.parameters())}
+        after = {"params": sum(p.numel() for p in res.model.parameters())}
+    res.before, res.after = before, after
+    res.meta["complete"] = True

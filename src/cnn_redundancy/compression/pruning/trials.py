@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset
 
 from ...core.cost import count_macs_params, cpu_latency
 from ...core.progress import progress_bar
-from ...core.results import Result, make_meta
+from ...core.results import Partials, Result, make_meta
 from ...models import get_model
 from ...training import evaluate, fit
 from . import CRITERIA, prune
@@ -109,6 +110,7 @@ def pruning_trials(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    partial: str | os.PathLike | None = None,
 ) -> TrialsResult:
     """Train ``trials`` seeded baselines and prune each step by step with every criterion.
 
@@ -124,6 +126,8 @@ def pruning_trials(
         finetune_epochs: optional fine-tuning after every step (``finetune_lr``).
         seed: trial ``t`` uses ``seed + t`` for initialization, training and the random criterion.
         device: where training, pruning and evaluation run (default: the CPU).
+        partial: a JSON path rewritten with the finished (trial, criterion) runs (when 30 s of work have
+            passed since the last write, on an error or interrupt, and at the end).
 
     Example:
         >>> from cnn_redundancy import load_dataset, subset
@@ -152,7 +156,10 @@ def pruning_trials(
               "activations": activation_data if activation_data is not None else train}
     prune_kw = {"steps": steps, "layers": layers, "rule": rule, "center": center, "device": device, "progress": False}
     tune = {"epochs": finetune_epochs, "lr": finetune_lr, "batch_size": batch_size}
-    with progress_bar(trials * len(criteria), f"trials {model_name}", enabled=progress, unit="run") as bar:
+    res.meta["complete"] = False
+    with progress_bar(trials * len(criteria), f"trials {model_name}", enabled=progress, unit="run") as bar, \
+            Partials((lambda: res.save(partial)) if partial is not None else None) as partials:  # fmt: skip
+        partials.started = True
         for t in range(trials):
             s = seed + t
             torch.manual_seed(s)
@@ -165,6 +172,15 @@ def pruning_trials(
                 res.test_acc[crit].append(te_acc)
                 res.removed[crit].append(removed)
                 bar.update(1)
+                partials.maybe()
+        _gaps(res, criteria, steps)
+        res.meta["seconds"] = time.perf_counter() - t0
+        res.meta["complete"] = True
+    return res
+
+
+def _gaps(res: TrialsResult, criteria: list[str], steps: int) -> None:
+    """The paper's average gap of every criterion to the first one."""
     ref = criteria[0]
     for crit in criteria[1:]:
         res.gap[crit] = {
@@ -172,8 +188,6 @@ def pruning_trials(
             if steps else 0.0
             for split, acc in (("train", res.train_acc), ("test", res.test_acc))
         }
-    res.meta["seconds"] = time.perf_counter() - t0
-    return res
 
 
 def _pruned_trial(base: nn.Module, crit: str, seed: int, splits: dict, prune_kw: dict, tune: dict):
@@ -197,16 +211,23 @@ class HeadToHeadResult(Result):
     """Every criterion at the same MACs reductions.
 
     Attributes:
-        baseline: ``{"test_acc", "macs", "params", "latency_ms"}`` of the unpruned model.
+        baseline: ``{"test_acc", "macs", "params"}`` of the unpruned model.
         rows: one dict per (criterion, target reduction): ``criterion``, ``target``, ``macs_reduction``
-            (reached), ``kernels_removed``, ``test_acc``, ``test_acc_finetuned``, ``macs``, ``params``,
-            ``latency_ms``.
+            (reached), ``kernels_removed``, ``test_acc``, ``test_acc_finetuned``, ``macs``, ``params``.
+        The measured CPU latencies are timings, kept in ``meta["latency_ms"]`` (``"unpruned"`` and
+        ``"rows"``, one per row) outside the same-seed comparison: :meth:`latency` reads them.
     """
 
     model: str = ""
     baseline: dict[str, float] = dataclasses.field(default_factory=dict)
     rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     kind = "head-to-head"
+
+    def latency(self) -> tuple[float | None, list[float | None]]:
+        """Measured CPU latency (ms) of the unpruned model and of each row's model (``None`` where not measured)."""
+        t = self.meta.get("latency_ms", {})
+        rows = t.get("rows", [])
+        return t.get("unpruned"), [rows[i] if i < len(rows) else None for i in range(len(self.rows))]
 
     def plot(self):
         """Test accuracy against MACs reduction per criterion (solid: no fine-tuning; dashed: fine-tuned)."""
@@ -259,8 +280,8 @@ def head_to_head(
         meta=make_meta("head-to-head", {"criteria": list(criteria), "reductions": targets, "finetune_epochs": finetune_epochs,
                                         "finetune_lr": finetune_lr, "latency_batch": len(xb), "latency_runs": latency_runs}, seed),
         model=name or type(model).__name__,
-        baseline={"test_acc": evaluate(model, test, progress=False), "macs": macs0, "params": params0,
-                  "latency_ms": 1e3 * cpu_latency(model, xb, runs=latency_runs)})
+        baseline={"test_acc": evaluate(model, test, progress=False), "macs": macs0, "params": params0})
+    res.meta["latency_ms"] = {"unpruned": 1e3 * cpu_latency(model, xb, runs=latency_runs), "rows": []}
     act_data = activation_data if activation_data is not None else train
     removable = sum(m.out_channels - 1 for m in model.modules() if isinstance(m, nn.Conv2d))
     with progress_bar(len(criteria), "head to head", enabled=progress, unit="criterion") as bar:
@@ -273,8 +294,8 @@ def head_to_head(
                     target = pending.pop(0)
                     snap = copy.deepcopy(pruned)
                     row = {"criterion": crit, "target": target, "macs_reduction": red, "kernels_removed": entry["step"],
-                           "test_acc": evaluate(snap, test, progress=False), "macs": entry["macs"], "params": entry["params"],
-                           "latency_ms": 1e3 * cpu_latency(snap, xb, runs=latency_runs)}
+                           "test_acc": evaluate(snap, test, progress=False), "macs": entry["macs"], "params": entry["params"]}
+                    res.meta["latency_ms"]["rows"].append(1e3 * cpu_latency(snap, xb, runs=latency_runs))
                     if finetune_epochs:
                         fit(snap, train, epochs=finetune_epochs, lr=finetune_lr, seed=seed, progress=False)
                     row["test_acc_finetuned"] = evaluate(snap, test, progress=False)

@@ -3,20 +3,24 @@
 The dependency graph keeps residual, grouped and depthwise couplings consistent; in a grouped
 (non-depthwise) conv one kernel is removed at the same position of every group. Every removal is
 recorded, and :func:`cnn_redundancy.checkpoint.load_checkpoint` replays the recorded removals
-(surgery kind ``prune-channels``) on a freshly built model.
+(surgery kind ``prune-channels``) on a freshly built model, after checking every layer name and
+kernel index. Frozen parameters (``requires_grad=False``, as in transfer learning) are pruned like
+any other and stay frozen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from ...checkpoint import register_surgery
+from ...checkpoint import CheckpointError, _is_int, check_input_shape, register_surgery
 
-__all__ = ["Surgeon", "SURGERY_KIND", "kernels"]
+__all__ = ["Surgeon", "SURGERY_KIND", "kernels", "trainable"]
 
 SURGERY_KIND = "prune-channels"
 
@@ -35,7 +39,8 @@ class Surgeon:
 
         self.tp = tp
         self.model = model
-        with torch.enable_grad():
+        self.frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        with torch.enable_grad(), trainable(model):  # the graph is traced through autograd: frozen layers too
             self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
         self.original = {n: list(range(m.out_channels)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         self.removals: list[list[Any]] = []
@@ -94,6 +99,9 @@ class Surgeon:
                 drop = set(dep_idxs)
                 self.original[n] = [o for i, o in enumerate(self.original[n]) if i not in drop]
         group.prune()
+        for n, p in self.model.named_parameters():  # Torch-Pruning makes new, trainable parameters
+            if n in self.frozen:
+                p.requires_grad_(False)
         self._removable.clear()
         self.removals.append([layer, sorted(int(i) for i in idxs)])
         return removed
@@ -104,11 +112,42 @@ class Surgeon:
         return [(dep.target.module, sorted(ix)) for dep, ix in self.group(layer, [idx]) if dep.handler in fns]
 
 
-@register_surgery(SURGERY_KIND)
+@contextlib.contextmanager
+def trainable(model: nn.Module) -> Iterator[None]:
+    """Every parameter of ``model`` requires grad inside the block; the flags are restored after it."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
+def _check_step(step: dict[str, Any]) -> None:
+    """A ``prune-channels`` record's fields, before any model is built."""
+    check_input_shape(step.get("input_shape"))
+    removals = step.get("removals")
+    ok = isinstance(removals, list) and all(
+        isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], list) and r[1]
+        and all(_is_int(i) for i in r[1]) for r in removals)  # fmt: skip
+    if not ok:
+        raise CheckpointError("removals must be a list of [conv layer name, [kernel indices >= 0]]")
+
+
+@register_surgery(SURGERY_KIND, check=_check_step)
 def _replay(model: nn.Module, step: dict[str, Any]) -> nn.Module:
     """Repeat recorded kernel removals on a freshly built model (used by ``load_checkpoint``)."""
+    convs = set(kernels(model))
+    unknown = [layer for layer, _ in step["removals"] if layer not in convs]
+    if unknown:
+        raise CheckpointError(f"the model has no conv layer {unknown[0]!r}")
     surgeon = Surgeon(model, torch.zeros(step["input_shape"]))
     for layer, idxs in step["removals"]:
+        k = surgeon.module(layer).out_channels
+        if len(set(idxs)) != len(idxs) or max(idxs) >= k or len(idxs) >= k:
+            raise CheckpointError(f"kernels {idxs} of {layer!r} do not fit: it has {k} kernels at that step")
         surgeon.group(layer, idxs).prune()
     return model
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import cnn_redundancy as cr
-from cnn_redundancy.compress.skipnet import ExitDataset, RelabelledDataset, check_same_spatial_size
+from cnn_redundancy.compression.skipnet import ExitDataset, RelabelledDataset, check_same_spatial_size
 from cnn_redundancy.core.hooks import capture, count_calls, hook_count
 from cnn_redundancy.experiments.layer_skipping import layer_skipping_experiment
 from cnn_redundancy.testing import TinyCNN, layer_response_images, layer_response_net, random_images
@@ -206,11 +206,13 @@ def test_experiment_is_deterministic_and_complete():
     train = cr.subset(cr.load_dataset("mnist5k", "train"), 120, seed=0)
     test = cr.subset(cr.load_dataset("mnist5k", "test"), 30, seed=0)
     kw = {"channels": (4, 4, 4), "epochs": 1, "router_epochs": 1, "skip_epochs": 1, "feature_maps": 3, "top": 4,
-          "latency_repeats": 0, "thresholds": (0.0, 0.9, 1.01)}
+          "latency_repeats": 1, "thresholds": (0.0, 0.9, 1.01)}
     a = layer_skipping_experiment(train, test, **kw)
     b = layer_skipping_experiment(train, test, **kw)
     art = a.artifacts
-    assert json.dumps(a.to_dict()) == json.dumps(b.to_dict())
+    # same seed, same JSON but for the timings, which live in meta
+    assert json.dumps(a.comparable()) == json.dumps(b.comparable()) and a == b
+    assert all("latency_ms" not in r for r in a.end_to_end) and a.meta["latency_ms"]["CNN 1 (full)"] > 0
     assert [r["method"] for r in a.end_to_end][0] == "CNN 1 (full)"
     assert all(sum(r["exit_histogram"]) == 30 for r in a.end_to_end + a.confidence)
     assert a.confidence[0]["mean_conv_layers"] == 1.0 and a.confidence[-1]["mean_conv_layers"] == 3.0

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...core.batches import as_loader, batches, resolve_device
 from ...core.device import placed
-from .surgeon import Surgeon
+from .surgeon import Surgeon, trainable
 
 __all__ = ["least_distinct", "gedeon_harris", "by_importance"]
 
@@ -163,8 +163,9 @@ def _accumulate_gradients(model: nn.Module, data, batch_size: int, device) -> No
     model.zero_grad(set_to_none=True)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     dev = resolve_device(device, model)
-    with torch.enable_grad(), placed(model, dev, keep=True):
-        for b in batches(as_loader(data, batch_size), dev):
+    # frozen layers get a gradient too: every kernel is scored
+    with torch.enable_grad(), trainable(model), placed(model, dev, keep=True):
+        for b in batches(as_loader(data, batch_size), dev, model):
             loss_fn(model(b.x), b.y).backward()
 
 

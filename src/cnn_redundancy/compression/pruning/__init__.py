@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,13 +31,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ...analyses.distinctiveness import CENTERINGS, activation_stats
-from ...core.batches import as_loader
+from ...core.batches import explained, first_input
 from ...core.cost import count_macs_params
 from ...core.hooks import preserved
 from ...core.layers import LayerSpec, resolve_layers
 from ...core.observe import ObserveSpec, resolve_observe
 from ...core.progress import progress_bar
-from ...core.results import Result, make_meta
+from ...core.results import Partials, Result, make_meta
 from ...models import append_surgery
 from .importance import DistinctivenessImportance, SeededRandomImportance
 from .rules import by_importance, gedeon_harris, least_distinct
@@ -53,14 +54,6 @@ __all__ = [
 
 CRITERIA = ("distinctiveness", "random", "l1", "l2", "fpgm", "taylor")
 RULES = ("least-distinct", "gedeon-harris")
-
-
-def _example(data, example_input: torch.Tensor | None) -> torch.Tensor:
-    if example_input is not None:
-        return example_input
-    batch = next(iter(as_loader(data, 1)))
-    x = batch[0] if isinstance(batch, list | tuple) else batch
-    return x[:1]
 
 
 def _copy(model: nn.Module) -> nn.Module:
@@ -172,6 +165,7 @@ def prune(
     track_macs: bool = False,
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    partial: str | os.PathLike | None = None,
 ) -> PruneResult:
     """Progressively remove ``steps`` kernels; returns a physically smaller copy and its history.
 
@@ -198,9 +192,14 @@ def prune(
         track_macs: count MACs and parameters after every step (``entry["macs"]``, ``entry["params"]``);
             otherwise only before and after.
         device: where the activation vectors and gradients are computed (default: the model's device).
+        partial: a JSON path rewritten with the steps done so far (after a step when 30 s of work
+            have passed since the last write, on an error or interrupt, and at the end).
+
+    Layers frozen with ``requires_grad=False`` are pruned like the others and stay frozen.
 
     Raises:
-        ValueError: unknown criterion/rule, more steps than removable kernels, no prunable layer.
+        ValueError: unknown criterion/rule, more steps than removable kernels, no prunable layer, a
+            model that cannot be deep-copied.
 
     Example:
         >>> from cnn_redundancy.testing import duplicated_kernels_net, random_images
@@ -213,9 +212,10 @@ def prune(
         raise ValueError(f"remove must be 'weaker' or 'second', not {remove!r}")
     names = resolve_layers(model, layers)
     obs = resolve_observe(model, names, observe) if criterion == "distinctiveness" else {}
-    x = _example(data, example_input)
+    x = example_input if example_input is not None else first_input(data, model)
     pruned = _copy(model)
-    surgeon = Surgeon(pruned, x)
+    with explained(model, x):
+        surgeon = Surgeon(pruned, x)
     pruned.eval()
     _check_removable(surgeon, names, steps)
     macs0, params0 = count_macs_params(pruned, x)
@@ -226,23 +226,36 @@ def prune(
                       macs_before=macs0, params_before=params0)
     choose = _chooser(surgeon, data, criterion, rule, obs, center, remove, thresholds, merge_scale, batch_size,
                       device, seed)  # fmt: skip
-    with progress_bar(steps, f"prune ({criterion})", enabled=progress, unit="step") as bar:
-        for step in range(1, steps + 1):
-            prunable = [n for n in names if surgeon.can_remove(n)]
-            entry = choose(prunable) if prunable else None
-            if entry is None:
-                res.stopped = (f"after {step - 1} steps no layer can lose another kernel" if not prunable else
-                               f"after {step - 1} steps no pair is under {thresholds[0]} or over {thresholds[1]} degrees")
-                break
-            entry["step"] = step
-            if track_macs:
-                entry["macs"], entry["params"] = count_macs_params(pruned, x)
-            res.history.append(entry)
-            bar.update(1)
-            if callback is not None and callback(entry, pruned):
-                res.stopped = f"stopped by the callback after step {step}"
-                break
-    return _finish(res, surgeon, x)
+    res.meta["complete"] = False
+    with Partials((lambda: res.save(partial)) if partial is not None else None) as partials:
+        partials.started = True
+        with progress_bar(steps, f"prune ({criterion})", enabled=progress, unit="step") as bar:
+            for step in range(1, steps + 1):
+                if not _step(res, surgeon, names, choose, step, thresholds, track_macs, x):
+                    break
+                bar.update(1)
+                partials.maybe()
+                if callback is not None and callback(res.history[-1], pruned):
+                    res.stopped = f"stopped by the callback after step {step}"
+                    break
+        _finish(res, surgeon, x)
+    return res
+
+
+def _step(res: PruneResult, surgeon: Surgeon, names: list[str], choose, step: int, thresholds, track_macs: bool,
+          x: torch.Tensor) -> bool:  # fmt: skip
+    """One pruning step recorded in ``res.history``; ``False`` (with ``res.stopped``) when nothing qualifies."""
+    prunable = [n for n in names if surgeon.can_remove(n)]
+    entry = choose(prunable) if prunable else None
+    if entry is None:
+        res.stopped = (f"after {step - 1} steps no layer can lose another kernel" if not prunable else
+                       f"after {step - 1} steps no pair is under {thresholds[0]} or over {thresholds[1]} degrees")
+        return False
+    entry["step"] = step
+    if track_macs:
+        entry["macs"], entry["params"] = count_macs_params(surgeon.model, x)
+    res.history.append(entry)
+    return True
 
 
 def _chooser(surgeon: Surgeon, data, criterion, rule, obs, center, remove, thresholds, merge_scale, batch_size, device,
@@ -270,4 +283,5 @@ def _finish(res: PruneResult, surgeon: Surgeon, x: torch.Tensor) -> PruneResult:
     if surgeon.removals:
         append_surgery(pruned, {"kind": SURGERY_KIND, "input_shape": list(x.shape), "removals": surgeon.removals})
     res.model = pruned.eval()
+    res.meta["complete"] = True
     return res

@@ -1,0 +1,164 @@
+"""The mistakes users make most get one line (``error: ...``, exit 2) that says the fix; runs are
+reproducible without a checkpoint; an output folder never mixes two runs or overwrites its input;
+segmentation works end to end; an interrupted command keeps what it wrote."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cnn_redundancy as cr
+from cnn_redundancy.cli import build_parser, main
+
+DICT_MODEL = """import torch.nn as nn
+class Net(nn.Module):
+    def __init__(self, in_channels=1, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, num_classes)
+    def forward(self, x):
+        h = self.conv2(self.conv1(x).relu()).relu().mean((2, 3))
+        return {"out": self.fc(h), "aux": h}
+def build(in_channels=1, num_classes=10):
+    return Net(in_channels, num_classes)
+"""
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory):
+    return cr.save_checkpoint(cr.get_model("lenet5", seed=0), tmp_path_factory.mktemp("ck") / "lenet5.pt")
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory):
+    """An image folder of 20x20 RGB PNGs in two classes, as a user has."""
+    root = tmp_path_factory.mktemp("pngs")
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir()
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("cmd", ["channel-shuffle", "distinctiveness", "prune"])
+def test_image_geometry_errors_name_the_image_options(cmd, lenet, pngs, tmp_path, capsys):
+    base = ["-q", cmd, "-c", str(lenet), "-d", "imagefolder", "--root", str(pngs), "--split", "all", "--batch-size", "8"]
+    extra = ["--layers", "conv2", "--channels", "0", "--metric", "none"] if cmd == "channel-shuffle" else \
+        ["--no-eval", "--steps", "1"] if cmd == "prune" else []  # fmt: skip
+    assert main([*base, *extra, "-o", str(tmp_path / "a")]) == 2
+    assert "--grayscale for an image folder" in _error(capsys)
+    assert main([*base, *extra, "--grayscale", "-o", str(tmp_path / "b")]) == 2
+    assert "the images are 20x20, the model takes 28x28: --image-size 28" in _error(capsys)
+    assert main([*base, *extra, "--grayscale", "--image-size", "28", "--normalize", "0.5,0.5", "-o", str(tmp_path / "c")]) == 0
+
+
+def test_user_model_file_plain_state_dict_and_pngs_end_to_end(pngs, tmp_path, capsys):
+    f = tmp_path / "my_model.py"
+    f.write_text(DICT_MODEL)
+    import torch
+
+    torch.save({"state_dict": {f"model.{k}": v for k, v in cr.get_model(f"{f}:build", in_channels=3,
+                                                                       num_classes=2).state_dict().items()}},
+               tmp_path / "weights.pth")  # fmt: skip
+    base = ["-q", "zero-ablation", "-m", f"{f}:build", "--model-kw", "in_channels=3", "num_classes=2", "-c",
+            str(tmp_path / "weights.pth"), "-d", "imagefolder", "--root", str(pngs), "--split", "all"]
+    assert main([*base, "-o", str(tmp_path / "z")]) == 2
+    assert "--output-key out" in _error(capsys)
+    assert main([*base, "--output-key", "out", "-o", str(tmp_path / "z2")]) == 0
+    res = cr.Result.load(tmp_path / "z2" / "zero-ablation.json")
+    assert res.units == ["conv1", "conv2"] and res.metric == "accuracy"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model-kw", "width=abc"], "argument width must be an integer (default 1), not 'abc'"),
+    (["--limit", "-995"], "limit must be a positive number of samples, not -995"),
+    (["--normalize", "imagenet"], "normalize gives 3 means for images with 1 channel"),
+    (["--image-size", "28"], "--image-size and --grayscale apply to --dataset imagefolder"),
+])  # fmt: skip
+def test_bad_options_are_one_line(args, message, tmp_path, capsys):
+    assert main(["-q", "distinctiveness", "-m", "lenet5", *args, "-o", str(tmp_path)]) == 2
+    assert message in _error(capsys)
+
+
+def test_a_file_as_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "f.txt").write_text("x")
+    assert main(["-q", "impulse", "-m", "lenet5", "-o", str(tmp_path / "f.txt")]) == 2
+    assert "is a file; pass a folder" in _error(capsys)
+
+
+def test_segmentation_end_to_end(tmp_path, capsys):
+    seg = ["-d", "shapes", "--limit", "48"]
+    assert main(["-q", "train", "-m", "pspnet_resnet", "--model-kw", "depths=[1,1,1,1]", "width=4", *seg,
+                 "--epochs", "1", "-o", str(tmp_path / "t")]) == 0  # fmt: skip
+    out = capsys.readouterr()
+    assert "num_classes=3" in out.err and "metric dice" in out.err and "test dice" in out.out
+    assert "test_dice" in json.loads((tmp_path / "t" / "train.json").read_text())
+    ck = str(tmp_path / "t" / "model.pt")
+    assert main(["-q", "evaluate", "-c", ck, *seg]) == 0 and capsys.readouterr().out.startswith("dice ")
+    assert main(["-q", "zero-ablation", "-c", ck, *seg, "-o", str(tmp_path / "z")]) == 0
+    assert cr.Result.load(tmp_path / "z" / "zero-ablation.json").metric == "dice"
+    assert main(["-q", "remove-trivial", "-c", ck, *seg, "-o", str(tmp_path / "r")]) == 0
+    assert cr.Result.load(tmp_path / "r" / "removal.json").metric == "dice"
+
+
+def test_every_command_that_evaluates_takes_metric_and_output_key():
+    parser = build_parser()
+    for cmd in ("train", "evaluate", "prune", "remove-trivial", "channel-shuffle", "pixel-shuffle", "zero-ablation"):
+        args = parser.parse_args([cmd, "--metric", "dice", "--output-key", "out"])
+        assert args.metric == "dice" and args.output_key == "out", cmd
+    assert parser.parse_args(["analyze"]).metric == "auto" and parser.parse_args(["analyze", "--metric", "dice"]).metric == "dice"
+
+
+def test_random_models_are_seeded(tmp_path):
+    def run(out, seed):
+        assert main(["-q", "zero-ablation", "-m", "lenet5", "--limit", "32", "--seed", str(seed), "-o", str(out)]) == 0
+        return (out / "zero-ablation.json").read_text()
+
+    a, b, c = run(tmp_path / "a", 0), run(tmp_path / "b", 0), run(tmp_path / "c", 1)
+    assert a == b and a != c
+
+
+def test_the_input_checkpoint_is_never_overwritten(lenet, tmp_path, capsys):
+    folder = tmp_path / "D"
+    folder.mkdir()
+    ck = folder / "model.pt"
+    ck.write_bytes(lenet.read_bytes())
+    for cmd in (["prune", "--steps", "1", "--no-eval"], ["remove-trivial"], ["train", "--epochs", "1"]):
+        assert main(["-q", *cmd, "-c", str(ck), "--limit", "32", "-o", str(folder)]) == 2
+        assert "would overwrite the input checkpoint" in _error(capsys)
+    assert ck.read_bytes() == lenet.read_bytes()
+
+
+def test_an_output_folder_never_mixes_two_runs(lenet, tmp_path, capsys):
+    run = ["-q", "distinctiveness", "-c", str(lenet), "--limit", "32", "-o", str(tmp_path)]
+    assert main([*run, "--seed", "0"]) == 0
+    assert main([*run, "--seed", "0"]) == 0  # the same run again: fine
+    assert main(["-q", "impulse", "-c", str(lenet), "-o", str(tmp_path)]) == 0  # another command beside it: fine
+    assert main([*run, "--seed", "1"]) == 2
+    assert "holds results of 'distinctiveness' run with other parameters (seed 0 -> 1)" in _error(capsys)
+    assert cr.Result.load(tmp_path / "distinctiveness.json").meta["seed"] == 0
+    assert main([*run, "--seed", "1", "--overwrite"]) == 0
+    assert cr.Result.load(tmp_path / "distinctiveness.json").meta["seed"] == 1
+    assert json.loads((tmp_path / "runs.json").read_text())["distinctiveness"]["seed"] == 1
+
+
+def test_an_interrupted_prune_keeps_its_steps_and_says_so(lenet, tmp_path, capsys, interrupt_at):
+    import cnn_redundancy.compression.pruning as P
+
+    interrupt_at(P, "_step", 2)  # Ctrl-C during the second step
+    assert main(["-q", "prune", "-c", str(lenet), "--limit", "32", "--steps", "3", "--no-eval", "-o", str(tmp_path)]) == 130
+    assert f"interrupted; files already written to {tmp_path} are kept" in capsys.readouterr().err
+    kept = cr.Result.load(tmp_path / "prune.json")
+    assert len(kept.history) == 1 and kept.meta["complete"] is False and not (tmp_path / "model.pt").exists()

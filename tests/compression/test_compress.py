@@ -1,0 +1,123 @@
+"""compress: the plan's stages on planted answers, the guarantee on held-out data, the target, reloading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cnn_redundancy as cr
+from cnn_redundancy.compression.compress import compress
+from cnn_redundancy.compression.pruning.schedule import Shrinker
+from cnn_redundancy.compression.stages import merge_duplicates, remove_dead
+from cnn_redundancy.core.observe import resolve_observe
+from cnn_redundancy.testing import TinyCNN, duplicated_kernels_net, random_images
+
+
+def _shrinker(m, x):
+    names = cr.conv_layers(m)
+    return Shrinker(m, x[:1], names, cr.count_macs_params(m, x[:1])[0]), resolve_observe(m, names)
+
+
+def test_removing_every_dead_kernel_leaves_the_output_unchanged():
+    torch.manual_seed(0)
+    m = TinyCNN(c1=6, c2=8).eval()
+    with torch.no_grad():
+        m.conv1.bias[[1, 4]] = -100.0
+        m.conv2.bias[[0, 2, 5]] = -100.0
+    data = random_images(64, seed=3)
+    x = data.tensors[0]
+    with torch.no_grad():
+        before = m(x)
+    sh, obs = _shrinker(m, x)
+    rec = remove_dead(sh, data, obs, batch_size=32, device="cpu")
+    assert rec["kernels"] == 5 and rec["removed"] == {"conv1": [1, 4], "conv2": [0, 2, 5]}
+    assert sh.model.conv1.out_channels == 4 and sh.model.conv2.in_channels == 4 and sh.model.conv2.out_channels == 5
+    with torch.no_grad():
+        assert torch.allclose(sh.model(x), before, atol=1e-5)
+
+
+def test_merging_exact_duplicates_leaves_the_output_unchanged():
+    m = duplicated_kernels_net()
+    data = random_images(64, seed=4)
+    x = data.tensors[0]
+    with torch.no_grad():
+        before = m(x)
+    sh, obs = _shrinker(m, x)
+    rec = merge_duplicates(sh, data, obs, lambda model: 1.0, base=1.0, budget=0.0, angle=1e-3, batch_size=32,
+                           device="cpu")  # fmt: skip
+    assert rec["kernels"] == 2 and sorted(rec["removed"]) == ["conv1", "conv2"]
+    assert sh.model.conv1.out_channels == 3 and sh.model.conv2.out_channels == 5
+    with torch.no_grad():
+        assert torch.allclose(sh.model(x), before, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    train = cr.subset(cr.load_dataset("mnist5k", "train"), 1200, seed=0)
+    model = cr.get_model("lenet5", width=2, seed=0)
+    cr.fit(model, train, epochs=2, seed=0, progress=False)
+    return model, train
+
+
+def test_the_guarantee_holds_on_the_test_split(trained):
+    model, train = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = compress(model, train, max_drop=0.02, criterion="l1", baselines=(), progress=False)
+    assert r.data["test"] == 240 and r.data["validation"] == 240 and r.data["train"] == 720
+    assert r.guarantee["val_drop"] <= 0.02 and r.guarantee["holds_on_test"] and r.guarantee["test_drop"] <= 0.02
+    assert r.final["macs"] < r.original["macs"] and r.stopped
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is never pruned
+
+
+def test_target_macs_is_reached_within_one_step_and_the_model_reloads(trained, tmp_path):
+    model, train = trained
+    r = compress(model, train, target_macs=0.5, max_drop=None, criterion="distinctiveness", stages=("channels",),
+                 step_fraction=0.05, baselines=("l1",), progress=False)  # fmt: skip
+    assert 0.45 <= r.final["macs_fraction"] <= 0.5
+    assert r.baselines[0]["macs"] <= r.final["macs"] and r.curves["torch-pruning l1"]
+    path = cr.save_checkpoint(r.model, tmp_path / "small.pt")
+    back = cr.load_checkpoint(path)
+    x = train[0][0][None]
+    with torch.no_grad():
+        assert torch.equal(back(x), r.model(x))
+    assert sum(p.numel() for p in back.parameters()) == r.final["params"]
+    assert cr.Result.load(r.save(tmp_path / "c.json")).to_dict() == r.to_dict()
+
+
+def test_a_residual_coupled_removal_lists_every_conv_it_touched():
+    model = cr.get_model("resnet20", in_channels=1, input_size=12, width=4, seed=0).eval()
+    data = random_images(150, (1, 12, 12), seed=5)
+    r = compress(model, data, target_macs=0.8, max_drop=None, criterion="l1", stages=("channels",), baselines=(),
+                 progress=False)  # fmt: skip
+    touched = [s["removed"] for s in r.steps]
+    # a channel of the second stage's residual stream: the projection and every block's last conv go together
+    stream = [rm for rm in touched if "layer2.0.downsample.0" in rm]
+    assert stream and all({"layer2.0.conv2", "layer2.1.conv2", "layer2.2.conv2"} <= set(rm) for rm in stream)
+    assert all(len({tuple(v) for k, v in rm.items() if k.startswith("layer2") and not k.endswith("conv1")}) == 1
+               for rm in stream)  # the same channel everywhere
+
+
+def test_bad_arguments():
+    m = TinyCNN().eval()
+    with pytest.raises(ValueError, match="target_macs .*max_drop"):
+        compress(m, random_images(40), target_macs=None, max_drop=None)
+    with pytest.raises(ValueError, match="fraction in"):
+        compress(m, random_images(40), target_macs=1.5)
+    with pytest.raises(ValueError, match="criterion must be"):
+        compress(m, random_images(40), criterion="magic")
+
+
+def test_cli_compress_and_reproduce_quick(tmp_path, capsys):
+    from cnn_redundancy.cli import main
+
+    ck = cr.save_checkpoint(cr.get_model("lenet5", seed=0), tmp_path / "m.pt")
+    out = tmp_path / "c"
+    assert main(["-q", "compress", "-c", str(ck), "--limit", "300", "--target-macs", "0.6", "--criterion", "l1",
+                 "--baselines", "l1", "--out", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "MACs" in printed and "torch-pruning l1 at the same MACs" in printed
+    res = cr.Result.load(out / "compress.json")
+    assert res.final["macs_fraction"] <= 0.6 and res.data["test"] == 300 and (out / "report.html").exists()
+    assert cr.load_checkpoint(out / "model.pt") is not None
+    assert main(["-q", "reproduce", "compress", "--quick", "--out", str(tmp_path / "r")]) == 0
+    assert "Test accuracy at the same MACs" in (tmp_path / "r" / "report.html").read_text()

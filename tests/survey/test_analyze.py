@@ -1,0 +1,199 @@
+"""``analyze`` on planted answers: dead kernels, a duplicated kernel, a trivial residual block, a user's
+own residual model, the budget, the held-out estimate, the report and the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import cnn_redundancy as cr
+from cnn_redundancy.core.hooks import hook_count
+from cnn_redundancy.survey import analyze
+from cnn_redundancy.testing import TinyCNN, random_images, zero_branch_resnet
+
+
+def _labelled(model, n=120, shape=(1, 12, 12), seed=4):
+    """Images labelled by the model itself: its accuracy is 1, so any harmful removal shows."""
+    x = random_images(n, shape, seed=seed).tensors[0]
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def _planted() -> TinyCNN:
+    torch.manual_seed(0)
+    m = TinyCNN(c1=6, c2=8).eval()
+    with torch.no_grad():
+        m.conv1.weight[1] = m.conv1.weight[0]  # kernel 1 duplicates kernel 0
+        m.conv1.bias[1] = m.conv1.bias[0]
+        m.conv2.bias[5] = -100.0  # never above zero under the ReLU
+        m.conv2.weight[7] = 0.0  # zero weights and bias: dead too
+        m.conv2.bias[7] = 0.0
+    return m
+
+
+@pytest.fixture(scope="module")
+def planted():
+    m = _planted()
+    return m, analyze(m, _labelled(m), progress=False, seed=1)
+
+
+def test_planted_dead_and_duplicated_kernels_are_found(planted):
+    m, res = planted
+    pk = res.per_kernel
+    assert [i for i, d in enumerate(pk["conv2"]["dead"]) if d] == [5, 7] and not any(pk["conv1"]["dead"])
+    assert res.answer["dead"] == 2 and res.answer["kernels"] == 14
+    assert pk["conv1"]["angle"][0] == pytest.approx(0.0, abs=1e-3) and pk["conv1"]["angle_partner"][0] == 1
+    assert pk["conv1"]["ncc"][0] == pytest.approx(1.0, abs=1e-9) and pk["conv1"]["ncc_partner"][0] == 1
+    assert res.answer["near_duplicate_activations"] >= 2 and res.answer["near_duplicate_impulse"] >= 2
+    assert res.lenses["blocks"]["status"] == "skipped" and "no residual block" in res.lenses["blocks"]["note"]
+    assert res.lenses["skipping"]["status"] == "skipped" and "equal-width" in res.lenses["skipping"]["note"]
+    assert all(res.lenses[x]["status"] == "ran" for x in ("dead", "distinctiveness", "impulse", "shuffle", "scores",
+                                                             "ablation", "cka"))  # fmt: skip
+
+
+def test_removable_estimate_keeps_the_metric_on_held_out_data(planted):
+    m, res = planted
+    est = res.answer["removable"]
+    assert res.data["validation"] == 24 and res.data["analysis"] == 96 and "held out" in res.data["how"]
+    assert est["baseline"] - est["metric_after"] <= est["max_drop"] + 1e-12
+    assert est["kernels"] >= 2 and 0 < est["fraction"] < 1  # the dead kernels cost nothing
+    assert [x for x in est["removed"][:2]] == [["conv2", 5], ["conv2", 7]]
+    assert est["evaluations"][0] == 1.0  # the model labelled the data itself
+
+
+def test_lenses_agree_matrix_and_report(planted, tmp_path):
+    m, res = planted
+    ag = res.agreement
+    assert ag["lenses"][:3] == ["max_activation", "angle", "ncc"]
+    assert all(ag["matrix"][i][i] == pytest.approx(1.0) for i in range(len(ag["lenses"])) if not math.isnan(ag["matrix"][i][i]))
+    html = res.save_report(tmp_path).read_text()
+    assert "What is redundant in TinyCNN" in html and "Dead kernels: 2 of 14" in html
+    assert "lens_map.png" in html and (tmp_path / "lens_map.png").stat().st_size > 0
+    assert (tmp_path / "lenses" / "cka.json").exists()
+    back = cr.Result.load(tmp_path / "analysis.json")
+    assert back.to_dict() == res.to_dict()
+
+
+def test_same_seed_same_answer_and_model_as_found():
+    m = _planted().train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    data = _labelled(m.eval())
+    m.train()
+    a = analyze(m, data, lenses=["dead", "distinctiveness", "shuffle"], progress=False, seed=3)
+    b = analyze(m, data, lenses=["dead", "distinctiveness", "shuffle"], progress=False, seed=3)
+    strip = lambda d: {k: v for k, v in d.items() if k != "meta"}  # noqa: E731  (timings live in meta)
+    assert json.dumps(strip(a.to_dict())) == json.dumps(strip(b.to_dict()))
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items()) and m.training and hook_count(m) == 0
+
+
+def test_trivial_residual_block_is_found():
+    m = zero_branch_resnet()
+    res = analyze(m, _labelled(m, 96), lenses=["blocks", "dead"], progress=False)
+    assert res.blocks["layer1.1"]["drop"] == 0.0 and res.blocks["layer1.1"]["trivial"]
+    assert res.blocks["layer1.1"]["convs"] == ["layer1.1.conv1", "layer1.1.conv2"]
+    assert "layer1.1" in res.answer["trivial_blocks"]
+
+
+class UserNet(nn.Module):
+    """A user's model: inline ``x + f(x)`` blocks and a concatenation, no torchvision classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.f1 = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1))
+        self.side = nn.Conv2d(6, 4, 1)
+        self.head = nn.Linear(10, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.f1(x))
+        return self.head(torch.cat([x, self.side(x)], 1).mean((2, 3)))
+
+
+def test_user_model_with_residual_additions_and_concatenation_end_to_end(tmp_path):
+    torch.manual_seed(0)
+    m = UserNet().eval()
+    res = analyze(m, _labelled(m, 80), progress=False)
+    assert list(res.blocks) == ["add"] and res.blocks["add"]["convs"] == ["f1.0", "f1.2"]
+    assert "shuffle_cosine" in res.per_kernel["f1.0"] and "shuffle_cosine" not in res.per_kernel["side"]
+    assert res.save_report(tmp_path).exists()
+
+
+def test_budget_samples_and_says_so():
+    m = _planted()
+    res = analyze(m, _labelled(m, 200), budget_minutes=1e-4, progress=False)
+    skipped = {k: v["note"] for k, v in res.lenses.items() if v["status"] == "skipped"}
+    assert any("budget" in note for note in skipped.values())
+    assert res.meta["params"]["budget_minutes"] == 1e-4
+
+
+def test_bad_arguments():
+    m = TinyCNN().eval()
+    with pytest.raises(ValueError, match="unknown lenses"):
+        analyze(m, random_images(40), lenses=["dead", "magic"])
+    with pytest.raises(ValueError, match="max_drop"):
+        analyze(m, random_images(40), max_drop=2)
+    with pytest.raises(ValueError, match="at least 10 images"):
+        analyze(m, random_images(6))
+
+
+def test_cli_analyze(tmp_path, capsys):
+    from cnn_redundancy.cli import main
+
+    ckpt = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    cr.save_checkpoint(cr.get_model("lenet5"), ckpt)
+    out = tmp_path / "analysis"
+    assert main(["-q", "analyze", "-c", str(ckpt), "--limit", "120", "--lenses", "dead", "distinctiveness",
+                 "ablation", "--out", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "Dead kernels:" in printed and "report:" in printed
+    res = cr.Result.load(out / "analysis.json")
+    assert res.meta["complete"] is True and set(res.lenses) == {"dead", "distinctiveness", "ablation"}
+    assert (out / "report.html").exists()
+
+
+USER_FILE = """import torch, torch.nn as nn
+class Net(nn.Module):
+    def __init__(self, num_classes=2):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.f = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1))
+        self.fc = nn.Linear(6, num_classes)
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.f(x))
+        return self.fc(x.mean((2, 3)))
+def build(num_classes=2):
+    return Net(num_classes)
+"""
+
+
+def test_cli_analyze_a_user_file_a_plain_state_dict_and_pngs(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from cnn_redundancy.cli import main
+
+    root = tmp_path / "pngs"
+    rng = np.random.default_rng(1)
+    for cls in ("circle", "square"):
+        (root / cls).mkdir(parents=True)
+        for i in range(15):
+            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (tmp_path / "net.py").write_text(USER_FILE)
+    model = cr.get_model(f"{tmp_path / 'net.py'}:build", seed=0)
+    torch.save(model.state_dict(), tmp_path / "weights.pth")  # a plain state_dict, as users save them
+    out = tmp_path / "analysis"
+    assert main(["-q", "analyze", "-m", f"{tmp_path / 'net.py'}:build", "-c", str(tmp_path / "weights.pth"),
+                 "-d", "imagefolder", "--root", str(root), "--split", "all", "--grayscale", "--image-size", "16",
+                 "--lenses", "dead", "blocks", "shuffle", "--out", str(out)]) == 0  # fmt: skip
+    res = cr.Result.load(out / "analysis.json")
+    assert res.layers == ["stem", "f.0", "f.2"] and list(res.blocks) == ["add"]
+    assert res.data["analysis"] + res.data["validation"] == 30 and (out / "report.html").exists()
+    assert "Dead kernels:" in capsys.readouterr().out
