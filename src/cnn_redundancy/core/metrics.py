@@ -340,8 +340,8 @@ def _ncc_direct(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ys, xs, sym
             torch.maximum(m, left[r] @ right[c].T, out=m)
     for (r, c), m in zip(blocks, best):
         out[r, c] = m.double()
-        if symmetric:
-            out[c, r] = m.T.double()
+    if symmetric:  # the upper triangle (every block starts at its first row's diagonal) mirrored, exactly
+        out.copy_(out.triu() + out.triu(1).T)
 
 
 def _ncc_fourier(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ys, xs, symmetric: bool, chunk: int) -> None:
@@ -368,10 +368,9 @@ def _ncc_fourier(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ys, xs, sy
     for i in range(0, a.shape[0], step):
         rows, cols = slice(i, i + step), slice(i if symmetric else 0, b.shape[0])
         sab = corr(fa[rows, None], fb[None, cols])  # [rows, cols, V]
-        block = ((sab - n * ma[rows, None] * mb[None, cols]) * ia[rows, None] * ib[None, cols]).amax(-1)
-        out[rows, cols] = block
-        if symmetric:
-            out[cols, rows] = block.T
+        out[rows, cols] = ((sab - n * ma[rows, None] * mb[None, cols]) * ia[rows, None] * ib[None, cols]).amax(-1)
+    if symmetric:  # the upper triangle mirrored, exactly
+        out.copy_(out.triu() + out.triu(1).T)
 
 
 def _fourier_is_cheaper(c: int, b_size: tuple[int, int], ys: tuple[int, int], xs: tuple[int, int],
