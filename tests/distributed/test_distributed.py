@@ -1,8 +1,8 @@
 """The promise of issue 14: the same JSON for any world size, and a failing process stops them all.
 
 ``worker.py`` runs every data-driven analysis (channel and pixel shuffle, distinctiveness,
-zero-ablation, strongest-activation labels, evaluate; the sweeps also with ``shard="units"``) and
-one command-line run, once as a plain process and once under ``torchrun --standalone
+zero-ablation, strongest-activation labels, dead kernels, kernel scores, CKA, ``analyze``, evaluate;
+the sweeps also with ``shard="units"``) and one command-line run, once as a plain process and once under ``torchrun --standalone
 --nproc-per-node 2`` (gloo on CPU, localhost only). The results may differ only in
 ``meta["world_size"]`` and ``meta["shard"]``.
 """
@@ -52,7 +52,8 @@ def runs(tmp_path_factory):
 def test_same_json_for_one_and_two_processes(runs):
     one, two = runs
     names = sorted(p.name for p in (one / "rank0").glob("*.json"))
-    assert names == ["channel-shuffle-units.json", "channel-shuffle.json", "distinctiveness.json", "evaluate.json",
+    assert names == ["analyze.json", "channel-shuffle-units.json", "channel-shuffle.json", "cka.json",
+                     "dead-kernels.json", "distinctiveness.json", "evaluate.json", "kernel-scores.json",
                      "pixel-shuffle.json", "strongest-activations.json", "zero-ablation-units.json",
                      "zero-ablation.json"]  # fmt: skip
     for name in names:

@@ -51,6 +51,10 @@ def analyses(data) -> dict:
         "zero-ablation": cr.zero_ablation(_resnet(), data, **kw),
         "zero-ablation-units": cr.zero_ablation(_resnet(), data, scope="block", shard="units", **kw),
         "strongest-activations": cr.strongest_activation_labels(_tiny(), data, feature_maps=2, top=3, **kw),
+        "dead-kernels": cr.dead_kernels(_tiny(), data, **kw),
+        "kernel-scores": cr.kernel_scores(_tiny(), data, **kw),
+        "cka": cr.cka(_tiny(), data, **kw),
+        "analyze": cr.analyze(_tiny(), data, **kw),
     }
 
 
@@ -67,6 +71,7 @@ def main() -> int:
         mine = out / f"rank{rank()}"
         mine.mkdir(parents=True, exist_ok=True)
         for name, res in analyses(data).items():
+            res.meta.pop("seconds", None)  # measured times are not results
             res.save(mine / f"{name}.json")
         torch.manual_seed(0)
         accuracy = cr.evaluate(_tiny(), data, batch_size=8, progress=False)
