@@ -52,7 +52,7 @@ def runs(tmp_path_factory):
 def test_same_json_for_one_and_two_processes(runs):
     one, two = runs
     names = sorted(p.name for p in (one / "rank0").glob("*.json"))
-    assert names == ["analyze.json", "channel-shuffle-units.json", "channel-shuffle.json", "cka.json",
+    assert names == ["analyze.json", "channel-shuffle-units.json", "channel-shuffle.json", "cka.json", "compress.json",
                      "dead-kernels.json", "distinctiveness.json", "evaluate.json", "kernel-scores.json",
                      "pixel-shuffle.json", "strongest-activations.json", "zero-ablation-units.json",
                      "zero-ablation.json"]  # fmt: skip

@@ -55,6 +55,8 @@ def analyses(data) -> dict:
         "kernel-scores": cr.kernel_scores(_tiny(), data, **kw),
         "cka": cr.cka(_tiny(), data, **kw),
         "analyze": cr.analyze(_tiny(), data, **kw),
+        "compress": cr.compress(_tiny(), data, target_macs=0.7, max_drop=None, finetune_epochs=1,
+                                baselines=("l1", "random"), batch_size=8, progress=False),
     }
 
 
@@ -72,6 +74,7 @@ def main() -> int:
         mine.mkdir(parents=True, exist_ok=True)
         for name, res in analyses(data).items():
             res.meta.pop("seconds", None)  # measured times are not results
+            res.meta.pop("latency_ms", None)
             res.save(mine / f"{name}.json")
         torch.manual_seed(0)
         accuracy = cr.evaluate(_tiny(), data, batch_size=8, progress=False)
