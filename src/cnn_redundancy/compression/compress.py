@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core.batches import first_input, resolve_device
 from ..core.cost import count_macs, measure_latency
+from ..core.distributed import is_main
 from ..core.graph import Traced
 from ..core.hooks import preserved
 from ..core.layers import LayerSpec, conv_layers, resolve_layers
@@ -336,7 +337,7 @@ def compress(
                                             example)  # fmt: skip
         res.baselines = [{k: v for k, v in r.items() if k != "model"} for r in rows]
     res.model, res.meta["complete"] = work.eval(), True
-    if partial is not None:
+    if partial is not None and is_main():  # under torchrun rank 0 writes
         res.save(partial)
     return res
 
@@ -393,7 +394,7 @@ def _compress_copy(model, example, names, res: CompressResult, run: _Run, target
             rec["macs"], rec["val"] = sh.macs(), run.on(sh.model, run.val)
             res.stages.append(rec)
             bar.update(1)
-            if partial is not None:
+            if partial is not None and is_main():
                 res.save(partial)
     _flush(sh)
     return sh.model
