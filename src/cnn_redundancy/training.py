@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .core.batches import (
+    BatchLoop,
     as_loader,
     batches,
     check_batch,
@@ -22,6 +23,7 @@ from .core.batches import (
     forward_checked,
     resolve_device,
 )
+from .core.device import autocast, check_amp, placed, wants_channels_last
 from .core.hooks import preserved
 from .core.metrics import Metric, get_metric, select_output
 from .core.progress import progress_bar
@@ -61,10 +63,12 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> t
 
 
 def predict_batches(model: nn.Module, data, *, batch_size: int = 256, device=None, desc: str = "predict", progress=None):
-    """Yield ``(output, target)`` per batch, in eval mode, without gradients; mode restored afterwards."""
+    """Yield ``(output, target)`` per batch (every batch, also under ``torchrun``), in eval mode, without
+    gradients, on ``device``; the model's mode and device restored afterwards."""
     loader = as_loader(data, batch_size)
     dev = resolve_device(device, model)
-    with preserved(model), torch.no_grad(), progress_bar(len(loader), desc, enabled=progress, unit="batch") as bar:
+    with preserved(model), torch.no_grad(), placed(model, dev), \
+            progress_bar(len(loader), desc, enabled=progress, unit="batch") as bar:  # fmt: skip
         model.eval()
         for b in batches(loader, dev, model):
             yield forward_checked(model, b.x), b.y
@@ -78,9 +82,14 @@ def evaluate(
     *,
     batch_size: int = 256,
     device=None,
+    amp: str | None = None,
     progress: bool | None = None,
 ) -> float:
     """The model's metric (``"accuracy"`` in [0, 1], or ``"dice"``) on the whole data set.
+
+    ``amp``: ``"bf16"`` or ``"fp16"`` runs the forward passes under ``torch.autocast``. Under
+    ``torchrun`` the batches are shared among the processes and every process returns the metric
+    over all of them.
 
     Example:
         >>> from cnn_redundancy import get_model, load_dataset
@@ -88,8 +97,18 @@ def evaluate(
         True
     """
     m = get_metric(metric)
-    for out, y in predict_batches(model, data, batch_size=batch_size, device=device, desc="evaluate", progress=progress):
-        m.update(out, y)
+    check_amp(amp)
+    loader = as_loader(data, batch_size)
+    dev = resolve_device(device, model)
+    loop = BatchLoop(loader, dev, m.merge, model=model, channels_last=wants_channels_last(dev, amp))
+    with preserved(model), torch.no_grad(), placed(model, dev, channels_last=loop.channels_last), \
+            progress_bar(len(loop), "evaluate", enabled=progress, unit="batch") as bar:  # fmt: skip
+        model.eval()
+        for b in loop:
+            with autocast(dev, amp):
+                out = forward_checked(model, b.x)
+            loop.add(m.batch_state(out, b.y))
+            bar.update(1)
     return m.compute()
 
 
@@ -136,6 +155,32 @@ def _default_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     return step
 
 
+def _epoch(model: nn.Module, loader: DataLoader, optimizers: tuple, step: Step, m: Metric,
+           dev: torch.device, bar) -> tuple[float, float]:  # fmt: skip
+    """One pass over the training data: the mean loss and the training metric. ``optimizers``: the
+    optimizer and the learning-rate schedule (or ``None``), stepped every batch. The loss is summed
+    on the device (float64, as Python floats would), read back only for a shown progress bar."""
+    opt, sched = optimizers
+    model.train()
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    n = 0
+    for k, raw in enumerate(loader):
+        batch = [t.to(dev) for t in raw] if isinstance(raw, list | tuple) else [raw.to(dev)]
+        opt.zero_grad(set_to_none=True)
+        batch_loss, out, y = step(model, batch)
+        batch_loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        total += batch_loss.detach().double() * len(y)
+        n += len(y)
+        m.update(out.detach(), y)
+        bar.update(1)
+        if not bar.disable and k % 10 == 0:
+            bar.set_postfix(loss=f"{float(total) / n:.4f}")
+    return float(total) / n, m.compute()
+
+
 def fit(
     model: nn.Module,
     train: Dataset | DataLoader,
@@ -158,6 +203,9 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` in place (seeded) and return its history.
 
+    The training runs on ``device`` (default: where the model is); the model is left on the device
+    it was on, holding the trained weights (its own parameter tensors, updated).
+
     Args:
         optimizer: ``"adam"`` (default), ``"sgd"`` (momentum 0.9) or ``"rmsprop"``.
         schedule: ``None`` (a constant learning rate) or ``"cosine"`` (from ``lr`` to 0 over the run,
@@ -178,7 +226,6 @@ def fit(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0, not {epochs!r}")
     dev = resolve_device(device, model)
-    model.to(dev)
     gen = seed_everything(seed)
     loader = train if isinstance(train, DataLoader) else DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen)
     if len(loader) == 0:
@@ -188,31 +235,17 @@ def fit(
     stopper = EarlyStopping(patience) if patience is not None else None
     if stopper is not None and val is None:
         raise ValueError("patience (early stopping) needs validation data: pass val=")
-    opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader))) if schedule else None
     step = step or _default_step(loss or nn.CrossEntropyLoss(), get_metric(metric).output)
     history: dict[str, list[float]] = {"loss": [], "train_metric": [], "val_metric": []}
     try:
-        with progress_bar(epochs * len(loader), f"train {type(model).__name__}", enabled=progress, unit="batch") as bar:
+        with placed(model, dev, keep=True), \
+                progress_bar(epochs * len(loader), f"train {type(model).__name__}", enabled=progress, unit="batch") as bar:  # fmt: skip
+            opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader))) if schedule else None
             for _ in range(epochs):
-                model.train()
-                total, n = 0.0, 0
-                m = get_metric(metric)
-                for raw in loader:
-                    batch = [t.to(dev) for t in raw] if isinstance(raw, list | tuple) else [raw.to(dev)]
-                    opt.zero_grad(set_to_none=True)
-                    batch_loss, out, y = step(model, batch)
-                    batch_loss.backward()
-                    opt.step()
-                    if sched is not None:
-                        sched.step()
-                    total += float(batch_loss.detach()) * len(y)
-                    n += len(y)
-                    m.update(out.detach(), y)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{total / n:.4f}")
-                history["loss"].append(total / n)
-                history["train_metric"].append(m.compute())
+                mean_loss, train_metric = _epoch(model, loader, (opt, sched), step, get_metric(metric), dev, bar)
+                history["loss"].append(mean_loss)
+                history["train_metric"].append(train_metric)
                 if val is not None:
                     history["val_metric"].append(evaluate(model, val, metric, device=dev, progress=False))
                 if checkpoint is not None:

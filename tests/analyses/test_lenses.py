@@ -86,6 +86,14 @@ def test_cka_known_answers():
     cka = h / torch.outer(h.diagonal(), h.diagonal()).sqrt()
     assert cka[0, 0] == pytest.approx(1.0) and cka[0, 1] == pytest.approx(1.0, abs=1e-12)  # orthogonal invariance
     assert abs(float(cka[0, 2])) < 0.2  # an unrelated representation
+    # a random projection onto the orthogonal complement of a representation's (centered) columns shares
+    # nothing with it: CKA near 0 (the unbiased estimator's diagonal-free terms leave a little)
+    a = torch.randn(600, 8, dtype=torch.float64, generator=g)
+    ac = a - a.mean(0)
+    p = torch.eye(600, dtype=torch.float64) - ac @ torch.linalg.pinv(ac)
+    b = p @ torch.randn(600, 8, dtype=torch.float64, generator=g)
+    h2 = hsic1(torch.stack([a @ a.T, b @ b.T]))
+    assert abs(float(h2[0, 1] / (h2[0, 0] * h2[1, 1]).sqrt())) < 0.05
 
 
 class _Twins(nn.Module):

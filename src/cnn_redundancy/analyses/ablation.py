@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.batches import as_loader, first_input, forward_checked, resolve_device
+from ..core.batches import SHARDS, as_loader, first_input, forward_checked, resolve_device
+from ..core.device import AMP_CHOICES, check_amp, placed
 from ..core.graph import Traced
 from ..core.hooks import preserved
 from ..core.layers import LayerSpec, conv_layers, resolve_layers
@@ -317,6 +318,9 @@ def _result(state: SweepState, ablated: list[_Ablated], scope, mode, metric_name
     option("tolerance", "largest metric drop that still counts as trivial"),
     option("adjacent", "layers kept next to decomposition layers with --scope block", choices=ADJACENT),
     option("engine", "computation: auto (fast where traceable), fast, naive", choices=ENGINES),
+    option("amp", "forward passes in bfloat16 or float16 (torch.autocast)", choices=AMP_CHOICES),
+    option("shard", "under torchrun: split the batches, or the ablated units (each process over all the data)",
+           choices=SHARDS),
 ])  # fmt: skip
 def zero_ablation(
     model: nn.Module,
@@ -329,6 +333,8 @@ def zero_ablation(
     tolerance: float = 0.01,
     adjacent: str = "forward",
     engine: str = "auto",
+    amp: str | None = None,
+    shard: str = "batches",
     batch_size: int = 256,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -355,6 +361,10 @@ def zero_ablation(
             conv of a residual block holding one) or ``"none"``.
         engine: ``"auto"`` (the split fast path for single-module units where the model is
             fx-traceable), ``"fast"`` (refuse the fallback) or ``"naive"`` (full forward passes).
+        amp: ``"bf16"`` or ``"fp16"``: forward passes under ``torch.autocast`` (the metric's counts
+            stay exact); ``None``: full precision.
+        shard: under ``torchrun``, split the batches (``"batches"``) or the units (``"units"``, each
+            process over all the data); the result is the same.
         seed: recorded in the result (the ablation draws nothing at random).
         partial: a JSON path rewritten as the work goes with the units measured so far.
 
@@ -377,22 +387,23 @@ def zero_ablation(
     if isinstance(tolerance, bool) or not (isinstance(tolerance, int | float) and tolerance >= 0):
         raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
     metric_name = get_metric(metric).name
+    check_amp(amp)
     loader = as_loader(data, batch_size)
     dev = resolve_device(device, model)
-    with preserved(model), torch.no_grad():
+    with preserved(model), torch.no_grad(), placed(model, dev):
         model.eval()
         x0 = first_input(loader, model).to(dev)
         forward_checked(model, x0)
         order = conv_layers(model, example_input=x0)
     ablated, skipped = _units(model, scope, mode, layers, order, adjacent, engine)
-    params = {"scope": scope, "mode": mode, "units": [u.name for u in ablated], "metric": metric_name, "tolerance": tolerance, "adjacent": adjacent, "n_samples": len(loader.dataset)}
+    params = {"scope": scope, "mode": mode, "units": [u.name for u in ablated], "metric": metric_name, "tolerance": tolerance, "adjacent": adjacent, "n_samples": len(loader.dataset), "amp": amp}
     meta = make_meta("zero_ablation", params, seed)
-    meta["skipped_blocks"] = skipped
+    meta["skipped_blocks"], meta["shard"] = skipped, shard
 
     def result(state: SweepState) -> AblationResult:
         return _result(state, ablated, scope, mode, metric_name, tolerance, meta)
 
-    state = sweep(model, loader, [u.unit() for u in ablated], metric=metric, device=dev, engine=engine,
-                  progress=progress, desc=f"zero-ablation ({scope})",
+    state = sweep(model, loader, [u.unit() for u in ablated], metric=metric, device=dev, amp=amp, shard=shard,
+                  engine=engine, progress=progress, desc=f"zero-ablation ({scope})",
                   partial=(lambda st: result(st).save(partial)) if partial is not None else None)
     return result(state)

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from ..core.batches import as_loader, batches, forward_checked, resolve_device
+from ..core.batches import BatchLoop, as_loader, forward_checked, resolve_device
+from ..core.device import AMP_CHOICES, autocast, check_amp, full_precision, placed, wants_channels_last
 from ..core.hooks import capture_after, preserved
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.observe import ObserveSpec, resolve_observe
@@ -102,22 +103,21 @@ class LabelResult(Result):
         return fig
 
 
-def _labels(best_s, best_i, names, observed, feature_maps, top, where, n_images, seed, complete) -> LabelResult:
+def _labels(best_s, best_i, names, observed, params, n_images, seed, complete) -> LabelResult:
     label_of: dict[int, int] = {}
     for k, n in enumerate(names):
         for i in best_i[n].flatten().tolist():
             label_of[i] = k  # later (deeper) layers overwrite: the deeper layer wins
     indices = sorted(label_of)
     labels = [label_of[i] for i in indices]
-    meta = make_meta("strongest_activation_labels", {"layers": names, "feature_maps": feature_maps, "top": top,
-                                                     "where": where}, seed)  # fmt: skip
+    meta = make_meta("strongest_activation_labels", params, seed)
     meta["complete"] = complete
     return LabelResult(
         meta=meta,
         layers=names,
         observed=[observed[n] for n in names],
-        feature_maps=feature_maps,
-        top=top,
+        feature_maps=params["feature_maps"],
+        top=params["top"],
         indices=indices,
         labels=labels,
         counts={n: labels.count(k) for k, n in enumerate(names)},
@@ -152,6 +152,7 @@ def _check(model: nn.Module, names: list[str], data, feature_maps: int, top: int
     option("feature_maps", "first feature maps per layer that take part"),
     option("top", "images selected per feature map"),
     option("where", "score each layer's activation (the paper) or its conv output", choices=WHERE),
+    option("amp", "forward pass in bfloat16 or float16 (torch.autocast); scores in float32", choices=AMP_CHOICES),
 ], example={"feature_maps": 2, "top": 3})  # fmt: skip
 def strongest_activation_labels(
     model: nn.Module,
@@ -162,6 +163,7 @@ def strongest_activation_labels(
     feature_maps: int = 10,
     top: int = 10,
     where: str = "activation",
+    amp: str | None = None,
     batch_size: int = 256,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -185,6 +187,8 @@ def strongest_activation_labels(
         top: images selected per feature map.
         where: ``"activation"`` (the paper's Keras layers output ``relu(conv(x))``: score the
             activation module after each conv) or ``"conv"`` (the conv output).
+        amp: ``"bf16"`` or ``"fp16"``: the forward pass under ``torch.autocast`` (scores in float32);
+            near-ties between images may then rank differently.
         seed: recorded in the result (nothing is drawn at random).
         partial: a JSON path rewritten as the work goes with the labels over the images seen so far.
 
@@ -206,33 +210,39 @@ def strongest_activation_labels(
     def reduce(name: str, t: torch.Tensor) -> torch.Tensor:
         if t.dim() != 4:
             raise ValueError(f"{name!r} outputs shape {tuple(t.shape)}, not a feature map [B, C, H, W]")
-        return t[:, :feature_maps].abs().mean(dim=(2, 3)).float()
+        return full_precision(t[:, :feature_maps]).abs().mean(dim=(2, 3)).float()
 
+    check_amp(amp)
     loader = as_loader(data, batch_size)
     dev = resolve_device(device, model)
     best_s = {n: torch.empty(0, feature_maps, device=dev) for n in names}
     best_i = {n: torch.empty(0, feature_maps, dtype=torch.long, device=dev) for n in names}
-
     done = [False]
 
     def result() -> LabelResult:
-        return _labels(best_s, best_i, names, observed, feature_maps, top, where, n_images, seed, done[0])
+        params = {"layers": names, "feature_maps": feature_maps, "top": top, "where": where, "amp": amp}
+        return _labels(best_s, best_i, names, observed, params, n_images, seed, done[0])
 
-    offset = 0
-    with preserved(model), torch.no_grad(), capture_after(model, observed, fn=reduce) as store, \
-            progress_bar(len(loader), "strongest activations", enabled=progress, unit="batch") as bar, \
+    def merge(batch: dict) -> None:
+        """Keep the ``top`` best of the running top and this batch's images (ties: the earlier image)."""
+        ids = torch.arange(batch["offset"], batch["offset"] + batch["n"], device=dev)[:, None].expand(batch["n"], feature_maps)
+        for n in names:
+            s = torch.cat([best_s[n], batch["scores"][n]])
+            i = torch.cat([best_i[n], ids])
+            order = torch.sort(s, dim=0, descending=True, stable=True).indices[:top]
+            best_s[n], best_i[n] = s.gather(0, order), i.gather(0, order)
+
+    loop = BatchLoop(loader, dev, merge, model=model, channels_last=wants_channels_last(dev, amp))
+    with preserved(model), torch.no_grad(), placed(model, dev, channels_last=loop.channels_last), \
+            capture_after(model, observed, fn=reduce) as store, \
+            progress_bar(len(loop), "strongest activations", enabled=progress, unit="batch") as bar, \
             Partials((lambda: result().save(partial)) if partial is not None else None) as partials:  # fmt: skip
         model.eval()
-        for b in batches(loader, dev, model):
+        for b in loop:
             store.clear()
-            forward_checked(model, b.x)
-            ids = torch.arange(offset, offset + len(b.x), device=dev)[:, None].expand(len(b.x), feature_maps)
-            for n in names:
-                s = torch.cat([best_s[n], store[n]])
-                i = torch.cat([best_i[n], ids])
-                order = torch.sort(s, dim=0, descending=True, stable=True).indices[:top]
-                best_s[n], best_i[n] = s.gather(0, order), i.gather(0, order)
-            offset += len(b.x)
+            with autocast(dev, amp):
+                forward_checked(model, b.x)
+            loop.add({"offset": b.offset, "n": len(b.x), "scores": {n: store[n] for n in names}})
             bar.update(1)
             partials.started = True
             partials.maybe()

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.batches import as_loader, batches, forward_checked, resolve_device
+from ..core.batches import BatchLoop, as_loader, forward_checked, resolve_device
+from ..core.device import placed
 from ..core.hooks import capture_after, preserved
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.observe import ObserveSpec, resolve_observe
@@ -161,20 +162,24 @@ def cka(
         res.matrix = _matrix(sums[0], len(names))
         return res
 
+    def add(batch: dict) -> None:  # in the global batch order, on every process (BatchLoop)
+        if batch["hsic"] is None:
+            res.skipped_batches += 1
+            return
+        sums[0] = batch["hsic"] if sums[0] is None else sums[0] + batch["hsic"]
+        res.n_samples += batch["n"]
+
     write = (lambda: snapshot().save(partial)) if partial is not None else None
-    with preserved(model), torch.no_grad(), capture_after(model, observed, fn=_gram) as store, \
-            progress_bar(len(loader), "CKA", enabled=progress, unit="batch") as bar, Partials(write) as partials:  # fmt: skip
+    loop = BatchLoop(loader, dev, add, model=model)
+    with preserved(model), torch.no_grad(), placed(model, dev), capture_after(model, observed, fn=_gram) as store, \
+            progress_bar(len(loop), "CKA", enabled=progress, unit="batch") as bar, Partials(write) as partials:  # fmt: skip
         model.eval()
-        for b in batches(loader, dev, model):
+        for b in loop:
             store.clear()
             forward_checked(model, b.x)
-            if len(b.x) < 4:
-                res.skipped_batches += 1
-            else:
-                h = hsic1(torch.stack([store[n] for n in names]))
-                sums[0] = h if sums[0] is None else sums[0] + h
-                res.n_samples += len(b.x)
-                partials.started = True
+            enough = len(b.x) >= 4
+            loop.add({"hsic": hsic1(torch.stack([store[n] for n in names])) if enough else None, "n": len(b.x)})
+            partials.started = partials.started or enough
             bar.update(1)
             partials.maybe()
         res.meta["complete"] = True

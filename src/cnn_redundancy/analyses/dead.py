@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.batches import as_loader, batches, forward_checked, resolve_device
+from ..core.batches import BatchLoop, as_loader, forward_checked, resolve_device
+from ..core.device import placed
 from ..core.hooks import capture_after, preserved
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.observe import ObserveSpec, resolve_observe
@@ -181,17 +182,22 @@ def dead_kernels(
     ext = _Extremes()
     done = [False]
     write = (lambda: _result(model, names, observed, ext, threshold, seed, done[0]).save(partial)) if partial else None
-    with preserved(model), torch.no_grad(), capture_after(model, observed, fn=_reduce) as store, \
-            progress_bar(len(loader), "dead kernels", enabled=progress, unit="batch") as bar, Partials(write) as partials:  # fmt: skip
+    def add(batch: dict) -> None:  # in the global batch order, on every process (BatchLoop)
+        for n in names:
+            ext.update(n, batch["extremes"][n])
+        ext.n += batch["n"]
+
+    loop = BatchLoop(loader, dev, add, model=model)
+    with preserved(model), torch.no_grad(), placed(model, dev), capture_after(model, observed, fn=_reduce) as store, \
+            progress_bar(len(loop), "dead kernels", enabled=progress, unit="batch") as bar, Partials(write) as partials:  # fmt: skip
         model.eval()
-        for b in batches(loader, dev, model):
+        for b in loop:
             store.clear()
             forward_checked(model, b.x)
-            for n in names:
-                if n not in store:
-                    raise ValueError(f"observe={observed[n]!r} was not called after {n!r} in the forward pass")
-                ext.update(n, store[n])
-            ext.n += len(b.x)
+            missing = [n for n in names if n not in store]
+            if missing:
+                raise ValueError(f"observe={observed[missing[0]]!r} was not called after {missing[0]!r} in the forward pass")
+            loop.add({"extremes": {n: store[n] for n in names}, "n": len(b.x)})
             bar.update(1)
             partials.started = True
             partials.maybe()

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.batches import as_loader, batches, forward_checked, resolve_device
+from ..core.batches import BatchLoop, as_loader, forward_checked, resolve_device
+from ..core.device import AMP_CHOICES, autocast, check_amp, full_precision, placed, wants_channels_last
 from ..core.hooks import capture_after, preserved
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.observe import ObserveSpec, resolve_observe
@@ -99,22 +100,23 @@ class ActivationStats:
 
     def cosines(self, center: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(cosines [K, K], degenerate mask [K], norms [K])`` of the (centered) vectors."""
-        g = self.centered_gram(center)
+        g = self.gram if center is None else self.centered_gram(center)  # read only: no copy needed
         diag = g.diagonal().clamp_min(0.0)
         norms = diag.sqrt()
         tol = 1e-12 * float(diag.max()) if diag.numel() else 0.0
         dead = diag <= tol
         safe = torch.where(dead, torch.ones_like(norms), norms)
-        cos = (g / (safe[:, None] * safe[None, :])).clamp_(-1.0, 1.0)
-        return cos, dead, norms
+        cos = safe[:, None] * safe[None, :]
+        torch.div(g, cos, out=cos)  # K x K buffers are large: one for the products, the quotient and the angles
+        return cos.clamp_(-1.0, 1.0), dead, norms
 
     def angles(self, center: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(angles [K, K] in degrees, norms [K])``; rows/columns of zero-norm vectors are NaN.
 
         The diagonal is 0, except for a zero-norm (degenerate) vector, whose diagonal entry is NaN too.
         """
-        cos, dead, norms = self.cosines(center)
-        ang = torch.rad2deg(torch.arccos(cos))
+        ang, dead, norms = self.cosines(center)
+        ang.arccos_().rad2deg_()
         ang[dead, :] = math.nan
         ang[:, dead] = math.nan
         ang.fill_diagonal_(0.0)
@@ -141,8 +143,19 @@ def _reduce(t: torch.Tensor, means: bool) -> tuple[torch.Tensor, torch.Tensor | 
     """Per-sample, per-channel Frobenius norm (and mean, if asked) of an activation ``[B, K, ...]``."""
     if t.dim() < 2:
         raise ValueError(f"observed activation must be [batch, channels, ...], got shape {tuple(t.shape)}")
-    flat = t.detach().reshape(t.shape[0], t.shape[1], -1)
+    flat = full_precision(t.detach()).reshape(t.shape[0], t.shape[1], -1)
     return torch.linalg.vector_norm(flat, dim=2).double(), flat.mean(2).double() if means else None
+
+
+def _add(model: nn.Module, stats: dict[str, ActivationStats], obs: dict[str, str], reduced: dict) -> None:
+    """Add one batch's norms (and means) to every layer's statistics, in the global batch order."""
+    for layer, (norms, mean) in reduced.items():
+        if layer not in stats:
+            k = getattr(model.get_submodule(layer), "out_channels", norms.shape[1])
+            stats[layer] = ActivationStats.empty(k, norms.device)
+        if norms.shape[1] != stats[layer].gram.shape[0]:
+            raise ValueError(f"{obs[layer]!r} has {norms.shape[1]} channels, not the {stats[layer].gram.shape[0]} of {layer!r}")
+        stats[layer].update(norms, mean)
 
 
 def activation_stats(
@@ -152,6 +165,7 @@ def activation_stats(
     *,
     observe: ObserveSpec = None,
     means: bool = False,
+    amp: str | None = None,
     batch_size: int = 256,
     device: str | torch.device | None = None,
     progress: bool | None = None,
@@ -161,10 +175,14 @@ def activation_stats(
 
     Only the observed module's first call after each layer's call is reduced (a ReLU module shared
     by several calls, as in torchvision's ``BasicBlock``, is reduced once, at the right call).
+    Under ``torchrun`` the batches are shared among the processes and every process adds every
+    batch's norms in the global batch order: the statistics are the same for any world size.
 
     Args:
         observe: where each layer's activation is read (see :func:`cnn_redundancy.core.observe.resolve_observe`).
         means: also accumulate each map's mean value (``act_sum``; the Gedeon-Harris fold needs it).
+        amp: ``"bf16"`` or ``"fp16"``: the forward pass under ``torch.autocast``; norms are taken in
+            float32 and accumulated in float64.
         on_batch: called with the statistics so far after every batch.
 
     Returns:
@@ -172,28 +190,30 @@ def activation_stats(
     """
     names = resolve_layers(model, layers)
     obs = resolve_observe(model, names, observe)
+    check_amp(amp)
     loader = as_loader(data, batch_size)
     dev = resolve_device(device, model)
     stats: dict[str, ActivationStats] = {}
-    with preserved(model), torch.no_grad(), capture_after(model, obs, fn=lambda _, t: _reduce(t, means)) as results, \
-            progress_bar(len(loader), "activation vectors", enabled=progress, unit="batch") as bar:  # fmt: skip
+
+    def apply(reduced: dict) -> None:
+        _add(model, stats, obs, reduced)
+        if on_batch is not None:
+            on_batch(stats)
+
+    loop = BatchLoop(loader, dev, apply, model=model, channels_last=wants_channels_last(dev, amp))
+    with preserved(model), torch.no_grad(), placed(model, dev, channels_last=loop.channels_last), \
+            capture_after(model, obs, fn=lambda _, t: _reduce(t, means)) as results, \
+            progress_bar(len(loop), "activation vectors", enabled=progress, unit="batch") as bar:  # fmt: skip
         model.eval()
-        for b in batches(loader, dev, model):
+        for b in loop:
             results.clear()
-            forward_checked(model, b.x)
-            for layer in names:
-                if layer not in results:
-                    raise ValueError(f"observe={obs[layer]!r} was not called after {layer!r} in the forward pass")
-                norms, mean = results[layer]
-                if layer not in stats:
-                    k = getattr(model.get_submodule(layer), "out_channels", norms.shape[1])
-                    stats[layer] = ActivationStats.empty(k, norms.device)
-                if norms.shape[1] != stats[layer].gram.shape[0]:
-                    raise ValueError(f"{obs[layer]!r} has {norms.shape[1]} channels, not the {stats[layer].gram.shape[0]} of {layer!r}")
-                stats[layer].update(norms, mean)
+            with autocast(dev, amp):
+                forward_checked(model, b.x)
+            missing = [layer for layer in names if layer not in results]
+            if missing:
+                raise ValueError(f"observe={obs[missing[0]]!r} was not called after {missing[0]!r} in the forward pass")
+            loop.add({layer: results[layer] for layer in names})
             bar.update(1)
-            if on_batch is not None:
-                on_batch(stats)
     return stats
 
 
@@ -304,6 +324,8 @@ def result_from_stats(stats: dict[str, ActivationStats], obs: dict[str, str], ce
 
 @analysis("distinctiveness", paper="distinctiveness", result=DistinctivenessResult, options=[
     option("center", "center the activation vectors (lets complementary pairs appear)", choices=CENTERINGS),
+    option("amp", "forward pass in bfloat16 or float16 (torch.autocast); norms and Gram matrices stay float64",
+           choices=AMP_CHOICES),
 ])  # fmt: skip
 def distinctiveness(
     model: nn.Module,
@@ -312,6 +334,7 @@ def distinctiveness(
     *,
     observe: ObserveSpec = None,
     center: str | None = None,
+    amp: str | None = None,
     batch_size: int = 256,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -330,6 +353,8 @@ def distinctiveness(
         center: ``None`` (plain angles, 0-90 degrees since norms are non-negative), ``"mean"``
             (subtract each vector's mean) or ``"minmax"`` (scale to [0, 1] and subtract 0.5, as Gedeon
             and Harris did with sigmoid units); centered angles span 0-180 degrees.
+        amp: ``"bf16"`` or ``"fp16"``: the forward pass under ``torch.autocast`` (norms in float32,
+            statistics in float64); ``None``: full precision.
         seed: recorded in the result (nothing is drawn at random).
         partial: a JSON path rewritten as the work goes with the angles over the batches seen so far.
 
@@ -346,7 +371,7 @@ def distinctiveness(
         raise ValueError(f"center must be None, 'mean' or 'minmax', not {center!r}")
     names = resolve_layers(model, layers)
     obs = resolve_observe(model, names, observe)
-    params = {"layers": names, "observe": obs, "center": center}
+    params = {"layers": names, "observe": obs, "center": center, "amp": amp}
     seen: dict[str, ActivationStats] = {}
     done = [False]
 
@@ -360,7 +385,7 @@ def distinctiveness(
             partials.started = True
             partials.maybe()
 
-        stats = activation_stats(model, data, names, observe=obs, batch_size=batch_size, device=device,
+        stats = activation_stats(model, data, names, observe=obs, amp=amp, batch_size=batch_size, device=device,
                                  progress=progress, on_batch=on_batch)
         done[0] = True
     return result_from_stats(stats, obs, center, params, seed)

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..core.batches import expected_input_shape, forward_checked, model_dtype, resolve_device, sample_shape
+from ..core.device import placed
 from ..core.graph import ACTIVATIONS, SplitUnavailable, trace
 from ..core.hooks import capture, preserved
 from ..core.layers import LayerSpec, resolve_layers
@@ -341,7 +342,8 @@ def impulse_response(
     check_max_lag(max_lag)
     names = resolve_layers(model, layers, types=(nn.Conv2d,))
     shape = _input_shape(model, data, input_shape)
-    impulses = _impulses(model, shape, resolve_device(device, model), amplitude)
+    dev = resolve_device(device, model)
+    impulses = _impulses(model, shape, dev, amplitude)
     network = _responses(model, names, impulses) if mode in ("network", "both") else {}
     linear = _responses(linearized(model), names, impulses) if mode in ("linear", "both") else {}
     params = {"layers": names, "input_shape": list(shape), "mode": mode, "lag": lag, "max_lag": max_lag, "amplitude": amplitude}
@@ -352,7 +354,7 @@ def impulse_response(
             progress_bar(len(names), "impulse NCC", enabled=progress, unit="layer") as bar:  # fmt: skip
         for n in names:
             r = res.response(n)
-            res.max_ncc_values[n], res.max_ncc_partner[n] = _max_offdiag(ncc_matrix(r, lag=lag, max_lag=max_lag))
+            res.max_ncc_values[n], res.max_ncc_partner[n] = _max_offdiag(ncc_matrix(r.to(dev), lag=lag, max_lag=max_lag))
             res.constant[n] = torch.nonzero(normalize_responses(r)[1]).flatten().tolist()
             if r.shape[-1] * r.shape[-2] <= 16:
                 res.small_maps.append(n)
@@ -392,8 +394,8 @@ def _impulses(model: nn.Module, shape: tuple[int, int, int], device: torch.devic
 
 
 def _responses(model: nn.Module, names: list[str], impulses: torch.Tensor) -> dict[str, list]:
-    """Every named layer's output for the impulses (model left as found)."""
-    with preserved(model), torch.no_grad(), capture(model, names) as store:
+    """Every named layer's output for the impulses (model left as found, on its own device)."""
+    with preserved(model), torch.no_grad(), placed(model, impulses.device), capture(model, names) as store:
         model.eval()
         forward_checked(model, impulses)
     missing = [n for n in names if n not in store]

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.batches import as_loader, batches, forward_checked, resolve_device
+from ..core.batches import BatchLoop, as_loader, forward_checked, resolve_device
+from ..core.device import placed
 from ..core.hooks import capture, preserved
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.plotting import height_for, per_layer_boxes
@@ -147,16 +148,20 @@ def _taylor(model, data, names, res: KernelScoresResult, batch_size, device, pro
     def snapshot() -> None:
         res.taylor = {n: (s / max(res.n_samples, 1)).cpu().tolist() for n, s in sums.items()}
 
+    def add(batch: dict) -> None:  # in the global batch order, on every process (BatchLoop)
+        for n, s in batch["sums"].items():
+            sums[n] = sums[n] + s if n in sums else s
+        res.n_samples += batch["n"]
+
     write = (lambda: (snapshot(), res.save(partial))) if partial is not None else None
-    with preserved(model), progress_bar(len(loader), "taylor scores", enabled=progress, unit="batch") as bar, \
+    loop = BatchLoop(loader, dev, add, model=model)
+    with preserved(model), placed(model, dev), progress_bar(len(loop), "taylor scores", enabled=progress, unit="batch") as bar, \
             Partials(write) as partials:  # fmt: skip
         model.eval()
-        for b in batches(loader, dev, model):
+        for b in loop:
             if b.y is None:
                 raise ValueError("taylor scores need labels: the data gives inputs only")
-            for n, s in _taylor_batch(model, names, b.x, b.y).items():
-                sums[n] = sums[n] + s if n in sums else s
-            res.n_samples += len(b.x)
+            loop.add({"sums": _taylor_batch(model, names, b.x, b.y), "n": len(b.x)})
             bar.update(1)
             partials.started = True
             partials.maybe()

@@ -29,9 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..core.batches import SHARDS
+from ..core.device import AMP_CHOICES, check_amp, to_device
 from ..core.graph import Traced
 from ..core.layers import LayerSpec, resolve_layers
-from ..core.metrics import cosine_per_channel, get_metric
+from ..core.metrics import cosine_per_channel, get_metric, squared_norms
 from ..core.observe import ObserveSpec, resolve_observe
 from ..core.plotting import height_for, per_layer_boxes
 from ..core.registry import analysis, option
@@ -204,9 +206,9 @@ def _perturbed_channel(x: torch.Tensor, k: int, perm: torch.Tensor, mode: str) -
     """Channel ``k`` of ``x`` after the perturbation ``perm`` (``[N, H, W]``)."""
     xk = x[:, k]
     if mode == "channel":
-        return xk[perm.to(x.device)]
+        return xk[perm]
     flat = xk.flatten(1)
-    return torch.gather(flat, 1, perm.to(x.device)).view_as(xk)
+    return torch.gather(flat, 1, perm).view_as(xk)
 
 
 def _channel_delta(conv: nn.Conv2d, delta_k: torch.Tensor, k: int) -> torch.Tensor:
@@ -236,7 +238,9 @@ def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, s
         n = len(chans[layer])
 
         def perm(ctx: BatchContext, inp: torch.Tensor, r: int, i: int, layer=layer, n=n) -> torch.Tensor:
-            return ctx.cached((layer, r), lambda: _permutations(mode, seed, r, ctx.index, n, inp.shape))[i]
+            # drawn on the CPU (the same numbers on any device), copied to the device once per batch and repeat
+            make = lambda: [to_device(p, inp.device) for p in _permutations(mode, seed, r, ctx.index, n, inp.shape)]  # noqa: E731
+            return ctx.cached((layer, r), make)[i]
 
         for r in range(repeats):
             for i, k in enumerate(chans[layer]):
@@ -250,7 +254,7 @@ def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, s
                     delta = _perturbed_channel(inp, k, perm(ctx, inp, r, i), mode) - inp[:, k]
                     return out + _channel_delta(conv, delta, k)
 
-                units.append(Unit((layer, r, i), {layer: exact}, fast=fast, observe=observed[layer]))
+                units.append(Unit((layer, r, i), {layer: exact}, fast=fast, observe=observed[layer], slot=(layer, i)))
     return units
 
 
@@ -292,14 +296,13 @@ class _Probe:
         self.mode, self.repeats, self.seed, self.batch_size = mode, repeats, seed, batch_size
         self.units = _units(self.names, self.chans, self.observed, mode, repeats, seed)
         self.index = {u.key: i for i, u in enumerate(self.units)}
-        self.cos_sum: dict[str, torch.Tensor] = {}
+        self.amp: str | None = None
+        self.shard = "batches"
 
-    def on_observe(self, i: int, clean: torch.Tensor, pert: torch.Tensor) -> None:
-        layer, _, ci = self.units[i].key
-        cos = cosine_per_channel(clean, pert).sum(0)
-        if layer not in self.cos_sum:
-            self.cos_sum[layer] = torch.zeros(len(self.chans[layer]), cos.numel(), dtype=torch.float64, device=cos.device)
-        self.cos_sum[layer][ci] += cos
+    def cosine_sum(self, ctx: BatchContext, i: int, clean: torch.Tensor, pert: torch.Tensor) -> torch.Tensor:
+        """The cosine per observed channel, summed over the batch (the clean norms computed once per batch)."""
+        layer = self.units[i].key[0]
+        return cosine_per_channel(clean, pert, a_sq=ctx.cached(("clean norms", layer), lambda: squared_norms(clean))).sum(0)
 
     def _units_of(self, layer: str, i: int) -> list[int]:
         return [self.index[(layer, r, i)] for r in range(self.repeats)]
@@ -307,17 +310,18 @@ class _Probe:
     def result(self, state: SweepState) -> ShuffleResult:
         params = {"layers": self.names, "observe": self.observed, "mode": self.mode, "channels": self.chans,
                   "repeats": self.repeats, "batch_size": self.batch_size, "metric": self.metric_name,
-                  "engine": "fast" if all(state.fast) else "naive"}  # fmt: skip
+                  "engine": "fast" if all(state.fast) else "naive", "amp": self.amp}  # fmt: skip
+        meta = {**make_meta(f"{self.mode}_shuffle", params, self.seed), "complete": state.complete, "shard": self.shard}
         res = ShuffleResult(mode=self.mode, layers=self.names, observed=self.observed, channels=self.chans,
-                            metric_name=self.metric_name, samples=state.n_seen,
-                            meta={**make_meta(f"{self.mode}_shuffle", params, self.seed), "complete": state.complete})
+                            metric_name=self.metric_name, samples=state.n_seen, meta=meta)
         if state.baseline is not None and state.n_seen:
             res.baseline = state.baseline.compute()
         for layer in self.names:
             per_channel = [self._units_of(layer, i) for i in range(len(self.chans[layer]))]
-            if layer in self.cos_sum:
+            if (layer, 0) in state.observed:
+                sums = torch.stack([state.observed[(layer, i)].cpu() for i in range(len(per_channel))])
                 seen = torch.tensor([sum(state.seen[u] for u in us) for us in per_channel], dtype=torch.float64)
-                res.cosine[layer] = (self.cos_sum[layer].cpu() / seen.clamp_min(1)[:, None]).tolist()
+                res.cosine[layer] = (sums / seen.clamp_min(1)[:, None]).tolist()
                 res.mean_cosine[layer] = [sum(row) / len(row) for row in res.cosine[layer]]
             if state.metrics is not None:
                 stats = [_mean_std([state.metrics[u].compute() for u in us if state.seen[u]]) for us in per_channel]
@@ -355,6 +359,8 @@ def _probe(mode: str, doc: str):
         channels: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
         repeats: int = 1,
         engine: str = "auto",
+        amp: str | None = None,
+        shard: str = "batches",
         batch_size: int = 256,
         seed: int = 0,
         device: str | torch.device | None = None,
@@ -367,9 +373,11 @@ def _probe(mode: str, doc: str):
             raise ValueError(f"repeats must be an integer >= 1, not {repeats!r}")
         run = _Probe(model, layers, observe, metric, channels, mode, repeats, seed,
                      data.batch_size if isinstance(data, DataLoader) else batch_size)
-        state = sweep(model, data, run.units, metric=metric, on_observe=run.on_observe, batch_size=batch_size,
-                      device=device, engine=engine, progress=progress, desc=f"{mode} shuffle", traced=run.traced,
-                      partial=(lambda st: run.result(st).save(partial)) if partial is not None else None)
+        check_amp(amp)
+        run.amp, run.shard = amp, shard
+        state = sweep(model, data, run.units, metric=metric, observe_sum=run.cosine_sum, batch_size=batch_size,
+                      device=device, amp=amp, shard=shard, engine=engine, progress=progress, desc=f"{mode} shuffle",
+                      traced=run.traced, partial=(lambda st: run.result(st).save(partial)) if partial is not None else None)
         return run.result(state)
 
     probe.__name__ = probe.__qualname__ = f"{mode}_shuffle"
@@ -378,6 +386,9 @@ def _probe(mode: str, doc: str):
         option("channels", "input channels to perturb (default all)", type=int, nargs="*"),
         option("repeats", "independent shuffles per channel; the metric is reported as mean and std"),
         option("engine", "computation: auto (fast where traceable), fast, naive", choices=ENGINES),
+        option("amp", "forward passes in bfloat16 or float16 (torch.autocast); sums stay float64", choices=AMP_CHOICES),
+        option("shard", "under torchrun: split the batches, or the channels (each process over all the data)",
+               choices=SHARDS),
     ]
     return analysis(f"{mode}-shuffle", paper="impulse", result=ShuffleResult, options=options,
                     example={"repeats": 2})(probe)

@@ -47,12 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..core.distributed import launched
     from ..core.progress import set_progress
 
     if args.quiet:
         set_progress(False)
     try:
-        return int(args.func(args) or 0)
+        with launched(getattr(args, "device", None)):  # under torchrun: join the process group
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
         print("interrupted" + (f"; files already written to {out} are kept (results still under way are marked "

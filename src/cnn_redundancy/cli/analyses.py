@@ -7,6 +7,7 @@ import argparse
 import inspect
 from typing import Any
 
+from ..core.distributed import is_main
 from ..core.registry import Option, list_analyses, list_experiments
 from .common import (
     add_data_args,
@@ -88,6 +89,8 @@ def _run_analysis(args: argparse.Namespace) -> int:
     if a.evaluates:
         kw["metric"] = metric_from_args(args, model, data)
     res = a.fn(model, data, args.layers or None, **kw)
+    if not is_main():  # under torchrun every process holds the result; rank 0 writes it
+        return 0
     path = res.save(out / f"{a.name}.json")
     save_figure(res.plot(), out / f"{a.name}.png")
     for line in res.headline():
@@ -101,7 +104,7 @@ def register_reproduce(rsub) -> None:
         p = rsub.add_parser(e.name, help=e.summary, description=inspect.getdoc(e.run))
         p.add_argument("--out", "-o", default=f"runs/reproduce-{e.name}", help="output folder")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: cpu)")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N")
         p.add_argument("--quick", action="store_true", help="a tiny run to check the pipeline")
         _options(p, e.run, e.options)
         p.set_defaults(func=_run_experiment, experiment=e)

@@ -42,6 +42,7 @@ def register(sub) -> None:
 
 def _analyze(args: argparse.Namespace) -> int:
     from ..core.batches import resolve_device
+    from ..core.distributed import is_main
     from ..survey import analyze
 
     out_dir(args)
@@ -51,6 +52,8 @@ def _analyze(args: argparse.Namespace) -> int:
                   metric=metric_from_args(args, model, data),
                   max_drop=args.max_drop, budget_minutes=args.budget_minutes, batch_size=args.batch_size, seed=args.seed,
                   device=resolve_device(args.device, model), partial=f"{args.out}/analysis.json")  # fmt: skip
+    if not is_main():  # under torchrun every process holds the result; rank 0 writes it
+        return 0
     path = res.save_report(args.out)
     for line in res.headline():
         print(line)

@@ -39,6 +39,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_data_args(p)
     add_metric_args(p)
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="forward passes in bfloat16 or float16 (torch.autocast)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("layers", help="list a model's conv layers", description="List the dotted names of a model's conv layers in forward order.")
@@ -68,7 +69,7 @@ def register(sub) -> None:
     p.add_argument("--repeats", type=int, default=2, help="shuffles per channel (default 2)")
     p.add_argument("--limit", type=int, help="use only this many training and test images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N")
     p.set_defaults(func=_demo)
 
 
@@ -93,14 +94,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from ..core.distributed import is_main
     from ..core.metrics import get_metric
     from ..training import evaluate
 
     data = data_from_args(args)
     model = model_from_args(args, data)
     metric = metric_from_args(args, model, data)
-    value = evaluate(model, data, metric, batch_size=args.batch_size, device=args.device)
-    print(f"{get_metric(metric).name} {value:.4f}")
+    value = evaluate(model, data, metric, batch_size=args.batch_size, device=args.device, amp=args.amp)
+    if is_main():
+        print(f"{get_metric(metric).name} {value:.4f}")
     return 0
 
 

@@ -41,7 +41,8 @@ def add_model_args(p: argparse.ArgumentParser, *, default: str = "lenet5") -> No
                         "model the checkpoint names, which may not be a file: name a file model here)")
     g.add_argument("--model-kw", nargs="*", metavar="KEY=VALUE",
                    help="model arguments, e.g. width=10 (in_channels, num_classes, input_size default to the data's)")
-    g.add_argument("--device", default=None, help="auto (CUDA when present), cpu, cuda or cuda:N (default: cpu)")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N "
+                   "(default auto; under torchrun each process takes cuda:LOCAL_RANK)")
     p.set_defaults(model_default=default)
 
 
@@ -158,7 +159,11 @@ def metric_from_args(args: argparse.Namespace, model, data):
 
 
 def say(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    """A note on stderr (from rank 0 only under ``torchrun``)."""
+    from ..core.distributed import is_main
+
+    if is_main():
+        print(msg, file=sys.stderr)
 
 
 def _record(args: argparse.Namespace) -> dict[str, Any]:

@@ -35,6 +35,13 @@ def _add_guarantee_args(p: argparse.ArgumentParser, *, target: bool = True) -> N
 
 
 def register(sub) -> None:
+    _register_compress(sub)
+    _register_prune(sub)
+    _register_remove(sub)
+    _register_route(sub)
+
+
+def _register_compress(sub) -> None:
     from ..compression.compress import CRITERIA as COMPRESS_CRITERIA
 
     p = sub.add_parser(
@@ -56,6 +63,8 @@ def register(sub) -> None:
                    help="Torch-Pruning's pruners and random at the same MACs (default all three)")
     p.set_defaults(func=_compress, max_drop_default=0.01)
 
+
+def _register_prune(sub) -> None:
     p = sub.add_parser(
         "prune",
         help="progressively remove kernels (physically) with a criterion",
@@ -76,6 +85,8 @@ def register(sub) -> None:
     _add_guarantee_args(p)
     p.set_defaults(func=_prune)
 
+
+def _register_remove(sub) -> None:
     p = sub.add_parser(
         "remove-trivial",
         help="remove residual branches whose removal keeps the metric within tolerance",
@@ -92,6 +103,8 @@ def register(sub) -> None:
     _add_guarantee_args(p, target=False)
     p.set_defaults(func=_remove)
 
+
+def _register_route(sub) -> None:
     p = sub.add_parser(
         "route",
         help="label images by the conv layer of their strongest activations; train a router",
@@ -112,6 +125,7 @@ def register(sub) -> None:
 def _compress(args: argparse.Namespace, stages=("dead", "merge", "blocks", "channels"), criterion=None) -> int:
     from ..checkpoint import save_checkpoint
     from ..compression.compress import compress
+    from ..core.distributed import is_main
     from ..report import Figure, Section, Table, save_figure, write_report
 
     out = out_dir(args, writes=("model.pt",))
@@ -125,6 +139,8 @@ def _compress(args: argparse.Namespace, stages=("dead", "merge", "blocks", "chan
                    layers=getattr(args, "layers", None) or None, metric=metric or "accuracy", stages=stages,
                    baselines=getattr(args, "baselines", ["l1", "taylor", "random"]) if "channels" in stages else (),
                    batch_size=args.batch_size, seed=args.seed, device=args.device, partial=out / "compress.json")  # fmt: skip
+    if not is_main():  # under torchrun every process holds the result; rank 0 writes it
+        return 0
     res.save(out / "compress.json")
     save_checkpoint(res.model, out / "model.pt", extra={"compress": res.final, "guarantee": res.guarantee})
     save_figure(res.plot(), out / "compress.png")
@@ -145,6 +161,7 @@ def _prune(args: argparse.Namespace) -> int:
         return _compress(args, stages=("channels",), criterion=args.criterion if args.criterion != "l2" else "l1")
     from ..checkpoint import save_checkpoint
     from ..compression.pruning import prune
+    from ..core.distributed import is_main
     from ..core.metrics import get_metric
     from ..training import evaluate
 
@@ -160,6 +177,8 @@ def _prune(args: argparse.Namespace) -> int:
         metric = metric_from_args(args, model, test)
         extra = {"metric": get_metric(metric).name, "test_before": evaluate(model, test, metric, device=args.device),
                  "test_after": evaluate(res.model, test, metric, device=args.device)}
+    if not is_main():  # rank 0 writes
+        return 0
     res.save(out / "prune.json")
     save_checkpoint(res.model, out / "model.pt", extra=extra)
     for h in res.history:
@@ -176,12 +195,15 @@ def _remove(args: argparse.Namespace) -> int:
         return _compress(args, stages=("blocks",))
     from ..checkpoint import save_checkpoint
     from ..compression.removal import remove_trivial
+    from ..core.distributed import is_main
 
     out = out_dir(args, writes=("model.pt",))
     data = data_from_args(args)
     model = model_from_args(args, data)
     res = remove_trivial(model, data, tolerance=args.tolerance, metric=metric_from_args(args, model, data),
                          batch_size=args.batch_size, device=args.device, partial=out / "removal.json")
+    if not is_main():  # rank 0 writes
+        return 0
     res.save(out / "removal.json")
     save_checkpoint(res.model, out / "model.pt", extra={"removed": res.removed, res.metric: res.final})
     print(f"{res.metric} {res.baseline:.4f} -> {res.final:.4f}; removed {len(res.removed)} branches: {', '.join(res.removed)}")

@@ -3,9 +3,10 @@
 The plan, cheapest first (:mod:`.stages`): dead kernels (the output is unchanged), merges of
 near-duplicate kernels (nearly unchanged), trivial residual blocks, then channels by a criterion,
 many per step with scores refreshed every step (:mod:`.pruning.schedule`); ``criterion="auto"``
-runs every criterion from the same point and keeps the one that goes furthest (then the best
-validation metric). It stops at ``target_macs`` (a fraction of the original MACs) or where the
-validation metric would drop more than ``max_drop``, whichever comes first; optional fine-tuning
+runs every criterion from the same point and keeps, among those that reach the target, the best
+validation metric (without a target, the one that goes furthest within the budget). It stops at
+``target_macs`` (a fraction of the original MACs) or where the validation metric would drop more
+than ``max_drop``, whichever comes first; optional fine-tuning
 (the toolkit's ``fit``, a short cosine schedule) follows. Then the result is **verified on the test
 split**, which no choice has seen, beside Torch-Pruning's own pruner (group L1 and group Taylor) and
 random pruning at the same MACs with the same fine-tuning.
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core.batches import first_input, resolve_device
 from ..core.cost import count_macs, measure_latency
+from ..core.distributed import is_main
 from ..core.graph import Traced
 from ..core.hooks import preserved
 from ..core.layers import LayerSpec, conv_layers, resolve_layers
@@ -203,7 +205,7 @@ def _blocks(sh: Shrinker, run: _Run, base: float, max_drop: float | None) -> tup
 
 def _channels(sh: Shrinker, run: _Run, criteria: list[str], *, base, target, max_drop, step_fraction, observe,
               center) -> tuple[Shrinker, str, dict[str, Any], dict[str, list[list[float]]]]:  # fmt: skip
-    """Run every candidate criterion from the same point; keep the one that goes furthest (then best val)."""
+    """Run every candidate criterion from the same point; keep the best (see :func:`_best`)."""
     _flush(sh)
     outcomes, shrinkers, curves = {}, {}, {}
     for crit in criteria:
@@ -222,8 +224,16 @@ def _channels(sh: Shrinker, run: _Run, criteria: list[str], *, base, target, max
         outcomes[crit] = {"macs_fraction": macs / sh.macs0, "val": run.on(cand.model, run.val), "steps": len(cand.steps),
                           "stopped": stopped}  # fmt: skip
         shrinkers[crit] = cand
-    best = min(criteria, key=lambda c: (round(outcomes[c]["macs_fraction"], 4), -outcomes[c]["val"]))
-    return shrinkers[best], best, outcomes, curves
+    return shrinkers[_best(outcomes, target, step_fraction)], _best(outcomes, target, step_fraction), outcomes, curves
+
+
+def _best(outcomes: dict[str, dict[str, Any]], target: float | None, step_fraction: float) -> str:
+    """The criterion to keep: among those that reached the target (within a step), the best validation
+    metric; without a target (or if none reached it), the one that went furthest, then the best metric."""
+    reached = [c for c, o in outcomes.items() if target is not None and o["macs_fraction"] <= target + 1e-9]
+    if reached:
+        return max(reached, key=lambda c: (outcomes[c]["val"], -outcomes[c]["macs_fraction"]))
+    return min(outcomes, key=lambda c: (round(outcomes[c]["macs_fraction"] / step_fraction), -outcomes[c]["val"]))
 
 
 def _verify_baselines(model, result: CompressResult, run: _Run, example, layers, kinds, finetune_epochs) -> list[dict[str, Any]]:
@@ -282,8 +292,9 @@ def compress(
         val: the data every choice is made on. test: the data the result is verified on, only.
         target_macs: stop at this fraction of the original MACs (``None``: only the budget stops).
         max_drop: the largest drop of the validation metric allowed (``None``: only the target stops).
-        criterion: ``"auto"`` (each of distinctiveness, Taylor, L1, FPGM; the one that goes furthest,
-            then the best validation metric) or one of :data:`CRITERIA`.
+        criterion: ``"auto"`` (each of distinctiveness, Taylor, L1, FPGM from the same point; among those
+            that reach ``target_macs``, the best validation metric; otherwise the one that goes furthest
+            within the budget, then the best metric) or one of :data:`CRITERIA`.
         finetune_epochs: fine-tuning after pruning (Adam, ``finetune_lr``, cosine schedule); the
             baselines get the same.
         stages: the plan's stages to run (see :mod:`.stages`).
@@ -326,7 +337,7 @@ def compress(
                                             example)  # fmt: skip
         res.baselines = [{k: v for k, v in r.items() if k != "model"} for r in rows]
     res.model, res.meta["complete"] = work.eval(), True
-    if partial is not None:
+    if partial is not None and is_main():  # under torchrun rank 0 writes
         res.save(partial)
     return res
 
@@ -383,7 +394,7 @@ def _compress_copy(model, example, names, res: CompressResult, run: _Run, target
             rec["macs"], rec["val"] = sh.macs(), run.on(sh.model, run.val)
             res.stages.append(rec)
             bar.update(1)
-            if partial is not None:
+            if partial is not None and is_main():
                 res.save(partial)
     _flush(sh)
     return sh.model

@@ -192,7 +192,7 @@ def remove_trivial(
             partials.maybe()
         if res.removed:
             copy_spec(model, res.model, {"kind": "remove-branch", "blocks": res.removed})
-        _measure(res, model, first_input(data, model).to(dev), measure)
+        _measure(res, model, first_input(data, model).to(resolve_device(None, model)), measure)  # where the model lives
     return res
 
 

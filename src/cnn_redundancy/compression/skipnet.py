@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..analyses.activation_labels import LabelResult
-from ..core.batches import as_loader, sample_shape
+from ..core.batches import as_loader, resolve_device, sample_shape
 from ..core.cost import count_macs
 from ..core.hooks import capture, preserved
 from ..core.results import Result, make_meta
@@ -353,7 +353,8 @@ def train_router(
     Args:
         data: the data set the labels index into.
         labels: a :class:`LabelResult` or ``(indices, labels)``.
-        model: the router; default ``router_cnn`` sized for the data and the number of exits.
+        model: the router; default ``router_cnn`` sized for the data and the number of exits, made on
+            ``device`` (a router passed in is trained on ``device`` and left where it was).
         n_exits: number of exits (default: the number of layers in ``labels``).
 
     Returns:
@@ -370,7 +371,7 @@ def train_router(
         if h != w:
             raise ValueError(f"router_cnn needs square images, got {h}x{w}; pass model=")
         torch.manual_seed(seed)
-        model = get_model("router_cnn", in_channels=c, num_classes=n_exits, input_size=h)
+        model = get_model("router_cnn", in_channels=c, num_classes=n_exits, input_size=h).to(resolve_device(device))
     hist = fit(model, RelabelledDataset(data, idx, lab), epochs=epochs, lr=lr, batch_size=batch_size,
                optimizer=optimizer, seed=seed, device=device, progress=progress)
     params = {"n_exits": n_exits, "epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer}

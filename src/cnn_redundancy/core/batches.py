@@ -1,24 +1,35 @@
-"""The one batch loop: data sets and loaders to batches on the right device.
+"""The one batch loop: data sets and loaders to batches on the right device, shared among processes.
 
 Every analysis, evaluation and sweep reads its data through :func:`batches`: a Dataset or a
 DataLoader over it gives the same batches, each moved once to the device (non-blocking from
-pinned memory), with a global batch index that seeds per-batch randomness. Given the model, every
-batch is checked first (:func:`check_batch`): inputs of another dtype than the model's weights
-(uint8 images, float64 data into a float32 model) and non-finite values are refused with the fix.
+pinned memory), with a global batch index that seeds per-batch randomness and the position of
+its first sample in the data set. Given the model, every batch is checked first
+(:func:`check_batch`): inputs of another dtype than the model's weights (uint8 images, float64 data
+into a float32 model) and non-finite values are refused with the fix.
+
+Under ``torchrun`` (:mod:`cnn_redundancy.core.distributed`), ``batches(..., shard=True)`` gives
+each process its share: batch ``i`` goes to rank ``i mod world_size`` and only that process loads
+it. :class:`BatchLoop` is the loop of every analysis that reduces its data to a result: each
+process hands over what it measured on a batch, and every process applies every batch's
+contribution in the global batch order, so that the result is the same for any number of processes.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from .distributed import all_gather_tree, rank, world_size
 
 __all__ = [
     "Batch",
+    "BatchLoop",
+    "SHARDS",
     "as_loader",
     "batches",
     "check_batch",
@@ -33,12 +44,17 @@ __all__ = [
 ]
 
 
+#: how work is shared among processes: by batches of the data, or by units (each process over all the data)
+SHARDS = ("batches", "units")
+
+
 def resolve_device(device: str | torch.device | None, model: nn.Module | None = None) -> torch.device:
     """The device to compute on.
 
     ``None``: where the model's parameters (or buffers) are, else the CPU. ``"auto"``: CUDA when
     present, else the CPU. Anything else is passed to :class:`torch.device`; asking for a CUDA
-    device on a machine without one is an error that says so.
+    device on a machine without one is an error that says so. ``"cuda"`` without an index is the
+    current CUDA device (under ``torchrun``, ``cuda:LOCAL_RANK``).
     """
     if device is None:
         if model is not None:
@@ -46,7 +62,7 @@ def resolve_device(device: str | torch.device | None, model: nn.Module | None = 
                 return t.device
         return torch.device("cpu")
     if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -56,6 +72,8 @@ def resolve_device(device: str | torch.device | None, model: nn.Module | None = 
             raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU (use 'cpu' or 'auto')")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
@@ -90,11 +108,14 @@ def sample_shape(data: Dataset | DataLoader) -> tuple[int, ...]:
 
 
 class Batch(NamedTuple):
-    """One batch: its index in the loader's order, the inputs and the targets (``None`` without labels)."""
+    """One batch: its index in the loader's order, the inputs, the targets (``None`` without labels),
+    and ``offset``, the number of samples in all earlier batches (the data set position of its first
+    sample when the loader does not shuffle)."""
 
     index: int
     x: torch.Tensor
     y: torch.Tensor | None
+    offset: int = 0
 
 
 def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -106,18 +127,65 @@ def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise TypeError(f"a batch must be a tensor or a tuple (inputs, targets), not {type(batch).__name__}")
 
 
-def batches(loader: DataLoader, device: torch.device, model: nn.Module | None = None) -> Iterator[Batch]:
-    """Every batch of ``loader`` moved to ``device`` (non-blocking when the loader pins memory), checked
-    against ``model`` where given (:func:`check_batch`)."""
-    non_blocking = device.type == "cuda" and bool(getattr(loader, "pin_memory", False))
-    first = 0
+def _schedule(loader: DataLoader, r: int, world: int) -> list[tuple[int, int, list[int]]]:
+    """``(index, offset, sample indices)`` of every batch that process ``r`` of ``world`` loads."""
+    out, offset = [], 0
+    for i, idx in enumerate(loader.batch_sampler):  # type: ignore[arg-type]
+        idx = list(idx)
+        if i % world == r:
+            out.append((i, offset, idx))
+        offset += len(idx)
+    return out
+
+
+def _reloaded(loader: DataLoader, batch_sampler: list[list[int]], pin: bool) -> DataLoader:
+    """``loader`` with another batch sampler (and pinned memory for CUDA): same data, workers and collation."""
+    kw: dict[str, Any] = {"num_workers": loader.num_workers, "collate_fn": loader.collate_fn, "pin_memory": pin,
+                          "timeout": loader.timeout, "worker_init_fn": loader.worker_init_fn,
+                          "multiprocessing_context": loader.multiprocessing_context, "generator": loader.generator,
+                          "persistent_workers": loader.persistent_workers}  # fmt: skip
+    if loader.num_workers > 0:
+        kw["prefetch_factor"] = loader.prefetch_factor
+    return DataLoader(loader.dataset, batch_sampler=batch_sampler, **kw)
+
+
+def _raw_batches(loader: DataLoader, device: torch.device, r: int, world: int) -> Iterator[tuple[int, int, Any, bool]]:
+    """``(index, offset, what the loader yields, pinned)`` for the batches process ``r`` loads."""
+    if world > 1 and isinstance(loader.sampler, RandomSampler) and loader.sampler.generator is None:
+        raise ValueError("a shuffling DataLoader gives every process another order: pass shuffle=False, or a "
+                         "generator with the same seed on every process")  # fmt: skip
+    pin = device.type == "cuda"
+    if loader.batch_sampler is not None and (world > 1 or (pin and not loader.pin_memory)):
+        plan = _schedule(loader, r, world)
+        source = _reloaded(loader, [idx for _, _, idx in plan], pin or loader.pin_memory)
+        for (i, offset, _), raw in zip(plan, source):
+            yield i, offset, raw, source.pin_memory
+        return
+    offset = 0
     for i, raw in enumerate(loader):
+        if i % world == r:
+            yield i, offset, raw, bool(loader.pin_memory)
+        offset += len(split_batch(raw)[0])
+
+
+def batches(loader: DataLoader, device: torch.device, model: nn.Module | None = None, *, shard: bool = False,
+            channels_last: bool = False) -> Iterator[Batch]:  # fmt: skip
+    """Every batch of ``loader`` moved to ``device`` (from pinned memory and non-blocking on CUDA),
+    checked against ``model`` where given (:func:`check_batch`).
+
+    ``shard=True`` under ``torchrun``: only the batches of this process (batch ``i`` goes to rank
+    ``i mod world_size``), and only those are loaded. ``channels_last``: 4-D inputs in that layout.
+    """
+    world = world_size() if shard else 1
+    for i, offset, raw, pinned in _raw_batches(loader, device, rank() if shard else 0, world):
         x, y = split_batch(raw)
-        b = Batch(i, x.to(device, non_blocking=non_blocking), None if y is None else y.to(device, non_blocking=non_blocking))
+        non_blocking = device.type == "cuda" and pinned
+        x = x.to(device, non_blocking=non_blocking)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if model is not None:
-            check_batch(model, b.x, i, first)
-        first += len(b.x)
-        yield b
+            check_batch(model, x, i, offset)
+        yield Batch(i, x, None if y is None else y.to(device, non_blocking=non_blocking), offset)
 
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:
@@ -156,6 +224,63 @@ def first_input(data: Dataset | DataLoader, model: nn.Module | None = None) -> t
     if model is not None:
         check_batch(model, x[:1], 0, 0)
     return x[:1]
+
+
+class BatchLoop:
+    """The loop of an analysis that reduces its data: ``for b in loop: ...; loop.add(contribution)``.
+
+    Each batch's body measures what the batch contributes (small tensors: norms, sums, counts) and
+    hands it to :meth:`add`; ``apply(contribution)`` then adds it to the result. With one process
+    that happens right after the body. Under ``torchrun`` the processes exchange their
+    contributions once per round and every process applies all of them in the global batch order,
+    so every process ends with the result one process would compute, bit for bit.
+
+    Args:
+        loader: the data. device: where batches go. apply: adds one contribution to the result.
+        model: every batch is checked against it (:func:`check_batch`).
+        shard: ``"batches"`` (batch ``i`` on rank ``i mod world_size``) or ``"units"`` (every process
+            sees every batch; the analysis splits its own work, and contributions are applied in
+            rank order).
+        channels_last: 4-D inputs in that memory layout.
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device, apply: Callable[[Any], None], *,
+                 model: nn.Module | None = None, shard: str = "batches", channels_last: bool = False) -> None:  # fmt: skip
+        if shard not in SHARDS:
+            raise ValueError(f"shard must be one of {', '.join(SHARDS)}, not {shard!r}")
+        self.loader, self.device, self.apply, self.shard, self.model = loader, device, apply, shard, model
+        self.channels_last = channels_last
+        self._contribution: Any = None
+
+    def __len__(self) -> int:
+        """The number of batches this process measures."""
+        n, world = len(self.loader), world_size()
+        return max(0, -(-(n - rank()) // world)) if self.shard == "batches" else n
+
+    def add(self, contribution: Any) -> None:
+        """What the current batch contributes (tensors in nested dicts, lists and tuples)."""
+        self._contribution = contribution
+
+    def __iter__(self) -> Iterator[Batch]:
+        by_batch = self.shard == "batches"
+        done = 0
+        for b in batches(self.loader, self.device, self.model, shard=by_batch, channels_last=self.channels_last):
+            self._contribution = None
+            yield b
+            self._round(b.index if by_batch else rank(), self._contribution)
+            done += 1
+        if by_batch and world_size() > 1:  # the last round: processes without a batch take part empty-handed
+            for _ in range(-(-len(self.loader) // world_size()) - done):
+                self._round(None, None)
+
+    def _round(self, key: int | None, contribution: Any) -> None:
+        if world_size() == 1:
+            if contribution is not None:
+                self.apply(contribution)
+            return
+        gathered = all_gather_tree((key, contribution), self.device)
+        for _, c in sorted((g for g in gathered if g[1] is not None), key=lambda g: g[0]):
+            self.apply(c)
 
 
 def expected_input_shape(model: nn.Module) -> tuple[int, ...] | None:

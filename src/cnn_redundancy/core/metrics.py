@@ -8,10 +8,13 @@ counted as wrong.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from .device import full_precision
 
 __all__ = [
     "Metric",
@@ -23,6 +26,7 @@ __all__ = [
     "check_max_lag",
     "METRICS",
     "cosine_per_channel",
+    "squared_norms",
     "normalize_responses",
     "ncc_matrix",
 ]
@@ -51,6 +55,11 @@ def select_output(out: Any, key: str | int | None = None, what: str = "the metri
 class Metric:
     """A metric accumulated over batches: ``reset()``, ``update(output, target)``, ``compute()``.
 
+    A metric's state is additive: ``batch_state(output, target)`` is what one batch adds (a dict
+    of tensors, left on the device: no host synchronisation), ``merge(state)`` adds it, and
+    ``update`` is the two in turn. Sweeps and ``evaluate`` measure batches apart (on other processes,
+    too) and merge their states, so a metric of your own implements ``batch_state`` and ``merge``.
+
     ``output``: the key or index of the model output it reads, for models returning a dict or tuple.
     """
 
@@ -61,15 +70,36 @@ class Metric:
     def reset(self) -> None:
         raise NotImplementedError
 
+    def batch_state(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What one batch adds to the state."""
+        raise NotImplementedError(f"{type(self).__name__} must implement batch_state() and merge() to be measured "
+                                  "batch by batch")  # fmt: skip
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        """Add a batch's state (from :meth:`batch_state`, possibly computed elsewhere)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement batch_state() and merge()")
+
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        raise NotImplementedError
+        self.merge(self.batch_state(output, target))
+
+    def _checked(self, given: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
+        """``target`` once its labels are known to be classes of the output: checked (a host sync) once per
+        batch's target tensor, not once per unit of a sweep that measures many outputs against it."""
+        last = getattr(self, "_checked_for", None)
+        if last is None or last[0] is not given or last[1] != classes:
+            _check_labels(target, classes, self.name)
+            self._checked_for = (given, classes)  # holding the tensor: its id cannot be reused meanwhile
+        return target
 
     def compute(self) -> float:
         raise NotImplementedError
 
 
 class Accuracy(Metric):
-    """Top-1 accuracy (fraction in [0, 1]) of class logits ``[N, classes]`` against labels ``[N]``."""
+    """Top-1 accuracy (fraction in [0, 1]) of class logits ``[N, classes]`` against labels ``[N]``.
+
+    The count of correct answers stays a tensor on the model's device until :meth:`compute`.
+    """
 
     name = "accuracy"
 
@@ -78,22 +108,27 @@ class Accuracy(Metric):
         self.reset()
 
     def reset(self) -> None:
-        self.correct = 0
+        self.correct: int | torch.Tensor = 0
         self.total = 0
 
-    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+    def batch_state(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         output = select_output(output, self.output, "accuracy")
         if output.dim() != 2:
             seg = "; per-pixel logits [batch, classes, H, W] need metric='dice' (--metric dice)" if output.dim() == 4 else ""
             raise ValueError(f"accuracy expects logits of shape [batch, classes], got {tuple(output.shape)}{seg}")
-        target = _check_labels(target.to(output.device), output.shape[1], "accuracy")
-        self.correct += int((output.argmax(1) == target).sum())
-        self.total += int(target.numel())
+        labels = self._checked(target, target.to(output.device), output.shape[1])
+        # the total is known on the host: only the count of correct answers lives on the device
+        return {"correct": (output.argmax(1) == labels).sum(), "total": int(target.numel())}
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        self.correct = self.correct + state["correct"]
+        self.total = self.total + state["total"]
 
     def compute(self) -> float:
-        if self.total == 0:
+        total = int(self.total)
+        if total == 0:
             raise ValueError("accuracy of an empty data set")
-        return self.correct / self.total
+        return int(self.correct) / total
 
 
 def _check_labels(target: torch.Tensor, classes: int, what: str) -> torch.Tensor:
@@ -127,8 +162,8 @@ class Dice(Metric):
         self.inter: torch.Tensor | None = None
         self.sums: torch.Tensor | None = None
 
-    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        output = select_output(output, self.output, "dice")
+    def batch_state(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        output, given = select_output(output, self.output, "dice"), target
         if output.dim() != 4:
             raise ValueError(f"dice expects logits of shape [batch, classes, H, W], got {tuple(output.shape)}")
         if target.dim() == 4:
@@ -142,10 +177,13 @@ class Dice(Metric):
             classes = output.shape[1]
         if target.shape != pred.shape:
             raise ValueError(f"dice: target shape {tuple(target.shape)} does not match prediction {tuple(pred.shape)}")
-        target = _check_labels(target, classes, "dice")
+        target = self._checked(given, target, classes)
         p = torch.nn.functional.one_hot(pred, classes).flatten(0, -2).double()
         t = torch.nn.functional.one_hot(target, classes).flatten(0, -2).double()
-        inter, sums = (p * t).sum(0), p.sum(0) + t.sum(0)
+        return {"inter": (p * t).sum(0), "sums": p.sum(0) + t.sum(0)}
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        inter, sums = state["inter"], state["sums"]
         self.inter = inter if self.inter is None else self.inter + inter
         self.sums = sums if self.sums is None else self.sums + sums
 
@@ -203,21 +241,30 @@ def infer_metric(model: torch.nn.Module, data, output: str | int | None = None) 
     raise ValueError(f"cannot tell the metric from an output of shape {tuple(out.shape)}: pass --metric accuracy or dice")
 
 
-def cosine_per_channel(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def squared_norms(a: torch.Tensor) -> torch.Tensor:
+    """``[N, C]`` float64 squared norm of each map of ``a`` (``[N, C, ...]``), summed in ``a``'s precision
+    (float32 at least): the clean side of :func:`cosine_per_channel`, computed once and reused."""
+    a = full_precision(a).flatten(2)
+    return (a * a).sum(-1).double()
+
+
+def cosine_per_channel(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12, *, a_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Cosine similarity between ``a[n, c]`` and ``b[n, c]`` flattened, for every sample and channel.
 
-    ``a``, ``b``: ``[N, C, ...]``. Returns ``[N, C]`` (float64; computed in the inputs' precision).
-    Both norms zero: 1 (nothing changed); exactly one zero: 0.
+    ``a``, ``b``: ``[N, C, ...]``. Returns ``[N, C]`` (float64; computed in the inputs' precision,
+    float32 at least). ``a_sq``: :func:`squared_norms` of ``a`` where the caller has it (a sweep
+    compares one clean activation with many perturbed ones). Both norms zero: 1 (nothing
+    changed); exactly one zero: 0.
     """
-    a = a.flatten(2)
-    b = b.flatten(2)
+    a = full_precision(a).flatten(2)
+    b = full_precision(b).flatten(2)
     # the three sums are computed alike, so identical maps give exactly 1 also in float32
     dot = (a * b).sum(-1).double()
-    aa, bb = (a * a).sum(-1).double(), (b * b).sum(-1).double()
+    aa = (a * a).sum(-1).double() if a_sq is None else a_sq
+    bb = (b * b).sum(-1).double()
     za, zb = aa <= eps * eps, bb <= eps * eps
-    cos = dot / (aa * bb).sqrt().clamp_min(eps * eps)
-    cos = torch.where(za & zb, torch.ones_like(cos), torch.where(za | zb, torch.zeros_like(cos), cos))
-    return cos.clamp(-1.0, 1.0)
+    cos = dot.div_((aa * bb).sqrt_().clamp_min_(eps * eps))
+    return cos.masked_fill_(za | zb, 0.0).masked_fill_(za & zb, 1.0).clamp_(-1.0, 1.0)
 
 
 def normalize_responses(x: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,11 +280,106 @@ def normalize_responses(x: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tens
     return flat.view(x.shape).to(torch.float64), const
 
 
-def _overlap(n_a: int, n_b: int, n_full: int) -> torch.Tensor:
-    """Overlap length per circular shift index of a full 1-D cross-correlation."""
-    idx = torch.arange(n_full)
-    shift = torch.where(idx > n_a - 1, idx - n_full, idx)
-    return torch.minimum(torch.full_like(shift, n_b), n_a - shift) - torch.clamp(-shift, min=0)
+def _shift_range(n_a: int, n_b: int, lag: str, max_lag: int | None, min_overlap: float) -> tuple[int, int] | None:
+    """The valid relative shifts along one axis, ``(first, last)``, or ``None`` when there is none.
+
+    Shift ``s`` places ``b``'s pixel ``p`` on ``a``'s pixel ``p + s`` (``-(n_b - 1) <= s <= n_a - 1``).
+    ``"zero"``: the centring shift alone. ``"max"``: every shift whose overlap covers at least
+    ``min_overlap`` of the smaller map, within ``max_lag`` of the centring shift. The valid shifts
+    are an interval (the overlap rises, stays, then falls with ``s``).
+    """
+    centre = (n_a - n_b) // 2
+    if lag == "zero":
+        return centre, centre
+    s = torch.arange(-(n_b - 1), n_a)
+    overlap = torch.minimum(torch.full_like(s, n_b), n_a - s) - torch.clamp(-s, min=0)
+    ok = overlap >= min_overlap * min(n_a, n_b)
+    if max_lag is not None:
+        ok &= (s - centre).abs() <= max_lag
+    if not ok.any():
+        return None
+    chosen = s[ok]
+    return int(chosen[0]), int(chosen[-1])
+
+
+def _deviations(s: torch.Tensor, s2: torch.Tensor, n: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(window mean, 1 / sqrt(sum of squared deviations))`` per response and shift, 0 where the window is
+    constant (float64 sums; the same test of constancy as always)."""
+    var = s2 - s * s / n
+    ok = var > 1e-9 * s2.abs() + 1e-30
+    return s / n, torch.where(ok, var.clamp_min(1e-300).rsqrt(), torch.zeros_like(var))
+
+
+def _overlaps(a_size: tuple[int, int], b_size: tuple[int, int], ys: tuple[int, int], xs: tuple[int, int]):
+    """For every valid shift ``(sy, sx)``: the overlapping window as slices of ``a`` and of ``b``."""
+    for sy in range(ys[0], ys[1] + 1):
+        by = slice(max(0, -sy), min(b_size[0], a_size[0] - sy))
+        for sx in range(xs[0], xs[1] + 1):
+            bx = slice(max(0, -sx), min(b_size[1], a_size[1] - sx))
+            yield (slice(by.start + sy, by.stop + sy), slice(bx.start + sx, bx.stop + sx)), (by, bx)
+
+
+def _unit_windows(w: torch.Tensor) -> torch.Tensor:
+    """Each response's window, centred and scaled to unit norm in float64, then float32 ``[K, n]``; zeros
+    for a constant window (its correlation is 0). Two such rows' dot product is Pearson's r."""
+    mean, inverse = _deviations(w.sum((1, 2, 3)), w.square().sum((1, 2, 3)), w[0].numel())
+    return ((w - mean[:, None, None, None]) * inverse[:, None, None, None]).flatten(1).float()
+
+
+def _ncc_direct(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ys, xs, symmetric: bool, chunk: int) -> None:
+    """Small maps: per valid shift, one float32 matrix product of the overlapping windows, each centred
+    and normalized in float64 first (so float32 only ever multiplies unit vectors: no cancellation);
+    ``out`` keeps the largest r over the shifts."""
+    ka, kb = a.shape[0], b.shape[0]
+    rows = max(1, min(ka, chunk // max(1, kb), -(-ka // 4) if symmetric and ka >= 256 else ka))
+    blocks = [(slice(i, min(ka, i + rows)), slice(i if symmetric else 0, kb)) for i in range(0, ka, rows)]
+    best = [torch.full((r.stop - r.start, c.stop - c.start), -torch.inf, device=a.device) for r, c in blocks]
+    for (ay, ax), (by, bx) in _overlaps(a.shape[2:], b.shape[2:], ys, xs):
+        left, right = _unit_windows(a[:, :, ay, ax]), _unit_windows(b[:, :, by, bx])
+        for (r, c), m in zip(blocks, best):
+            torch.maximum(m, left[r] @ right[c].T, out=m)
+    for (r, c), m in zip(blocks, best):
+        out[r, c] = m.double()
+    if symmetric:  # the upper triangle (every block starts at its first row's diagonal) mirrored, exactly
+        out.copy_(out.triu() + out.triu(1).T)
+
+
+def _ncc_fourier(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ys, xs, symmetric: bool, chunk: int) -> None:
+    """Large maps: the correlation at every shift through FFTs (float64), the valid shifts cut out
+    before any element-wise work, a chunk of rows (upper triangle for ``b=a``) at a time."""
+    c, ha, wa, hb, wb = a.shape[1], a.shape[2], a.shape[3], b.shape[2], b.shape[3]
+    size = (ha + hb - 1, wa + wb - 1)
+    iy = torch.arange(ys[0], ys[1] + 1, device=a.device) % size[0]  # shift s sits at index s mod size
+    ix = torch.arange(xs[0], xs[1] + 1, device=a.device) % size[1]
+
+    def corr(fx, fy):  # sum over maps of the cross-correlation at the valid shifts: entry s = sum_p x(p + s) y(p)
+        full = torch.fft.irfft2((fx * fy.conj()).sum(-3), s=size)
+        return full.index_select(-2, iy).index_select(-1, ix).flatten(-2)
+
+    def fft(x):
+        return torch.fft.rfft2(x, s=size)
+
+    one_a, one_b = (fft(torch.ones(1, c, h, w, dtype=torch.float64, device=a.device)) for h, w in ((ha, wa), (hb, wb)))
+    fa, fb = fft(a), fft(b)
+    n = corr(one_a, one_b).clamp_min(1)  # [1, V] overlap sizes
+    ma, ia = _deviations(corr(fa, one_b), corr(fft(a * a), one_b), n)
+    mb, ib = _deviations(corr(one_a, fb), corr(one_a, fft(b * b)), n)
+    step = max(1, chunk // max(1, b.shape[0] * c * size[0] * size[1]))
+    for i in range(0, a.shape[0], step):
+        rows, cols = slice(i, i + step), slice(i if symmetric else 0, b.shape[0])
+        sab = corr(fa[rows, None], fb[None, cols])  # [rows, cols, V]
+        out[rows, cols] = ((sab - n * ma[rows, None] * mb[None, cols]) * ia[rows, None] * ib[None, cols]).amax(-1)
+    if symmetric:  # the upper triangle mirrored, exactly
+        out.copy_(out.triu() + out.triu(1).T)
+
+
+def _fourier_is_cheaper(c: int, b_size: tuple[int, int], ys: tuple[int, int], xs: tuple[int, int],
+                        size: tuple[int, int]) -> bool:  # fmt: skip
+    """Per pair of responses: the direct products' multiply-adds (about ``C hb wb`` per valid shift)
+    against the FFT's product and inverse, weighted by how much faster matrix products run."""
+    v = (ys[1] - ys[0] + 1) * (xs[1] - xs[0] + 1)
+    cells = size[0] * size[1]
+    return c * b_size[0] * b_size[1] * v > 40 * (c * cells + cells * max(1.0, math.log2(cells)))
 
 
 def check_max_lag(max_lag: int | None) -> None:
@@ -271,63 +413,38 @@ def ncc_matrix(
         min_overlap: with ``lag="max"``, shifts whose overlap covers less than this fraction of the
             smaller map's height or width are ignored (a few overlapping corner pixels would
             otherwise correlate perfectly by chance).
-        chunk_elements: bound on the size of the intermediate correlation tensors.
+        chunk_elements: bound on the size of the intermediate tensors (memory stays bounded).
 
-    A window where either map is constant has no defined correlation and counts as 0; a constant
-    response therefore correlates 0 with everything. Values lie in [-1, 1].
+    Only the valid shifts are worked on: small maps by one float32 matrix product per valid shift
+    of windows centred and normalized in float64 (the values agree with a float64 computation to
+    about 1e-6),
+    large maps by float64 FFTs with the valid shifts cut out before the element-wise work. With
+    ``b=None`` only the upper triangle is computed (the matrix is symmetric). Memory is bounded by
+    ``chunk_elements`` and the ``K x K`` result; everything runs on the responses' device (a GPU
+    computes it batched). A window where either map is
+    constant has no defined correlation and counts as 0; a constant response therefore correlates 0
+    with everything. Values lie in [-1, 1].
 
     Returns:
-        ``[Ka, Kb]`` float64 tensor.
+        ``[Ka, Kb]`` float64 tensor on the CPU.
     """
     if lag not in ("max", "zero"):
         raise ValueError(f"lag must be 'max' or 'zero', not {lag!r}")
     if not 0.0 < min_overlap <= 1.0:
         raise ValueError("min_overlap must be in (0, 1]")
     check_max_lag(max_lag)
+    symmetric = b is None
     b = a if b is None else b
     if a.dim() != 4 or b.dim() != 4:
         raise ValueError("responses must be [kernels, maps, H, W]")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"responses have {a.shape[1]} and {b.shape[1]} maps each; they must match")
-    a, b = a.double(), b.double()
-    c, ha, wa, hb, wb = a.shape[1], a.shape[2], a.shape[3], b.shape[2], b.shape[3]
-    hf, wf = ha + hb - 1, wa + wb - 1
-
-    def fft(x):
-        return torch.fft.rfft2(x, s=(hf, wf))
-
-    def corr(fx, fy):  # sum over maps of the cross-correlation, entry s = sum_p x(p + s) y(p)
-        return torch.fft.irfft2((fx * fy.conj()).sum(-3), s=(hf, wf))
-
-    one_a, one_b = fft(torch.ones(1, c, ha, wa, dtype=torch.float64)), fft(torch.ones(1, c, hb, wb, dtype=torch.float64))
-    fa, fb = fft(a), fft(b)
-    sa, sa2 = corr(fa, one_b), corr(fft(a * a), one_b)  # [Ka, hf, wf]
-    sb, sb2 = corr(one_a, fb), corr(one_a, fft(b * b))  # [Kb, hf, wf]
-    oy, ox = _overlap(ha, hb, hf), _overlap(wa, wb, wf)
-    n = (oy[:, None] * ox[None, :] * c).double().clamp_min(1)
-    var_a = sa2 - sa * sa / n
-    var_b = sb2 - sb * sb / n
-    ok_a = var_a > 1e-9 * sa2.abs() + 1e-30
-    ok_b = var_b > 1e-9 * sb2.abs() + 1e-30
-    sy = torch.arange(hf)
-    sy = torch.where(sy > ha - 1, sy - hf, sy)
-    sx = torch.arange(wf)
-    sx = torch.where(sx > wa - 1, sx - wf, sx)
-    cy, cx = (ha - hb) // 2, (wa - wb) // 2  # the shift that centres b on a
-    if lag == "zero":
-        valid = ((sy - cy) == 0)[:, None] & ((sx - cx) == 0)[None, :]
-    else:
-        valid = (oy >= min_overlap * min(ha, hb))[:, None] & (ox >= min_overlap * min(wa, wb))[None, :]
-        if max_lag is not None:
-            valid &= ((sy - cy).abs() <= max_lag)[:, None] & ((sx - cx).abs() <= max_lag)[None, :]
-    out = torch.empty(a.shape[0], b.shape[0], dtype=torch.float64)
-    step = max(1, chunk_elements // max(1, b.shape[0] * hf * wf * c))
-    for i in range(0, a.shape[0], step):
-        sab = corr(fa[i : i + step, None], fb[None])  # [s, Kb, hf, wf]
-        num = sab - sa[i : i + step, None] * sb[None] / n
-        den = (var_a[i : i + step, None].clamp_min(0) * var_b[None].clamp_min(0)).sqrt()
-        ok = ok_a[i : i + step, None] & ok_b[None] & valid
-        r = torch.where(ok, num / den.clamp_min(1e-300), torch.zeros_like(num))
-        r = r.masked_fill(~valid, -torch.inf)
-        out[i : i + step] = r.flatten(2).amax(-1)
-    return out.clamp(-1.0, 1.0)
+    a, b = a.detach().double(), b.detach().double().to(a.device)
+    ys = _shift_range(a.shape[2], b.shape[2], lag, max_lag, min_overlap)
+    xs = _shift_range(a.shape[3], b.shape[3], lag, max_lag, min_overlap)
+    out = torch.full((a.shape[0], b.shape[0]), -1.0, dtype=torch.float64, device=a.device)
+    if ys is not None and xs is not None and a.shape[0] and b.shape[0]:
+        size = (a.shape[2] + b.shape[2] - 1, a.shape[3] + b.shape[3] - 1)
+        fourier = _fourier_is_cheaper(a.shape[1], tuple(b.shape[2:]), ys, xs, size)
+        (_ncc_fourier if fourier else _ncc_direct)(out, a, b, ys, xs, symmetric, chunk_elements)
+    return out.clamp(-1.0, 1.0).cpu()

@@ -56,8 +56,12 @@ def versions() -> dict[str, str]:
 
 
 def make_meta(method: str, params: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
-    """Metadata stored with every result."""
-    return {"method": method, "params": to_plain(params), "seed": seed, "versions": versions(), "complete": True}
+    """Metadata stored with every result; ``world_size`` is the number of processes that computed it
+    (the only entry, with run times, that differs between runs over 1 and N processes)."""
+    from .distributed import world_size
+
+    return {"method": method, "params": to_plain(params), "seed": seed, "versions": versions(), "complete": True,
+            "world_size": world_size()}  # fmt: skip
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[str], Any]) -> Path:
@@ -219,11 +223,14 @@ class Partials:
     when the run raises or is interrupted, and at its end.
 
     Use as a context manager around the work; ``write`` is called with no argument (``None``: nothing
-    is written). Nothing is written on exit before ``started`` is set (no measurement yet).
+    is written). Nothing is written on exit before ``started`` is set (no measurement yet). Under
+    ``torchrun`` only rank 0 writes.
     """
 
     def __init__(self, write: Callable[[], Any] | None, every: float | None = None) -> None:
-        self.write, self.every = write, PARTIAL_EVERY if every is None else every
+        from .distributed import is_main
+
+        self.write, self.every = (write if is_main() else None), PARTIAL_EVERY if every is None else every
         self.last = time.monotonic()
         self.started = False
 

@@ -13,17 +13,24 @@ analysis gets for free:
 - **the change check**: on the first batch, the largest change of the model output (or of the
   observation, without a metric) each unit caused, so that "no effect" is never reported for a
   perturbation that changed nothing;
-- **metric streaming** over batches (memory flat in the data size), the device, one progress
-  bar, and **partial results** written at least every ``partial_every`` seconds of work, when the
-  run raises or is interrupted, and at its end.
+- **metric streaming** over batches (memory flat in the data size), the device, mixed precision
+  (``amp=``), one progress bar, and **partial results** written at least every ``partial_every``
+  seconds of work, when the run raises or is interrupted, and at its end;
+- **many processes** under ``torchrun``: ``shard="batches"`` (batch ``i`` on rank ``i mod
+  world_size``) or ``shard="units"`` (the units split among the processes, each over all the
+  data), with the same result as one process, bit for bit.
 
-Every unit's counts are kept apart (``seen``), so a partial result is consistent at any moment.
+Per batch, each unit's metric state and observation sum (``observe_sum``) are measured first and
+added to the running state afterwards, in the global batch order
+(:class:`~cnn_redundancy.core.batches.BatchLoop`); every unit's counts are kept apart (``seen``),
+so a partial result is consistent at any moment and covers whole batches.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -31,14 +38,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import as_loader, batches, explained, resolve_device
+from .batches import SHARDS, Batch, BatchLoop, as_loader, explained, resolve_device
+from .device import autocast, check_amp, placed, wants_channels_last
+from .distributed import rank, world_size
 from .graph import SplitState, SplitUnavailable, Traced
 from .hooks import capture_after, preserved, replacing
 from .metrics import Metric, get_metric
 from .progress import progress_bar
 from .results import PARTIAL_EVERY, Partials
 
-__all__ = ["Unit", "BatchContext", "SweepState", "sweep", "ENGINES", "PARTIAL_EVERY"]
+__all__ = ["Unit", "BatchContext", "SweepState", "sweep", "ENGINES", "PARTIAL_EVERY", "SHARDS"]
 
 ENGINES = ("auto", "fast", "naive")
 
@@ -58,12 +67,19 @@ class Unit:
         fast: optional cheaper equivalent of ``replace`` for the split path (single-module units),
             given the module's clean input and output.
         observe: module whose output (its first call after the unit's module) is observed, or ``None``.
+        slot: the observation sum the unit adds to (default: its own, keyed by ``key``); units sharing
+            a slot (the repeats of a shuffled channel) also run on the same process with ``shard="units"``.
     """
 
     key: Hashable
     replace: dict[str, Replace]
     fast: Replace | None = None
     observe: str | None = None
+    slot: Hashable | None = None
+
+    @property
+    def sum_key(self) -> Hashable:
+        return self.key if self.slot is None else self.slot
 
     @property
     def point(self) -> str | None:
@@ -96,6 +112,7 @@ class SweepState:
         max_change: per unit, the largest absolute change it caused on the first batch (NaN until measured).
         changed: per unit, whether it changed the output at all on the first batch.
         fast: per unit, whether the split fast path measured it. fallback: why some units were not.
+        observed: slot -> the sum over batches of ``observe_sum`` (float64 where it returns float64).
         complete: the whole data set was swept.
     """
 
@@ -108,6 +125,7 @@ class SweepState:
     changed: list[bool] = dataclasses.field(default_factory=list)
     fast: list[bool] = dataclasses.field(default_factory=list)
     fallback: str = ""
+    observed: dict[Hashable, torch.Tensor] = dataclasses.field(default_factory=dict)
     complete: bool = False
 
 
@@ -118,8 +136,10 @@ def _fresh(metric: str | Metric) -> Metric:
 class _Plan:
     """Which units run on the split path, and the traced graph, splits and recorder they share."""
 
-    def __init__(self, model: nn.Module, units: Sequence[Unit], engine: str, traced: Traced | None = None) -> None:
+    def __init__(self, model: nn.Module, units: Sequence[Unit], engine: str, traced: Traced | None = None,
+                 active: Sequence[int] | None = None) -> None:  # fmt: skip
         self.model, self.units = model, list(units)
+        on = {units[i].point for i in (range(len(units)) if active is None else active)}
         self.splits: dict[str, Any] = {}
         self.recorder, self.names = None, []
         self.why = ""
@@ -139,11 +159,11 @@ class _Plan:
                     except SplitUnavailable as e:
                         self.why = self.why or str(e)
                 names: list[str] = []
-                for s in self.splits.values():
+                for s in (s for p, s in self.splits.items() if p in on):
                     for n in (*s.frontier_names, *s.input_names, s.layer_output_name, *s.observe_names):
                         if n not in names:
                             names.append(n)
-                self.recorder = traced.recorder(names) if self.splits else None
+                self.recorder = traced.recorder(names) if names else None
                 self.names = names
             except SplitUnavailable as e:
                 self.splits, self.why = {}, str(e)
@@ -159,12 +179,12 @@ class _Plan:
             raise SplitUnavailable(self.why or "the fast path is unavailable")
         if engine == "auto" and any(not f and u.point is not None for u, f in zip(units, self.fast)):
             warnings.warn(f"{self.why}; those units run full forward passes with hooks", stacklevel=3)
-        self.hook_observe = {u.point: u.observe for u, f in zip(units, self.fast) if not f and u.observe}
+        self.hook_observe = {u.point: u.observe for u, f in zip(units, self.fast) if not f and u.observe and u.point in on}
 
     def clean(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The clean output, recorded node values (split path) and clean observations (hook path)."""
         out, values, observed = None, {}, {}
-        if self.splits:
+        if self.recorder is not None:
             out, kept = self.recorder(x)
             values = dict(zip(self.names, kept))
         if out is None or self.hook_observe:
@@ -203,15 +223,80 @@ class _Plan:
         return out, (store.get(u.point) if u.observe else None)
 
 
+def _mine(units: Sequence[Unit], shard: str) -> list[int]:
+    """The units this process measures: all of them, or with ``shard="units"`` those whose slot's
+    position (in order of first appearance) is this rank modulo the world size."""
+    if shard == "batches" or world_size() == 1:
+        return list(range(len(units)))
+    slots: dict[Hashable, int] = {}
+    for u in units:
+        slots.setdefault(u.sum_key, len(slots))
+    return [i for i, u in enumerate(units) if slots[u.sum_key] % world_size() == rank()]
+
+
+class _Run:
+    """One sweep's measurement of a batch (``measure``) and the addition of a batch's measurements to the state (``apply``)."""
+
+    def __init__(self, plan: _Plan, state: SweepState, mine: list[int], metric: Metric | None, observe_sum,
+                 amp: str | None, owner: bool) -> None:  # fmt: skip
+        self.plan, self.state, self.mine, self.metric = plan, state, mine, metric
+        self.observe_sum, self.amp, self.owner = observe_sum, amp, owner
+
+    def measure(self, b: Batch, dev: torch.device, tick: Callable[[], None]) -> dict[str, Any]:
+        """What batch ``b`` adds: the clean metric (where this process owns the batch) and, per unit of
+        this process, its metric state, observation sum and (first batch) change; no host sync."""
+        plan, ctx, with_metric = self.plan, BatchContext(b.index), self.metric is not None
+        with explained(plan.model, b.x), autocast(dev, self.amp):
+            clean_out, values, observed = plan.clean(b.x)
+        units, changes = [], []
+        for i in self.mine:
+            with autocast(dev, self.amp):
+                out, obs = plan.run(i, ctx, b.x, values, with_metric)
+            clean_obs = plan.clean_observation(i, values, observed)
+            if b.index == 0:
+                changes.append(_change(out, clean_out) if out is not None else _change(obs, clean_obs))
+            units.append((i, self.metric.batch_state(out, b.y) if with_metric else None,
+                          self.observe_sum(ctx, i, clean_obs, obs) if self.observe_sum is not None and obs is not None else None))  # fmt: skip
+            tick()
+        own = self.owner and with_metric
+        return {"size": len(b.x), "owner": self.owner, "units": units,
+                "baseline": self.metric.batch_state(clean_out, b.y) if own else None,
+                "change": [torch.stack([c[0] for c in changes]), torch.stack([c[1] for c in changes])] if changes else None}  # fmt: skip
+
+    def apply(self, c: dict[str, Any]) -> None:
+        st = self.state
+        if c["owner"]:
+            st.n_seen += c["size"]
+            if c["baseline"] is not None:
+                st.baseline.merge(c["baseline"])
+        for i, m, o in c["units"]:
+            if m is not None:
+                st.metrics[i].merge(m)
+            if o is not None:
+                key = st.units[i].sum_key
+                if key in st.observed:
+                    st.observed[key] += o
+                else:
+                    st.observed[key] = torch.zeros_like(o).add_(o)
+            st.seen[i] += c["size"]
+        if c["change"] is not None:  # the first batch: one host sync for all of its units
+            if not st.max_change:
+                st.max_change, st.changed = [math.nan] * len(st.units), [False] * len(st.units)
+            for (i, _, _), biggest, differs in zip(c["units"], c["change"][0].tolist(), c["change"][1].tolist()):
+                st.max_change[i], st.changed[i] = biggest, bool(differs)
+
+
 def sweep(
     model: nn.Module,
     data,
     units: Sequence[Unit],
     *,
     metric: str | Metric | None = None,
-    on_observe: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    observe_sum: Callable[[BatchContext, int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 256,
     device: str | torch.device | None = None,
+    amp: str | None = None,
+    shard: str = "batches",
     engine: str = "auto",
     progress: bool | None = None,
     desc: str = "sweep",
@@ -222,62 +307,59 @@ def sweep(
     """Measure every unit over the data (see the module docstring).
 
     Args:
-        model: the network; left exactly as found (modes, hooks, attributes; weights are never written).
+        model: the network; left exactly as found (modes, hooks, attributes, device; weights are never written).
         data: a Dataset or a DataLoader over it.
         units: the perturbations.
         metric: the model's metric per unit and for the clean model, or ``None``.
-        on_observe: ``on_observe(i, clean, perturbed)`` for units with an ``observe`` module, once per batch.
+        observe_sum: ``observe_sum(ctx, i, clean, perturbed) -> tensor`` for units with an ``observe``
+            module: what the batch adds to the unit's slot sum in ``SweepState.observed`` (e.g. the
+            cosine per channel summed over the batch's samples).
+        amp: ``"bf16"`` or ``"fp16"``: forward passes under ``torch.autocast`` (metric states and sums
+            stay in full precision).
+        shard: under ``torchrun``, ``"batches"`` or ``"units"`` (see the module docstring).
         engine: ``"auto"`` (the split path wherever it applies), ``"fast"`` (refuse the fallback) or
             ``"naive"`` (full forward passes with hooks for every unit).
-        partial: called with the state as the sweep goes (see the module docstring).
+        partial: called with the state as the sweep goes (see the module docstring); rank 0 only.
         partial_every: seconds of work between two partial writes (default :data:`PARTIAL_EVERY`).
         traced: the model's trace where the caller has one; it is reused when every unit's module is
             a single call in it (else the model is traced once here).
 
     Returns:
-        The :class:`SweepState`.
+        The :class:`SweepState` (the same on every process).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if shard not in SHARDS:
+        raise ValueError(f"shard must be one of {', '.join(SHARDS)}, not {shard!r}")
+    check_amp(amp)
     units = list(units)
     if not units:
         raise ValueError("nothing to sweep: no units")
-    if metric is None and on_observe is None:
+    if metric is None and observe_sum is None:
         raise ValueError("a sweep needs a metric or an observation")
     loader = as_loader(data, batch_size)
     dev = resolve_device(device, model)
+    template = _fresh(metric) if metric is not None else None
     state = SweepState(units, _fresh(metric) if metric is not None else None,
                        [_fresh(metric) for _ in units] if metric is not None else None, [0] * len(units))
-    with preserved(model), torch.no_grad():
+    mine = _mine(units, shard)
+    last = wants_channels_last(dev, amp)
+    with preserved(model), torch.no_grad(), placed(model, dev, channels_last=last):
         model.eval()
-        plan = _Plan(model, units, engine, traced)
+        plan = _Plan(model, units, engine, traced, active=mine)
         state.fast, state.fallback = plan.fast, plan.why
-        first_change: list[tuple[torch.Tensor, torch.Tensor]] = []
-        with progress_bar(len(loader) * len(units), desc, enabled=progress, unit="pass") as bar, \
+        run = _Run(plan, state, mine, template, observe_sum, amp, owner=shard == "batches" or rank() == 0)
+        loop = BatchLoop(loader, dev, run.apply, model=model, shard=shard, channels_last=last)
+        with progress_bar(len(loop) * len(mine), desc, enabled=progress, unit="pass") as bar, \
                 Partials((lambda: partial(state)) if partial is not None else None, partial_every) as partials:  # fmt: skip
-            for b in batches(loader, dev, model):
-                ctx = BatchContext(b.index)
-                with explained(model, b.x):
-                    clean_out, values, observed = plan.clean(b.x)
-                if state.baseline is not None:
-                    state.baseline.update(clean_out, b.y)
-                for i in range(len(units)):
-                    out, obs = plan.run(i, ctx, b.x, values, metric is not None)
-                    clean_obs = plan.clean_observation(i, values, observed)
-                    if not first_change or len(first_change) < len(units):
-                        first_change.append(_change(out, clean_out) if out is not None else _change(obs, clean_obs))
-                    if state.metrics is not None:
-                        state.metrics[i].update(out, b.y)
-                    if on_observe is not None and obs is not None:
-                        on_observe(i, clean_obs, obs)
-                    state.seen[i] += len(b.x)
-                    bar.update(1)
-                    partials.maybe()
-                state.n_seen += len(b.x)
+
+            def tick() -> None:
+                bar.update(1)
+                partials.maybe()
+
+            for b in loop:
+                loop.add(run.measure(b, dev, tick))
                 partials.started = True
-                if len(state.max_change) < len(units):
-                    state.max_change = [float(m) for m, _ in first_change]
-                    state.changed = [bool(c) for _, c in first_change]
             state.complete = True
     return state
 
@@ -291,8 +373,15 @@ def _flat(out: Any) -> torch.Tensor:
 
 
 def _change(out: Any, clean: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(largest absolute difference, whether anything differs) without a host sync; any output structure."""
+    """(largest absolute difference, whether anything differs) without a host sync; any output structure.
+
+    The difference is exact (float64); it is non-zero exactly where the outputs differ, and NaN
+    where either is NaN (or both are the same infinity), which counts as a change too.
+    """
     out, clean = _flat(out), _flat(clean)
-    diff = (out - clean).abs()
-    biggest = diff.max() if diff.numel() else diff.new_zeros(())
-    return biggest, (out != clean).any() | torch.isnan(biggest)
+    if not out.numel():
+        zero = out.new_zeros(())
+        return zero, zero > 0
+    lo, hi = torch.aminmax(out - clean)
+    biggest = torch.maximum(hi, -lo)
+    return biggest, (biggest > 0) | torch.isnan(biggest)

@@ -192,7 +192,7 @@ def layer_skipping_experiment(
     dev = resolve_device(device)
     fit_kw = {"lr": lr, "batch_size": batch_size, "optimizer": optimizer, "device": dev, "progress": progress}
 
-    cnn1 = _fresh_model(model_kw, seed)
+    cnn1 = _fresh_model(model_kw, seed).to(dev)
     hist1 = fit(cnn1, train, epochs=epochs, seed=seed, **fit_kw)
     labels = strongest_activation_labels(cnn1, train, feature_maps=feature_maps, top=top, device=dev, progress=progress)
     n_exits = len(labels.layers)
@@ -201,7 +201,7 @@ def layer_skipping_experiment(
     routed = train_router(train, (idx_tr, lab_tr), n_exits=n_exits, epochs=router_epochs, lr=lr,
                           optimizer=optimizer, seed=seed, device=dev, progress=progress)
     router, hist_r = routed.model, routed.history
-    skip_paper = SkipNetwork(_fresh_model(model_kw, seed + 1))
+    skip_paper = SkipNetwork(_fresh_model(model_kw, seed + 1).to(dev))
     hist_p = train_skip_network(skip_paper, ExitDataset(train, lab_tr, idx_tr), epochs=skip_epochs, lr=lr,
                                 optimizer=optimizer, seed=seed, device=dev, progress=progress)
 
@@ -223,10 +223,10 @@ def layer_skipping_experiment(
     # Images never selected: the router decides their exit; CNN 3 then trains on the whole training set.
     exits_train = predict_exits(router, train, device=dev)
     exits_train[torch.tensor(labels.indices, dtype=torch.long)] = torch.tensor(labels.labels, dtype=torch.long)
-    skip_full = SkipNetwork(_fresh_model(model_kw, seed + 2))
+    skip_full = SkipNetwork(_fresh_model(model_kw, seed + 2).to(dev))
     hist_f = train_skip_network(skip_full, ExitDataset(train, exits_train), epochs=epochs, lr=lr,
                                 optimizer=optimizer, seed=seed, batch_size=batch_size, device=dev, progress=progress)
-    early = SkipNetwork(_fresh_model(model_kw, seed + 3))
+    early = SkipNetwork(_fresh_model(model_kw, seed + 3).to(dev))
     hist_e = train_skip_network(early, ExitDataset(train, torch.zeros(len(train), dtype=torch.long)), mode="all_exits",  # type: ignore[arg-type]
                                 epochs=epochs, lr=lr, optimizer=optimizer, seed=seed, batch_size=batch_size, device=dev,
                                 progress=progress)

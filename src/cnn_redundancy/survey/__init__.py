@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core.batches import resolve_device
 from ..core.cost import count_macs
+from ..core.distributed import broadcast_object, is_main
 from ..core.graph import Traced
 from ..core.layers import LayerSpec, conv_layers, resolve_layers
 from ..core.metrics import get_metric
@@ -239,7 +240,7 @@ def analyze(
     res.answer = _answer(res, estimate, max_drop)
     res.results = ctx.results
     res.meta["complete"] = True
-    if partial is not None:
+    if partial is not None and is_main():
         res.save(partial)
     return res
 
@@ -271,7 +272,8 @@ def _plan(model, data, val, names, traced, chosen, budget, batch_size, device):
              "kernels_max": max(model.get_submodule(n).out_channels for n in names),
              "kernels": sum(model.get_submodule(n).out_channels for n in names)}  # fmt: skip
     seconds = time_one_pass(model, data, batch_size, device, len(data)) if budget is not None else None
-    return make_plan(len(data), len(val), shape, chosen, budget, seconds)
+    # under torchrun every process must make the same plan: rank 0's timing decides
+    return make_plan(len(data), len(val), shape, chosen, budget, broadcast_object(seconds))
 
 
 def _run_lenses(res: AnalysisResult, ctx: Context, chosen: list[str], progress, partial) -> None:
@@ -290,5 +292,5 @@ def _run_lenses(res: AnalysisResult, ctx: Context, chosen: list[str], progress, 
                                 "sampled": ctx.sampled.get(lens, ""), "passes": ctx.plan.passes.get(lens, 0.0)}  # fmt: skip
             res.meta.setdefault("seconds", {})[lens] = time.perf_counter() - t0
             bar.update(ctx.plan.passes.get(lens, 0.0))
-            if partial is not None:
+            if partial is not None and is_main():
                 res.save(partial)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...core.batches import as_loader, batches, resolve_device
+from ...core.device import placed
 from .surgeon import Surgeon, trainable
 
 __all__ = ["least_distinct", "gedeon_harris", "by_importance"]
@@ -158,10 +159,13 @@ def _importance(criterion: str):
 
 
 def _accumulate_gradients(model: nn.Module, data, batch_size: int, device) -> None:
+    """Summed loss gradients over the data, computed on ``device``; left in ``.grad`` where the model lives."""
     model.zero_grad(set_to_none=True)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    with torch.enable_grad(), trainable(model):  # frozen layers get a gradient too: every kernel is scored
-        for b in batches(as_loader(data, batch_size), resolve_device(device, model), model):
+    dev = resolve_device(device, model)
+    # frozen layers get a gradient too: every kernel is scored
+    with torch.enable_grad(), trainable(model), placed(model, dev, keep=True):
+        for b in batches(as_loader(data, batch_size), dev, model):
             loss_fn(model(b.x), b.y).backward()
 
 

@@ -1,0 +1,189 @@
+"""What each analysis costs, as a multiple of one plain inference pass over the same data, and what a
+second process buys.
+
+1. The table: for torchvision resnet18 and resnet50 (random weights, 10 classes) at 64x64 and at
+   224x224 (few images), each analysis' time divided by the time of one plain inference pass over
+   the same images, so that ``analysis time = k x inference time``. Sweeps are per unit (per
+   shuffled channel: 8 channels of each of three layers; per ablated conv: every conv), the
+   others for the whole analysis. Impulse responses need no data: their time in seconds at 64x64.
+2. Setup: the fixed cost of an analysis (tracing, building results) against its per-image cost:
+   time at 256 images over 256 x (the cost of one more image, from 256 and 768 images).
+3. Distributed: the same analyses in 2 gloo processes of 1 thread against 1 process of 1 thread
+   (both under ``torchrun --standalone``, timed inside the workers), and whether the results are the
+   same JSON (``meta.world_size`` aside).
+
+Run: ``python benchmarks/bench_scaling.py`` (``--quick`` for the 64x64 part alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("CNN_REDUNDANCY_QUIET", "1")
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+import cnn_redundancy as cr  # noqa: E402
+
+SHUFFLED = ("layer1.0.conv2", "layer3.0.conv2", "layer4.0.conv2")  # an early, a middle and a late layer
+CHANNELS = list(range(8))
+
+
+def images(n: int, side: int, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, side, side, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return cr.get_model(f"torchvision:{name}", num_classes=10).eval()
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def inference(m: torch.nn.Module, data, batch_size: int) -> float:
+    """Seconds of the best of three plain forward passes over ``data`` (no hooks, no analysis)."""
+
+    def run() -> None:
+        with torch.no_grad():
+            for x, _ in DataLoader(data, batch_size=batch_size):
+                m(x)
+
+    return min(timed(run) for _ in range(3))
+
+
+def multiples(name: str, side: int, n: int, n_sweep: int, batch_size: int) -> dict[str, float]:
+    """``{analysis: time / inference time over the same images}`` (sweeps per unit); impulse in seconds."""
+    m = model(name)
+    data, sweep_data = images(n, side), images(n_sweep, side)
+    kw = {"batch_size": batch_size, "progress": False}
+    t_inf, t_sweep_inf = inference(m, data, batch_size), inference(m, sweep_data, batch_size)
+    n_convs = len(cr.conv_layers(m))
+    units = len(SHUFFLED) * len(CHANNELS)
+    out = {
+        "evaluate (accuracy)": timed(lambda: cr.evaluate(m, data, **kw)) / t_inf,
+        "distinctiveness (every conv)": timed(lambda: cr.distinctiveness(m, data, **kw)) / t_inf,
+        "strongest-activation labels (every conv)": timed(lambda: cr.strongest_activation_labels(m, data, **kw)) / t_inf,
+        "channel shuffle, cosine only, per channel": timed(lambda: cr.channel_shuffle(
+            m, sweep_data, list(SHUFFLED), channels=CHANNELS, metric=None, **kw)) / (units * t_sweep_inf),
+        "channel shuffle, accuracy + cosine, per channel": timed(lambda: cr.channel_shuffle(
+            m, sweep_data, list(SHUFFLED), channels=CHANNELS, **kw)) / (units * t_sweep_inf),
+        "zero-ablation, per ablated conv": timed(lambda: cr.zero_ablation(m, sweep_data, **kw)) / (n_convs * t_sweep_inf),
+    }  # fmt: skip
+    out["inference ms/image"] = 1000 * t_inf / n
+    return out
+
+
+def table(configs: list[tuple[str, int, int, int, int]]) -> None:
+    cols = {f"{name} {side}x{side}": multiples(name, side, n, n_sweep, bs) for name, side, n, n_sweep, bs in configs}
+    header = " | ".join(cols)
+    print(f"| analysis (k = time / one inference pass over the same images) | {header} |")
+    print("|---|" + "---|" * len(cols))
+    for row in next(iter(cols.values())):
+        cells = " | ".join(f"{c[row]:.2f}" if "ms" in row else f"{c[row]:.3g}x" for c in cols.values())
+        print(f"| {row} | {cells} |")
+    sizes = ", ".join(f"{name} {side}x{side}: {n} images ({n_sweep} for the sweeps)" for name, side, n, n_sweep, _ in configs)
+    print(f"images: {sizes}; {torch.get_num_threads()} threads")
+
+
+def impulse() -> None:
+    """Impulse responses and their NCC need no data: seconds (goal: resnet50 at 64x64 in at most 10 s)."""
+    times = {name: timed(lambda name=name: cr.impulse_response(model(name), input_shape=(3, 64, 64)))
+             for name in ("resnet18", "resnet50")}  # fmt: skip
+    print("impulse_response (responses + NCC of every conv layer, 64x64): "
+          + ", ".join(f"{name} {t:.1f} s" for name, t in times.items()) + " (goal for resnet50: <= 10 s)")
+
+
+def setup_cost() -> None:
+    """Time at 256 images against 256 times the cost of one more image (goal: at most 2x)."""
+    for name, side, analysis in (("resnet50", 32, "distinctiveness"), ("mobilenet_v2", 32, "zero-ablation")):
+        m, fn = model(name), cr.get_analysis(analysis).fn
+
+        def run(n: int, m=m, fn=fn, side=side) -> None:
+            fn(m, images(n, side), batch_size=256, progress=False)
+
+        run(8)  # warm-up
+        t = {n: min(timed(lambda n=n: run(n)) for _ in range(2)) for n in (256, 768)}
+        per_image = (t[768] - t[256]) / 512
+        print(f"{analysis} on {name} {side}x{side}: 256 images {t[256]:.2f} s, 768 images {t[768]:.2f} s; "
+              f"time at 256 images = {t[256] / (256 * per_image):.2f} x 256 x the per-image cost (goal <= 2)")
+
+
+def worker(out: Path) -> None:
+    """Under torchrun: time three analyses inside the process group; rank 0 writes times and results."""
+    from cnn_redundancy.core.distributed import launched, rank, world_size
+
+    torch.set_num_threads(1)
+    m, data = model("resnet18"), images(256, 64)
+    kw = {"batch_size": 32, "progress": False}
+    runs = {
+        "distinctiveness": lambda: cr.distinctiveness(m, data, **kw),
+        "channel shuffle (accuracy + cosine, 16 channels of layer3.0.conv2)":
+            lambda: cr.channel_shuffle(m, data, "layer3.0.conv2", channels=range(16), **kw),
+        "zero-ablation (layer4)": lambda: cr.zero_ablation(m, data, "layer4.*", **kw),
+    }  # fmt: skip
+    with launched("cpu"):
+        cr.evaluate(m, images(32, 64), batch_size=32, progress=False)  # warm-up
+        times, results = {}, {}
+        for label, run in runs.items():
+            torch.distributed.barrier() if world_size() > 1 else None
+            t = time.perf_counter()
+            res = run()
+            times[label] = time.perf_counter() - t
+            d = res.to_dict()
+            d["meta"].pop("world_size")
+            results[label] = d
+        if rank() == 0:
+            out.write_text(json.dumps({"times": times, "results": results, "world_size": world_size()}))
+
+
+def distributed_overhead() -> None:
+    here = Path(__file__).resolve()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CNN_REDUNDANCY_QUIET": "1", "MASTER_ADDR": "127.0.0.1"}
+    got = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, 2):
+            out = Path(tmp) / f"{n}.json"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), str(here),
+                   "--worker", str(out)]  # fmt: skip
+            subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+            got[n] = json.loads(out.read_text())
+    print("resnet18 64x64, 256 images in batches of 32, 1 thread per process (torchrun --standalone, gloo):")
+    for label, t1 in got[1]["times"].items():
+        t2 = got[2]["times"][label]
+        same = got[1]["results"][label] == got[2]["results"][label]
+        print(f"  {label}: 1 process {t1:.2f} s, 2 processes {t2:.2f} s: {t1 / t2:.2f}x faster; same JSON: {same}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="each analysis as a multiple of plain inference; 2 processes against 1")
+    ap.add_argument("--quick", action="store_true", help="the 64x64 table and the distributed part only")
+    ap.add_argument("--worker", type=Path, help="(internal) a torchrun worker writing its times to this file")
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker)
+    cr.set_progress(False)
+    configs = [("resnet18", 64, 256, 64, 64), ("resnet50", 64, 256, 64, 64)]
+    if not args.quick:
+        configs += [("resnet18", 224, 16, 8, 8), ("resnet50", 224, 16, 8, 8)]
+    table(configs)
+    impulse()
+    if not args.quick:
+        setup_cost()
+    distributed_overhead()
+
+
+if __name__ == "__main__":
+    main()

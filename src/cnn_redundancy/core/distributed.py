@@ -1,0 +1,187 @@
+"""Many processes with ``torch.distributed``: who am I, start and stop, and exchanging per-batch results.
+
+Launched by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT``), :func:`launched` joins the process group (NCCL when the device is a CUDA GPU,
+gloo on CPUs) and leaves it at the end; the command line does this for every command. Without a
+process group every function here is the identity: one process, rank 0 of 1.
+
+The analyses never all-reduce floating-point sums at the end (the result would depend on the
+number of processes by rounding). Instead every process reduces its batches to small per-batch
+contributions (norms, cosine sums, metric counts), :func:`all_gather_tree` exchanges them once per
+round of batches, and every process adds them up in the global batch order: exactly the additions
+one process makes, so the result is the same, bit for bit, for any world size
+(:class:`cnn_redundancy.core.batches.BatchLoop`).
+
+A process that raises leaves the group: ``torchrun`` then stops the others (and a collective
+waiting on a lost peer fails with a connection error); as a last resort every collective times out
+after ``timeout`` (``CNN_REDUNDANCY_DIST_TIMEOUT`` seconds, default 1800).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "rank",
+    "world_size",
+    "is_main",
+    "local_rank",
+    "launched_by_torchrun",
+    "launched",
+    "all_gather_tree",
+    "all_gather_object",
+    "broadcast_object",
+    "DEFAULT_TIMEOUT",
+]
+
+DEFAULT_TIMEOUT = 1800.0
+_cpu_group = None  # a gloo group for small Python objects when the main group is NCCL
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process' rank (0 without a process group)."""
+    return dist.get_rank() if _active() else 0
+
+
+def world_size() -> int:
+    """The number of processes (1 without a process group)."""
+    return dist.get_world_size() if _active() else 1
+
+
+def is_main() -> bool:
+    """Whether this process writes results and reports (rank 0)."""
+    return rank() == 0
+
+
+def local_rank() -> int:
+    """This process' rank on its machine (``LOCAL_RANK``; 0 when unset): the CUDA device it uses."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def launched_by_torchrun() -> bool:
+    """Whether the environment describes more than one process (``WORLD_SIZE > 1``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _timeout(seconds: float | None) -> datetime.timedelta:
+    if seconds is None:
+        seconds = float(os.environ.get("CNN_REDUNDANCY_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+    return datetime.timedelta(seconds=seconds)
+
+
+@contextlib.contextmanager
+def launched(device: str | torch.device | None = None, *, timeout: float | None = None) -> Iterator[int]:
+    """Join the process group ``torchrun`` describes for the duration of the block; yields the world size.
+
+    NCCL when ``device`` is (or ``"auto"`` finds) a CUDA GPU, else gloo; each process uses the GPU
+    ``cuda:LOCAL_RANK``. Without ``torchrun``'s environment, or when a group already exists (the
+    caller made it), nothing is done.
+    """
+    global _cpu_group
+    if not launched_by_torchrun() or _active():
+        yield world_size()
+        return
+    kind = torch.device(device).type if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
+    backend = "nccl" if kind == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend, timeout=_timeout(timeout))
+    try:
+        if backend == "nccl":
+            _cpu_group = dist.new_group(backend="gloo", timeout=_timeout(timeout))
+        yield world_size()
+    finally:
+        _cpu_group = None
+        dist.destroy_process_group()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every process' ``obj`` (picklable, small), in rank order; ``[obj]`` with one process."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj, group=_cpu_group)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every process."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=_cpu_group)
+    return box[0]
+
+
+class _Slot:
+    """Where a tensor was in a gathered tree: its dtype, shape and byte range in the flat buffer."""
+
+    __slots__ = ("dtype", "shape", "start", "stop")
+
+    def __init__(self, dtype: torch.dtype, shape: tuple[int, ...], start: int, stop: int) -> None:
+        self.dtype, self.shape, self.start, self.stop = dtype, shape, start, stop
+
+    def __reduce__(self):
+        return (_Slot, (self.dtype, self.shape, self.start, self.stop))
+
+
+def _strip(tree: Any, chunks: list[torch.Tensor], size: list[int]) -> Any:
+    """``tree`` with every tensor replaced by a :class:`_Slot`; the tensors' bytes appended to ``chunks``."""
+    if isinstance(tree, torch.Tensor):
+        flat = tree.detach().contiguous().reshape(-1).view(torch.uint8)
+        chunks.append(flat)
+        slot = _Slot(tree.dtype, tuple(tree.shape), size[0], size[0] + flat.numel())
+        size[0] += flat.numel()
+        return slot
+    if isinstance(tree, dict):
+        return {k: _strip(v, chunks, size) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_strip(v, chunks, size) for v in tree)
+    return tree
+
+
+def _fill(tree: Any, buf: torch.Tensor) -> Any:
+    if isinstance(tree, _Slot):
+        return buf[tree.start : tree.stop].clone().view(tree.dtype).view(tree.shape)
+    if isinstance(tree, dict):
+        return {k: _fill(v, buf) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_fill(v, buf) for v in tree)
+    return tree
+
+
+def all_gather_tree(tree: Any, device: torch.device | None = None) -> list[Any]:
+    """Every process' ``tree`` (tensors in nested dicts, lists and tuples; other leaves picklable), in rank order.
+
+    The tensors of the trees travel as one flat byte buffer per process on the process group's
+    device (the GPU with NCCL, so nothing is copied to the host); the small skeleton (shapes,
+    dtypes, non-tensor leaves) as a pickled object. Shapes may differ between processes. The
+    gathered tensors land on ``device`` (default: where the group's buffers are).
+    """
+    if world_size() == 1:
+        return [tree]
+    chunks: list[torch.Tensor] = []
+    size = [0]
+    skeleton = _strip(tree, chunks, size)
+    comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    skeletons = all_gather_object((pickle.dumps(skeleton), size[0]))
+    longest = max(1, max(n for _, n in skeletons))
+    buf = torch.zeros(longest, dtype=torch.uint8, device=comm)
+    if chunks:
+        buf[: size[0]] = torch.cat([c.to(comm, non_blocking=True) for c in chunks])
+    bufs = [torch.empty_like(buf) for _ in range(world_size())]
+    dist.all_gather(bufs, buf)
+    target = device if device is not None else comm
+    return [_fill(pickle.loads(s), b.to(target, non_blocking=True)) for (s, _), b in zip(skeletons, bufs)]

@@ -1,0 +1,92 @@
+"""Run by tests/distributed/test_distributed.py, alone or under ``torchrun``: every data-driven
+analysis on tiny models, each process' results written to ``<out>/rank<r>/<name>.json``, and one
+command-line run (rank 0 writes ``<out>/cli/channel-shuffle.json``).
+
+``python worker.py OUT [fail]``: with ``fail``, rank 1 raises in the middle of the first analysis.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import cnn_redundancy as cr
+from cnn_redundancy.cli import main as cli_main
+from cnn_redundancy.core.distributed import launched, rank, world_size
+from cnn_redundancy.testing import TinyCNN, random_images
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return TinyCNN().eval()
+
+
+def _resnet():
+    torch.manual_seed(0)
+    return cr.get_model("resnet20", in_channels=1, input_size=12).eval()
+
+
+def _failing_on_rank_1(model: torch.nn.Module) -> None:
+    calls = {"n": 0}
+
+    def hook(mod, args):
+        calls["n"] += 1
+        if rank() == 1 and calls["n"] == 2:
+            raise RuntimeError("rank 1 failed on purpose")
+
+    model.conv1.register_forward_pre_hook(hook)
+
+
+def analyses(data) -> dict:
+    """Every analysis that reads data, sharded by batches and (sweeps) by units."""
+    kw = {"batch_size": 8, "progress": False}
+    return {
+        "channel-shuffle": cr.channel_shuffle(_tiny(), data, repeats=2, **kw),
+        "channel-shuffle-units": cr.channel_shuffle(_tiny(), data, repeats=2, shard="units", **kw),
+        "pixel-shuffle": cr.pixel_shuffle(_tiny(), data, metric=None, **kw),
+        "distinctiveness": cr.distinctiveness(_tiny(), data, center="mean", **kw),
+        "zero-ablation": cr.zero_ablation(_resnet(), data, **kw),
+        "zero-ablation-units": cr.zero_ablation(_resnet(), data, scope="block", shard="units", **kw),
+        "strongest-activations": cr.strongest_activation_labels(_tiny(), data, feature_maps=2, top=3, **kw),
+        "dead-kernels": cr.dead_kernels(_tiny(), data, **kw),
+        "kernel-scores": cr.kernel_scores(_tiny(), data, **kw),
+        "cka": cr.cka(_tiny(), data, **kw),
+        "analyze": cr.analyze(_tiny(), data, **kw),
+        "compress": cr.compress(_tiny(), data, target_macs=0.7, max_drop=None, finetune_epochs=1,
+                                baselines=("l1", "random"), batch_size=8, progress=False),
+    }
+
+
+def main() -> int:
+    out, fail = Path(sys.argv[1]), len(sys.argv) > 2 and sys.argv[2] == "fail"
+    torch.set_num_threads(1)
+    data = random_images(40, (1, 12, 12), seed=3)  # 5 batches of 8: 3 on rank 0, 2 on rank 1
+    with launched("cpu"):
+        if fail:
+            model = _tiny()
+            _failing_on_rank_1(model)
+            cr.distinctiveness(model, data, batch_size=8, progress=False)
+            return 0
+        mine = out / f"rank{rank()}"
+        mine.mkdir(parents=True, exist_ok=True)
+        for name, res in analyses(data).items():
+            res.meta.pop("seconds", None)  # measured times are not results
+            res.meta.pop("latency_ms", None)
+            res.save(mine / f"{name}.json")
+        torch.manual_seed(0)
+        accuracy = cr.evaluate(_tiny(), data, batch_size=8, progress=False)
+        (mine / "evaluate.json").write_text(json.dumps({"accuracy": accuracy, "world_size": world_size()}))
+        ckpt = out / "lenet5.pt"
+        if rank() == 0:
+            torch.manual_seed(0)
+            cr.save_checkpoint(cr.get_model("lenet5"), ckpt)
+        torch.distributed.barrier() if world_size() > 1 else None
+        return cli_main(["-q", "channel-shuffle", "-c", str(ckpt), "--limit", "40", "--batch-size", "8",
+                         "--device", "cpu", "--out", str(out / "cli")])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
