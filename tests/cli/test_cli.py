@@ -46,6 +46,25 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert "not a readable checkpoint" in capsys.readouterr().err
 
 
+def _subcommands(parser) -> dict:
+    import argparse
+
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def test_every_command_prints_its_help(capsys):
+    """argparse %-formats help texts: a summary saying "50% MACs" once broke ``reproduce --help``."""
+    parser = build_parser()
+    commands = _subcommands(parser)
+    paths = [[name] for name in commands] + [["reproduce", name] for name in _subcommands(commands["reproduce"])]
+    assert ["reproduce", "compress"] in paths and ["compress"] in paths
+    for path in paths:
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args([*path, "--help"])
+        assert e.value.code == 0, path
+        assert "usage:" in capsys.readouterr().out, path
+
+
 def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])

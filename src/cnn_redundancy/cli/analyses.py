@@ -22,18 +22,23 @@ from .common import (
 )
 
 
+def _text(s: str | None) -> str | None:
+    """A help text as argparse prints it literally (it %-formats help strings: "50%" must be "50%%")."""
+    return None if s is None else s.replace("%", "%%")
+
+
 def _add_option(p: argparse.ArgumentParser, opt: Option, default: Any) -> None:
     flag = "--" + opt.name.replace("_", "-")
     if isinstance(default, bool) and opt.type is None:
         if default:
-            p.add_argument("--no-" + opt.name.replace("_", "-"), dest=opt.name, action="store_false", help=opt.help)
+            p.add_argument("--no-" + opt.name.replace("_", "-"), dest=opt.name, action="store_false", help=_text(opt.help))
         else:
-            p.add_argument(flag, dest=opt.name, action="store_true", help=opt.help)
+            p.add_argument(flag, dest=opt.name, action="store_true", help=_text(opt.help))
         return
     typ = opt.type or (type(default) if default is not None and not isinstance(default, list | tuple) else str)
     shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
     kw: dict[str, Any] = {"dest": opt.name, "default": default,
-                          "help": opt.help if default is None else f"{opt.help} (default {shown})"}
+                          "help": _text(opt.help if default is None else f"{opt.help} (default {shown})")}
     if opt.choices is not None:
         kw["choices"] = [c for c in opt.choices if c is not None]
     if opt.nargs is not None:
@@ -61,7 +66,7 @@ def _observe(spec: list[str] | None):
 
 def register(sub) -> None:
     for a in list_analyses():
-        p = sub.add_parser(a.name, help=a.summary, description=f"{a.summary} Writes <out>/{a.name}.json and "
+        p = sub.add_parser(a.name, help=_text(a.summary), description=f"{a.summary} Writes <out>/{a.name}.json and "
                            f"<out>/{a.name}.png (partial results as it goes).")
         add_model_args(p)
         add_data_args(p, required=a.needs_data)
@@ -101,7 +106,7 @@ def _run_analysis(args: argparse.Namespace) -> int:
 
 def register_reproduce(rsub) -> None:
     for e in list_experiments():
-        p = rsub.add_parser(e.name, help=e.summary, description=inspect.getdoc(e.run))
+        p = rsub.add_parser(e.name, help=_text(e.summary), description=inspect.getdoc(e.run))
         p.add_argument("--out", "-o", default=f"runs/reproduce-{e.name}", help="output folder")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N")
