@@ -242,3 +242,27 @@ def test_overparameterization_quick(tmp_path, monkeypatch):
     assert rows[1]["params"] > 3 * rows[0]["params"] and all(0 <= r["dead"] <= 1 for r in rows)
     assert rows[0]["trivial_layers"] is None  # NaN in JSON: the ablation lens did not run
     assert "Each lens's redundancy against the width" in (tmp_path / "overparameterization.md").read_text()
+
+
+def _part(seed: int, crits: dict[str, tuple[list[float], list[float]]]) -> TrialsResult:
+    """A single-trial result: criterion -> (train accuracies, test accuracies) over the steps."""
+    return TrialsResult(meta={"seed": seed}, criteria=list(crits), trials=1, steps=2,
+                        train_acc={c: [tr] for c, (tr, _) in crits.items()}, test_acc={c: [te] for c, (_, te) in crits.items()},
+                        removed={c: [[]] for c in crits})  # fmt: skip
+
+
+def test_trained_rows_leave_out_networks_that_never_left_chance():
+    chance = ([0.12, 0.12, 0.12], [0.1, 0.1, 0.1])
+    a = [_part(0, {"distinctiveness": ([0.9, 0.9, 0.9], [0.9, 0.88, 0.86]), "random": ([0.9, 0.7, 0.6], [0.9, 0.6, 0.5])}),
+         _part(1, {"distinctiveness": chance, "random": chance}),
+         _part(2, {"distinctiveness": ([0.95, 0.9, 0.9], [0.85, 0.84, 0.83]), "random": ([0.95, 0.8, 0.5], [0.85, 0.7, 0.4])})]
+    b = [_part(1000, {"random": ([0.9, 0.8, 0.7], [0.9, 0.7, 0.6])}), _part(1001, {"random": chance}),
+         _part(1002, {"random": ([0.9, 0.8, 0.6], [0.8, 0.7, 0.5])})]  # fmt: skip
+    own, same = distinctiveness.trained_rows(a, b, "small_cnn_mnist", 2)
+    assert "2 of 3 networks A and 2 of 3 networks B trained" in own[2]
+    # the same network: gaps (0.87 - 0.55) and (0.835 - 0.55) -> +30.25 points; with the collapsed trial it would be +20.2
+    assert same[2].startswith("+30.2 points") and same[3] in ("yes", "partly")
+    # own networks: (0.87 + 0.835) / 2 - (0.65 + 0.6) / 2 = +22.75 points
+    assert own[2].startswith("+22.8 points") or own[2].startswith("+22.7 points")
+    few = distinctiveness.trained_rows(a[1:2], b, "small_cnn_mnist", 2)
+    assert all(r[3] == "n/a" and "too few trained networks" in r[2] for r in few)

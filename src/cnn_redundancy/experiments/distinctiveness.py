@@ -23,7 +23,7 @@ from ..report import Figure, Section, Table, save_figure, write_report
 from ..training import fit
 from .settings import PAPER_OPTION, comparison_table, holds, preset, settings_table, write_markdown
 
-__all__ = ["run", "paired_tests", "unpaired_tests", "paper_rows"]
+__all__ = ["run", "paired_tests", "unpaired_tests", "paper_rows", "trained_rows"]
 
 
 def _ms(v: float | None) -> str:
@@ -288,6 +288,33 @@ def paper_rows(paired: TrialsResult, alone: TrialsResult, steps: int) -> list[li
     return rows
 
 
+#: a network "trained" when its unpruned train accuracy reaches this (chance is 0.1): at the paper's lr 1e-2
+#: some networks never leave chance, and a pruning criterion cannot tell kernels of those apart
+TRAINED = 0.5
+
+
+def trained_rows(parts_a: list[TrialsResult], parts_b: list[TrialsResult], model: str, steps: int) -> list[list[Any]]:
+    """The test gaps of :func:`paper_rows` over the trials whose network trained (both comparisons)."""
+    a_ok = [p for p in parts_a if p.train_acc["distinctiveness"][0][0] >= TRAINED]
+    b_ok = [p for p in parts_b if p.train_acc["random"][0][0] >= TRAINED]
+    count = (f"{len(a_ok)} of {len(parts_a)} networks A and {len(b_ok)} of {len(parts_b)} networks B trained "
+             f"(unpruned train accuracy >= {100 * TRAINED:.0f}%)")
+    pg, rows = _paper_gap("test"), []
+    for label, a, b, paired in (("each criterion on its own networks", a_ok, b_ok, False),
+                                ("both criteria on the same network", a_ok, a_ok, True)):  # fmt: skip
+        claim = f"average gap, test, {label}, trained networks only (not in the paper)"
+        if len(a) < 2 or len(b) < 2:
+            rows.append([claim, "n/a", f"too few trained networks: {count}", "n/a"])
+            continue
+        res = _merge({"distinctiveness": a, "random": b}, model, steps)
+        t = (paired_tests if paired else unpaired_tests)(res)["test"]
+        p = min(t["t_p"], t["wilcoxon_p"]) if paired else t["welch_p"]
+        tests = (f"paired t p = {_p(t['t_p'])}, Wilcoxon p = {_p(t['wilcoxon_p'])}" if paired
+                 else f"Welch p = {_p(t['welch_p'])}")  # fmt: skip
+        rows.append([claim, f"{pg:+.1f} points", f"{100 * t['gap']:+.1f} points, {tests}; {count}", _verdict(t["gap"], p, pg)])
+    return rows
+
+
 def _paper_run(out: Path, *, quick: bool, seed: int, device, model: str, trials: int, steps: int, epochs: int, lr: float,
                weight_decay: float, batch_size: int, n_train: int, n_test: int) -> Path:  # fmt: skip
     """Every trial: fresh draws of the data, network A pruned by both criteria (paired), network B by random."""
@@ -321,7 +348,8 @@ def _paper_run(out: Path, *, quick: bool, seed: int, device, model: str, trials:
                 "network seeds": f"A: {seed} + t (both criteria), B: {seed} + t + {OTHER} (random)",
                 "activation vectors and train accuracy": f"all {n_train} training images", "run time (s)": round(seconds)}  # fmt: skip
     cols = ["", *[str(i) for i in range(steps + 1)]]
-    tables = [comparison_table(paper_rows(paired, alone, steps)), settings_table(settings),
+    tables = [comparison_table(paper_rows(paired, alone, steps) + trained_rows(parts_a, parts_b, model, steps)),
+              settings_table(settings),
               significance_table(unpaired_tests(alone), "The paper's comparison: distinctiveness on networks A, random on networks B"),
               significance_table(paired_tests(paired), "Paired: both criteria on networks A"),
               Table(f"Table 1 (paper's comparison): random pruning of networks B, accuracy (%), {trials} trials", cols, alone.table("random")),
