@@ -348,7 +348,9 @@ def _paper_run(out: Path, *, quick: bool, seed: int, device, model: str, trials:
                 "network seeds": f"A: {seed} + t (both criteria), B: {seed} + t + {OTHER} (random)",
                 "activation vectors and train accuracy": f"all {n_train} training images", "run time (s)": round(seconds)}  # fmt: skip
     cols = ["", *[str(i) for i in range(steps + 1)]]
-    tables = [comparison_table(paper_rows(paired, alone, steps) + trained_rows(parts_a, parts_b, model, steps)),
+    rows = paper_rows(paired, alone, steps) + trained_rows(parts_a, parts_b, model, steps)
+    findings = [f"{r[0][0].upper()}{r[0][1:]}: {r[2]} (paper: {r[1]}; holds? {r[3]})." for r in rows if "gap, test" in r[0]]
+    tables = [comparison_table(rows),
               settings_table(settings),
               significance_table(unpaired_tests(alone), "The paper's comparison: distinctiveness on networks A, random on networks B"),
               significance_table(paired_tests(paired), "Paired: both criteria on networks A"),
@@ -363,7 +365,7 @@ def _paper_run(out: Path, *, quick: bool, seed: int, device, model: str, trials:
                f"mnist5k instead of SFEW), {steps} kernels pruned one at a time. The paper's Tables 1 and 2 start from "
                "different unpruned accuracies (28% and 37%), so each criterion pruned its own network; we report that "
                "comparison (networks A and B) and the paired one (both criteria on network A)."),
-        findings=[f"Run time {seconds:.0f} s ({'quick' if quick else 'full'} paper settings)."],
+        findings=[*findings, f"Run time {seconds:.0f} s ({'quick' if quick else 'full'} paper settings)."],
         tables=tables,
         figures=[Figure("paper_trials.png", "The paper's comparison: distinctiveness on networks A, random on networks B."),
                  Figure("paired_trials.png", "Paired: both criteria on networks A.")],
