@@ -121,3 +121,28 @@ def test_cli_compress_and_reproduce_quick(tmp_path, capsys):
     assert cr.load_checkpoint(out / "model.pt") is not None
     assert main(["-q", "reproduce", "compress", "--quick", "--out", str(tmp_path / "r")]) == 0
     assert "Test accuracy at the same MACs" in (tmp_path / "r" / "report.html").read_text()
+
+
+@pytest.mark.parametrize(("kind", "width", "targets"), [("random", 1, (0.2886,)), ("l1", 4, (0.5, 0.1))])
+def test_torch_pruning_baseline_lands_at_the_target_even_far_down(kind, width, targets):
+    """A pruner whose steps are spent is followed by a fresh one (no silent stop above the target, and
+    none of Torch-Pruning's "no pruning will be performed" warnings); an overshooting step is redone finer."""
+    import warnings
+
+    from cnn_redundancy.compression.baselines import torch_pruning_baseline
+    from cnn_redundancy.core.cost import count_macs
+
+    model = cr.get_model("lenet5", width=width, seed=0).eval()
+    x = torch.zeros(1, 1, 28, 28)
+    full = sum(count_macs(model, x).values())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for target in targets:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pruned = torch_pruning_baseline(model, x, ["conv1", "conv2"], int(target * full), kind=kind, calib=None,
+                                            batch_size=32, seed=0, device="cpu")  # fmt: skip
+        got = sum(count_macs(pruned, x).values()) / full
+        assert got <= target, (target, got)
+        if width > 1:  # (LeNet-5's six conv1 channels are 13% of its MACs each: it lands a channel below)
+            assert got >= 0.85 * target, (target, got)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # the original is untouched

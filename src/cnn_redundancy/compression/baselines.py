@@ -56,25 +56,36 @@ def torch_pruning_baseline(model: nn.Module, example: torch.Tensor, layers: list
     """A copy of ``model`` pruned by Torch-Pruning's MetaPruner down to ``target_macs`` MACs per sample.
 
     Steps of 3% of the channels; a step that overshoots the target by more than 2% is redone from
-    where it started in ten smaller steps, so the baselines land at the MACs they are compared at.
+    where it started in steps ten times smaller, so the baselines land at the MACs they are compared
+    at; a pruner whose steps are spent is followed by a fresh one from where it stopped.
     ``on_step(model, macs)`` is called after every kept step (e.g. to record a metric curve).
     """
     pruned = copy.deepcopy(model).eval()
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    pruner = _pruner(pruned, example, set(layers), kind, seed, 0.9, steps)
-    per_step, refined = 0.9 / steps, False
-    for _ in range(steps + 10):
-        macs = sum(count_macs(pruned, example).values())
+    total = sum(model.get_submodule(n).out_channels for n in layers)
+
+    def fresh(fraction: float, n: int):
+        """A pruner removing ``fraction`` of the original channels per step for ``n`` steps, from here."""
+        kept = sum(pruned.get_submodule(name).out_channels for name in layers) / total
+        return _pruner(pruned, example, set(layers), kind, seed, min(0.9, n * fraction / kept), n), n
+
+    per_step, fine = 0.9 / steps, False
+    pruner, left = fresh(per_step, steps)
+    macs = sum(count_macs(pruned, example).values())
+    for _ in range(4 * steps):
         if macs <= target_macs:
             break
+        if left == 0:  # this pruner's steps are spent: go on from here at the same pace
+            pruner, left = fresh(per_step / 10 if fine else per_step, 10 if fine else steps)
         before = copy.deepcopy(pruned)
         _step(pruned, pruner, kind, calib, batch_size, device, frozen)
+        left -= 1
         after = sum(count_macs(pruned, example).values())
-        if after < 0.98 * target_macs and not refined:  # overshot: redo this step finer
-            refined, pruned = True, before
-            kept = sum(pruned.get_submodule(n).out_channels for n in layers) / sum(model.get_submodule(n).out_channels for n in layers)
-            pruner = _pruner(pruned, example, set(layers), kind, seed, min(0.9, per_step / kept), 10)
+        if after < 0.98 * target_macs and not fine:  # overshot: redo this step finer
+            fine, pruned = True, before
+            pruner, left = fresh(per_step / 10, 10)
             continue
+        macs = after  # (a small step may remove nothing: the pruner's schedule is cumulative)
         if on_step is not None:
             on_step(pruned, after)
     return pruned.eval()
