@@ -251,6 +251,7 @@ def _part(seed: int, crits: dict[str, tuple[list[float], list[float]]]) -> Trial
                         removed={c: [[]] for c in crits})  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy, on two nearly equal trials
 def test_trained_rows_leave_out_networks_that_never_left_chance():
     chance = ([0.12, 0.12, 0.12], [0.1, 0.1, 0.1])
     a = [_part(0, {"distinctiveness": ([0.9, 0.9, 0.9], [0.9, 0.88, 0.86]), "random": ([0.9, 0.7, 0.6], [0.9, 0.6, 0.5])}),
