@@ -155,7 +155,7 @@ def run(out: str | Path = "runs/ablation", *, quick: bool = False, seed: int = 0
     if q:
         train, test = subset(train, 128, seed=seed), subset(test, 64, seed=seed)
     c = cfg["cls"]
-    model = get_model(c["name"], in_channels=1, input_size=28, width=c["width"])
+    model = get_model(c["name"], in_channels=1, input_size=28, width=c["width"], seed=seed)
     _say(f"training {cfg['label']} on mnist5k")
     hist = _train(model, train, c, patience, seed, device)
     save_checkpoint(model, out / f"{tag}.pt")
@@ -184,7 +184,7 @@ def run(out: str | Path = "runs/ablation", *, quick: bool = False, seed: int = 0
     n_train, n_test = g["n"]
     strain = load_dataset("shapes", "train", seed=seed, n_train=n_train, n_test=n_test)
     stest = load_dataset("shapes", "test", seed=seed, n_train=n_train, n_test=n_test)
-    seg = get_model("pspnet_resnet", in_channels=1, num_classes=3, depths=g["depths"], width=g["width"])
+    seg = get_model("pspnet_resnet", in_channels=1, num_classes=3, depths=g["depths"], width=g["width"], seed=seed)
     _say("training PSPNet-ResNet34 layout on synthetic shapes")
     shist = _train(seg, strain, g, patience, seed, device, metric="dice")
     save_checkpoint(seg, out / "pspnet-shapes.pt")
