@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,14 +95,14 @@ def _plot(rows: list[dict[str, Any]]):
     keys = [*MEASURES, "test_accuracy"]
     fig, axes = plt.subplots(2, 4, figsize=(17, 7.6))
     for ax, key in zip(axes.flat, keys):
-        for family, marker in (("lenet5", "o-"), ("resnet20", "s-")):
+        for family, marker, color in (("lenet5", "o-", "C0"), ("resnet20", "s-", "C1")):  # one colour per family
             pts = [(r["width"], r[key]) for r in rows if r["family"] == family and not math.isnan(r[key])]
             if pts:
-                ax.plot(*zip(*pts), marker, label=family)
+                ax.plot(*zip(*pts), marker, color=color, label=family)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("width (multiple of the standard network)")
         ax.set_ylabel("test accuracy" if key == "test_accuracy" else "redundancy")
-        ax.set_title("test accuracy" if key == "test_accuracy" else MEASURES[key], fontsize=8, wrap=True)
+        ax.set_title(textwrap.fill("test accuracy" if key == "test_accuracy" else MEASURES[key], 50), fontsize=8)
         ax.grid(alpha=0.3)
         if ax.get_lines():
             ax.legend(fontsize=7)
