@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Callable
@@ -111,6 +112,39 @@ def evaluate(
     return m.compute()
 
 
+class EarlyStopping:
+    """Tracks the best validation metric (higher is better) and a copy of the weights that reached it."""
+
+    def __init__(self, patience: int) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an integer >= 1, not {patience!r}")
+        self.patience, self.best, self.best_epoch, self.epoch, self.state = patience, -math.inf, -1, -1, None
+
+    def step(self, model: nn.Module, value: float) -> bool:
+        """Record one epoch's metric; ``True`` when ``patience`` epochs have passed without improvement."""
+        self.epoch += 1
+        if value > self.best:
+            self.best, self.best_epoch = value, self.epoch
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return self.epoch - self.best_epoch >= self.patience
+
+    def restore(self, model: nn.Module, history: dict[str, Any]) -> bool:
+        """Load the best epoch's weights back into ``model`` and note the epoch in ``history``;
+        ``True`` when that changed the weights (the best epoch was not the last)."""
+        history["best_epoch"] = self.best_epoch
+        history["stopped"] = self.epoch - self.best_epoch >= self.patience
+        if self.state is None or self.best_epoch == self.epoch:
+            return False
+        model.load_state_dict(self.state)
+        return True
+
+
+def _save(model: nn.Module, checkpoint: str | os.PathLike, history: dict[str, Any]) -> None:
+    from .checkpoint import save_checkpoint
+
+    save_checkpoint(model, Path(checkpoint), extra={"history": history})
+
+
 def _default_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], output: str | int | None) -> Step:
     def step(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch[0], batch[1]
@@ -161,6 +195,7 @@ def fit(
     step: Step | None = None,
     val: Dataset | DataLoader | None = None,
     metric: str = "accuracy",
+    patience: int | None = None,
     seed: int = 0,
     device=None,
     checkpoint: str | os.PathLike | None = None,
@@ -179,6 +214,9 @@ def fit(
         step: ``step(model, batch) -> (loss, output, target)`` for models trained otherwise (default:
             ``loss(model(x), y)``); the output and target feed the training metric.
         val: evaluated with ``metric`` after every epoch.
+        patience: early stopping (needs ``val``): stop after this many epochs without a better
+            validation metric, and restore the weights of the best epoch; ``epochs`` is then the most
+            epochs run. The history gets ``best_epoch`` (0-based) and ``stopped`` (whether it stopped early).
         checkpoint: saved (:func:`cnn_redundancy.checkpoint.save_checkpoint`) after every epoch,
             so an interrupted run keeps its last finished epoch.
 
@@ -194,6 +232,9 @@ def fit(
         raise ValueError("The training set is empty")
     if schedule not in (None, "cosine"):
         raise ValueError(f"schedule must be None or 'cosine', not {schedule!r}")
+    stopper = EarlyStopping(patience) if patience is not None else None
+    if stopper is not None and val is None:
+        raise ValueError("patience (early stopping) needs validation data: pass val=")
     step = step or _default_step(loss or nn.CrossEntropyLoss(), get_metric(metric).output)
     history: dict[str, list[float]] = {"loss": [], "train_metric": [], "val_metric": []}
     try:
@@ -208,9 +249,11 @@ def fit(
                 if val is not None:
                     history["val_metric"].append(evaluate(model, val, metric, device=dev, progress=False))
                 if checkpoint is not None:
-                    from .checkpoint import save_checkpoint
-
-                    save_checkpoint(model, Path(checkpoint), extra={"history": history})
+                    _save(model, checkpoint, history)
+                if stopper is not None and stopper.step(model, history["val_metric"][-1]):
+                    break
+            if stopper is not None and stopper.restore(model, history) and checkpoint is not None:
+                _save(model, checkpoint, history)  # the checkpoint holds the weights returned
     finally:
         model.eval()
     return history

@@ -33,7 +33,9 @@ def test_end_to_end(tmp_path, capsys):
                  "cosine_comparison.png", "accuracy_comparison.png", "max_ncc_comparison.png"):  # fmt: skip
         assert (demo / name).stat().st_size > 0, name
     section = json.loads((demo / "sections" / "impulse-response.json").read_text())
-    assert len(section["tables"][0]["rows"]) == 2
+    tables = {t["title"]: t for t in section["tables"]}
+    assert len(tables["Shuffle probes of conv2's input (test set)"]["rows"]) == 2  # LeNet-5 and LeNet-5x10
+    assert section["tables"][0]["title"] == "The paper's figures beside ours"  # the demo opens with the paper's claims
     assert main(["report", str(demo)]) == 0
 
 

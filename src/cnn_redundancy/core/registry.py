@@ -44,6 +44,7 @@ PAPERS = {
     "ablation": "Is each layer non-trivial in CNN?",
     "skipping": "Elimination of irrelevant layers in CNNs (layer skipping by strongest activations)",
     "toolkit": "cnn-redundancy's own lenses: dead kernels, L1 and Taylor scores, linear CKA across depth",
+    "overparameterization": "The four papers' shared explanation: redundancy grows with over-parameterization",
 }
 #: the keyword-only arguments every analysis takes
 COMMON = ("batch_size", "seed", "device", "progress", "partial")

@@ -12,16 +12,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..analyses.impulse import ImpulseResult, impulse_response
 from ..analyses.shuffle import ShuffleResult, channel_shuffle, pixel_shuffle
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..core.registry import experiment, option
-from ..data import load_dataset, subset
-from ..models import get_model
+from ..data import load_dataset, split, subset
 from ..report import Figure, Section, Table, save_figure, write_report
-from ..training import evaluate, fit
+from ..training import evaluate
+from .settings import (
+    PAPER_OPTION,
+    cached_fit,
+    comparison_table,
+    holds,
+    preset,
+    settings_table,
+    write_markdown,
+)
 
 __all__ = ["run", "impulse_section", "NETWORKS"]
 
@@ -33,28 +38,29 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, flush=True)
 
 
-def _trained(label: str, kw: dict, ckpt: Path, train, epochs: int, seed: int, quiet: bool, device=None):
-    if ckpt.exists():
-        try:
-            model = load_checkpoint(ckpt)
-            extra = getattr(model, "cnn_redundancy_extra", {})
-            if extra.get("epochs") == epochs and extra.get("seed") == seed and extra.get("train_size") == len(train):
-                _log(f"{label}: using cached checkpoint {ckpt}", quiet)
-                return model
-        except CheckpointError as e:
-            _log(f"{label}: cached checkpoint unusable ({e}); retraining", quiet)
-    _log(f"{label}: training {epochs} epochs on {len(train)} images", quiet)
-    torch.manual_seed(seed)
-    model = get_model("lenet5", **kw)
-    fit(model, train, epochs=epochs, seed=seed, device=device)
-    save_checkpoint(model, ckpt, extra={"epochs": epochs, "seed": seed, "train_size": len(train)})
-    return model
+def _trained(label: str, kw: dict, ckpt: Path, train, epochs: int, seed: int, quiet: bool, device=None, *, val=None,
+             patience: int | None = None):  # fmt: skip
+    """A trained LeNet-5 (cached in ``ckpt`` for the same settings); with ``patience``, early stopping on ``val``."""
+    return cached_fit("lenet5", kw, ckpt, train, epochs=epochs, seed=seed, log=None if quiet else _log_line(label),
+                      device=device, val=val, patience=patience)  # fmt: skip
+
+
+def _log_line(label: str):
+    return lambda msg: _log(f"{label}: {msg}", False)
+
+
+#: the paper's setting: trained to convergence (early stopping on a validation split); the shuffles
+#: use mini-batches of 256, as they always do here
+PAPER = {"epochs": 200, "patience": 5}
+VAL_SIZE = 500
 
 
 @experiment("impulse", paper="impulse", options=[
-    option("epochs", "training epochs per network"),
+    option("epochs", "training epochs per network (with --paper-settings: the most epochs)"),
     option("repeats", "shuffles per channel"),
     option("limit", "use only this many training and test images", type=int),
+    option("patience", "early stopping: epochs without a better validation accuracy", type=int),
+    PAPER_OPTION,
 ])  # fmt: skip
 def run(
     out: str | os.PathLike = "runs/demo",
@@ -65,6 +71,8 @@ def run(
     epochs: int = 4,
     repeats: int = 2,
     limit: int | None = None,
+    patience: int | None = None,
+    paper_settings: bool = False,
     quiet: bool = False,
 ) -> Path:
     """The impulse-response paper: shuffle probes and impulse responses of LeNet-5 and LeNet-5x10.
@@ -77,24 +85,36 @@ def run(
         epochs: training epochs per network (checkpoints are reused when the settings match).
         repeats: shuffles per channel (the metric is reported as mean and std).
         limit: use only this many training and test images (for quick checks).
+        patience: early stopping on a validation split of the training images (500, or an eighth
+            with ``limit``): the best epoch's weights are kept and ``epochs`` is the most run.
+        paper_settings: the paper's "trained till convergence": up to 200 epochs with early stopping
+            (patience 5); options given beside it still apply.
 
     Returns:
         The path of ``report.html``; the results are in ``out`` (JSON and figures).
     """
+    if paper_settings:
+        p = preset(run, locals(), PAPER)
+        epochs, patience = p["epochs"], p["patience"]
     if quick:
-        epochs, repeats, limit = 1, 1, limit or 512
+        epochs, repeats, limit = (2 if patience else 1), 1, limit or 512
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train = subset(load_dataset("mnist5k", "train"), limit, seed=seed)
     test = subset(load_dataset("mnist5k", "test"), limit, seed=seed)
+    val = None
+    if patience is not None:
+        train, val = split(train, VAL_SIZE if limit is None else max(1, len(train) // 8), seed=seed)
     results: dict[str, Any] = {}
     for label, kw in NETWORKS.items():
         tag = label.lower().replace("-", "")
-        model = _trained(label, kw, out / "checkpoints" / f"{tag}.pt", train, epochs, seed, quiet, device)
+        model = _trained(label, kw, out / "checkpoints" / f"{tag}.pt", train, epochs, seed, quiet, device, val=val,
+                         patience=patience)  # fmt: skip
         acc = evaluate(model, test, device=device)
         _log(f"{label}: test accuracy {acc:.4f}", quiet)
-        r: dict[str, Any] = {"accuracy": acc, "params": sum(p.numel() for p in model.parameters())}
+        r: dict[str, Any] = {"accuracy": acc, "params": sum(p.numel() for p in model.parameters()),
+                             "training": getattr(model, "cnn_redundancy_extra", {})}  # fmt: skip
         for mode, fn in (("channel", channel_shuffle), ("pixel", pixel_shuffle)):
             res = fn(model, test, "conv2", repeats=repeats, batch_size=256, seed=seed, device=device,
                      partial=out / f"{tag}_{mode}_shuffle.json")
@@ -111,10 +131,58 @@ def run(
         r["impulse"] = imp
         results[label] = r
     _comparison_figures(results, out)
-    section = impulse_section(results, seed=seed, epochs=epochs, repeats=repeats, n_test=len(test))
+    trained = f"up to {epochs} epochs (early stopping, patience {patience})" if patience else f"{epochs} epochs"
+    section = impulse_section(results, seed=seed, trained=trained, repeats=repeats, n_train=len(train), n_test=len(test))
+    seconds = time.perf_counter() - t0
+    settings = {"settings": "paper" if paper_settings else "default", "quick": quick, "seed": seed,
+                "training images": len(train), "validation images": len(val) if val is not None else "none",
+                "test images": len(test), "optimizer": "adam, lr 0.001, batch 64",
+                "epochs": f"at most {epochs}, early stopping with patience {patience}" if patience else epochs,
+                "shuffle mini-batch": 256, "shuffles per channel": repeats, "run time (s)": round(seconds)}  # fmt: skip
+    section.tables[:0] = [comparison_table(paper_rows(results)), settings_table(settings)]
+    write_markdown(out / "paper_comparison.md", section.tables[:2])
     path = write_report(out, [section])
-    _log(f"report: {path} ({time.perf_counter() - t0:.0f} s)", quiet)
+    _log(f"report: {path} ({seconds:.0f} s)", quiet)
     return path
+
+
+def paper_rows(results: dict[str, Any]) -> list[list[Any]]:
+    """The paper's claims (figures 5, 6 and 9: qualitative, LeNet-5x10 against LeNet-5) beside our numbers."""
+    a, b = results.get("LeNet-5"), results.get("LeNet-5x10")
+    if a is None or b is None:
+        return []
+    rows = []
+    for mode, fig in (("channel", "fig. 5a/5c"), ("pixel", "fig. 5b/5d")):
+        sa, sb = a[mode].summary(), b[mode].summary()
+        rows.append([f"{mode} shuffle: cosine similarity of A2 stays high for LeNet-5x10, drops for some channels "
+                     f"of LeNet-5 ({fig})", "higher for LeNet-5x10 (plot, no number)",
+                     f"mean {sa['mean_cosine']:.3f} vs {sb['mean_cosine']:.3f}; lowest channel {sa['min_cosine']:.3f} "
+                     f"vs {sb['min_cosine']:.3f} (LeNet-5 vs LeNet-5x10)",
+                     holds(sb["mean_cosine"] > sa["mean_cosine"] and sb["min_cosine"] > sa["min_cosine"],
+                           partly=sb["mean_cosine"] > sa["mean_cosine"] or sb["min_cosine"] > sa["min_cosine"])])
+    for mode in ("channel", "pixel"):
+        sa, sb = a[mode].summary(), b[mode].summary()
+        da, db = _tidy(sa["mean_drop"]), _tidy(sb["mean_drop"])
+        rows.append([f"{mode} shuffle: much less accuracy lost by LeNet-5x10 (fig. 6)", "lower for LeNet-5x10 (plot)",
+                     f"mean drop {100 * da:.2f} vs {100 * db:.2f} points; worst channel {100 * _tidy(sa['max_drop']):.2f} "
+                     f"vs {100 * _tidy(sb['max_drop']):.2f}",
+                     holds(db < da and sb["max_drop"] < sa["max_drop"], partly=db < da or sb["max_drop"] < sa["max_drop"])])
+    fa, fb = a["impulse"].redundant_fraction(0.9), b["impulse"].redundant_fraction(0.9)
+    more = [fb[n] > fa[n] for n in ("conv1", "conv2")]
+    rows.append(["more impulse responses with a high-NCC partner in LeNet-5x10 (fig. 9)", "more for LeNet-5x10 (plot)",
+                 f"NCC >= 0.9: conv1 {fa['conv1']:.0%} vs {fb['conv1']:.0%}, conv2 {fa['conv2']:.0%} vs {fb['conv2']:.0%}",
+                 holds(all(more), partly=any(more))])
+    rows.append(["both networks trained till convergence (sec. 2.2)", "no accuracy given",
+                 f"test accuracy {a['accuracy']:.4f} vs {b['accuracy']:.4f}; " + _epochs_note(a, b), holds(None)])
+    return rows
+
+
+def _epochs_note(a: dict[str, Any], b: dict[str, Any]) -> str:
+    ta, tb = a.get("training", {}), b.get("training", {})
+    if "best_epoch" not in ta or "best_epoch" not in tb:
+        return f"fixed {ta.get('epochs', '?')} epochs"
+    return (f"best validation epoch {ta['best_epoch']} vs {tb['best_epoch']} (stopped after {ta['epochs_run']} vs "
+            f"{tb['epochs_run']})")
 
 
 def _comparison_figures(results: dict[str, Any], out: Path) -> None:
@@ -179,8 +247,8 @@ def _tidy(x: float) -> float:
     return 0.0 if abs(x) < 1e-12 else x
 
 
-def impulse_section(results: dict[str, Any], *, seed: int, epochs: int, repeats: int, n_test: int) -> Section:
-    """The report section comparing the networks (text, tables and figures)."""
+def impulse_section(results: dict[str, Any], *, seed: int, trained: str, repeats: int, n_train: int, n_test: int) -> Section:
+    """The report section comparing the networks (text, tables and figures); ``trained`` says for how long."""
     rows, ncc_rows = [], []
     summary: dict[str, dict[str, float]] = {}
     for label, r in results.items():
@@ -227,8 +295,8 @@ def impulse_section(results: dict[str, Any], *, seed: int, epochs: int, repeats:
             )
     intro = (
         "Sathish and Sheet's unit impulse response analysis, run on LeNet-5 (6 and 16 kernels) and LeNet-5x10 "
-        f"(60 and 160 kernels), each trained for {epochs} epochs with Adam on the bundled MNIST subset "
-        f"(4,000 training images; {n_test} test images). Channel shuffle permutes one input channel of conv2 across "
+        f"(60 and 160 kernels), each trained for {trained} with Adam on the bundled MNIST subset "
+        f"({n_train:,} training images; {n_test} test images). Channel shuffle permutes one input channel of conv2 across "
         "the samples of each mini-batch of 256; pixel shuffle permutes its pixels within each sample. The cosine "
         "similarity compares the clean and perturbed conv2 activations (after ReLU) per sample and output channel, "
         f"averaged; the accuracy is over the whole test set, mean of {repeats} shuffles (seed {seed}).\n\n"

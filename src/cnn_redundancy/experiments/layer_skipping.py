@@ -38,6 +38,7 @@ from ..core.hooks import preserved
 from ..core.registry import experiment, option
 from ..core.results import Result, atomic_write, make_meta
 from ..training import fit
+from .settings import PAPER_OPTION, comparison_table, holds, preset, settings_table, write_markdown
 
 __all__ = ["LayerSkippingResult", "layer_skipping_experiment", "run", "DEFAULT_THRESHOLDS"]
 
@@ -332,6 +333,39 @@ def _findings(res: LayerSkippingResult, labels, elapsed: float) -> list[str]:
     return findings
 
 
+#: the paper's training (its section 3); the batch size is Keras' default, the paper names none
+PAPER = {"epochs": 20, "subset_epochs": 20, "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 32}
+
+
+def _near(ours: float, paper: float) -> str:
+    return holds(abs(100 * ours - paper) <= 5)
+
+
+def paper_rows(res: LayerSkippingResult) -> list[list[Any]]:
+    """The paper's numbers (section 4) beside ours."""
+    p, full = res.paper, res.end_to_end[0]
+    routed = max((r for r in res.end_to_end if "router" in r["method"]), key=lambda r: r["accuracy"])
+    n_layers = len(res.exit_macs)
+    top = res.config["feature_maps"] * res.config["top"]
+    return [
+        ["images labelled (10 maps x 10 images per layer, sec. 3)", f"{top} per layer, {top * n_layers} in all",
+         f"{p['n_labelled']} distinct images", holds(p["n_labelled"] == top * n_layers)],
+        ["CNN 2 (router) test accuracy (sec. 4)", "62%", f"{100 * p['router_accuracy']:.1f}% on {p['n_heldout']} held-out "
+         f"labelled images (always the commonest label: {100 * p['router_majority_baseline']:.1f}%)", _near(p["router_accuracy"], 62)],
+        ["CNN 1 test accuracy (sec. 4)", "98% (MNIST, 60,000 training images)", f"{100 * full['accuracy']:.1f}%",
+         _near(full["accuracy"], 98)],
+        ["CNN 3 test accuracy, close to 100% (sec. 4; the labelled images, their own exits)", "close to 100%",
+         f"{100 * p['cnn3_accuracy_true_exits']:.1f}% (router's exits: {100 * p['cnn3_accuracy_router_exits']:.1f}%)",
+         _near(p["cnn3_accuracy_true_exits"], 100)],
+        ["CNN 3 above CNN 1 (sec. 4)", "~100% vs 98%", f"{100 * p['cnn3_accuracy_true_exits']:.1f}% vs "
+         f"{100 * full['accuracy']:.1f}% (CNN 1 on the same held-out images: {100 * p['cnn1_accuracy_on_heldout']:.1f}%)",
+         holds(p["cnn3_accuracy_true_exits"] > full["accuracy"])],
+        ["CNN 3 routed on the real test set, against CNN 1 (not in the paper)", "not run",
+         f"{100 * routed['accuracy']:.1f}% at {routed['macs_with_router'] / 1e6:.2f} M MACs vs {100 * full['accuracy']:.1f}% "
+         f"at {full['macs'] / 1e6:.2f} M", holds(routed["accuracy"] >= full["accuracy"])],
+    ]
+
+
 _RUN_OPTIONS = [
     option("dataset", "mnist5k (default), digits, mnist, cifar10, cifar100"),
     option("root", "folder with the data set's files (mnist, cifar*)"),
@@ -345,6 +379,8 @@ _RUN_OPTIONS = [
     option("lr", "learning rate"),
     option("limit", "use only this many training images (and a fifth as many test images)", type=int),
     option("latency_repeats", "timing repeats (0: no timing)"),
+    option("batch_size", "mini-batch of the networks trained on the full training set"),
+    PAPER_OPTION,
 ]
 
 
@@ -367,6 +403,8 @@ def run(
     lr: float = 1e-3,
     limit: int | None = None,
     latency_repeats: int = 3,
+    batch_size: int = 64,
+    paper_settings: bool = False,
 ) -> Path:
     """The layer-skipping paper: labels, router, skip network, end-to-end check on the real test set.
 
@@ -374,8 +412,13 @@ def run(
     (CNN 2) and the skip network (CNN 3); reports the paper's protocol and the end-to-end use on the
     real test set against CNN 1 and a confidence-based early exit. Writes ``result.json``, figures
     and a report section into ``out``; returns the report's path. ``quick``: a tiny run (300
-    images, a narrow model, one epoch) to check the pipeline.
+    images, a narrow model, one epoch) to check the pipeline. ``paper_settings``: RMSprop (lr 1e-3,
+    Keras' default) for 20 epochs for every network, mini-batches of 32 (Keras' default; the paper
+    names none); options given beside it still apply.
     """
+    if paper_settings:
+        p = preset(run, locals(), PAPER)
+        epochs, subset_epochs, optimizer, lr, batch_size = (p[k] for k in ("epochs", "subset_epochs", "optimizer", "lr", "batch_size"))
     from ..data import load_dataset, subset
     from ..report import Figure, Section, Table, save_figure, write_report
 
@@ -386,7 +429,7 @@ def run(
     test = load_dataset(dataset, "test", root=root)
     kw = {"channels": list(channels), "head": head, "epochs": epochs, "router_epochs": subset_epochs,
           "skip_epochs": subset_epochs, "feature_maps": feature_maps, "top": top, "optimizer": optimizer, "lr": lr,
-          "latency_repeats": latency_repeats, "seed": seed, "device": device}
+          "latency_repeats": latency_repeats, "batch_size": batch_size, "seed": seed, "device": device}
     if quick:
         limit = limit or 300
         kw.update(channels=[4, 4, 4], epochs=1, router_epochs=2, skip_epochs=2, latency_repeats=1,
@@ -406,6 +449,14 @@ def run(
             for r in res.end_to_end]  # fmt: skip
     conf = [[c["threshold"], c["accuracy"], c["mean_conv_layers"], c["macs"] / 1e6, "/".join(map(str, c["exit_histogram"]))]
             for c in res.confidence]  # fmt: skip
+    settings = {"settings": "paper" if paper_settings else "default", "quick": quick, "seed": seed, "data": dataset,
+                "training / test images": f"{len(train)} / {len(test)}", "channels": kw["channels"], "head": head,
+                "optimizer": f"{optimizer}, lr {lr:g}", "epochs (CNN 1 and the full-set networks)": kw["epochs"],
+                "epochs (CNN 2 and CNN 3 on the labelled subset)": kw["router_epochs"],
+                "batch (full set / labelled subset)": f"{batch_size} / 32", "run time (s)": round(time.perf_counter() - t0)}  # fmt: skip
+    comparison = [comparison_table(paper_rows(res), note="A single accuracy holds when ours is within 5 points of the paper's."),
+                  settings_table(settings)]  # fmt: skip
+    write_markdown(out / "paper_comparison.md", comparison)
     section = Section(
         key="routing",
         title="Layer skipping by strongest activations",
@@ -415,6 +466,7 @@ def run(
         f"{kw['channels']}, head {head}, {kw['epochs']} epochs (full set), optimizer {optimizer}.",
         findings=findings,
         tables=[
+            *comparison,
             Table("End to end on the real test set", ["method", "accuracy", "mean conv layers", "M MACs (net)",
                                                         "M MACs (+router)", "latency ms/image", "exits 0/1/2"], rows,
                   note="The router picks the exit of every test image; fixed-exit rows use a jointly trained early-exit net."),
