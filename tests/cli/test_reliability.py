@@ -154,6 +154,18 @@ def test_an_output_folder_never_mixes_two_runs(lenet, tmp_path, capsys):
     assert json.loads((tmp_path / "runs.json").read_text())["distinctiveness"]["seed"] == 1
 
 
+def test_a_run_that_failed_before_writing_results_does_not_block_its_folder(lenet, tmp_path, capsys):
+    """A mistyped command that fails at once (here: a file that is no checkpoint) leaves only the run
+    record; the corrected command may use the same folder."""
+    bad, out = tmp_path / "bad.pt", tmp_path / "out"
+    bad.write_bytes(b"junk")
+    assert main(["-q", "distinctiveness", "-c", str(bad), "--limit", "32", "-o", str(out)]) == 2
+    assert "not a readable checkpoint" in _error(capsys)
+    assert [x.name for x in out.iterdir()] == ["runs.json"]
+    assert main(["-q", "distinctiveness", "-c", str(lenet), "--limit", "32", "-o", str(out)]) == 0
+    assert cr.Result.load(out / "distinctiveness.json").meta["complete"] is True
+
+
 def test_an_interrupted_prune_keeps_its_steps_and_says_so(lenet, tmp_path, capsys, interrupt_at):
     import cnn_redundancy.compression.pruning as P
 

@@ -192,7 +192,8 @@ def out_dir(args: argparse.Namespace, writes: tuple[str, ...] = ()) -> Path:
     except json.JSONDecodeError:
         runs = {}
     now, before = _record(args), runs.get(command)
-    if before is not None and before != now and not getattr(args, "overwrite", False):
+    holds = any(x.name != RUNS_FILE for x in p.iterdir())  # a run that failed before writing left nothing to mix
+    if before is not None and before != now and holds and not getattr(args, "overwrite", False):
         diff = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(now.keys() | before.keys())
                          if before.get(k) != now.get(k))
         raise ValueError(f"{p} holds results of '{command}' run with other parameters ({diff}); results of two runs "
