@@ -24,20 +24,7 @@ import torch  # noqa: E402
 
 import cnn_redundancy as cr  # noqa: E402
 from cnn_redundancy.survey import analyze  # noqa: E402
-
-
-class LazyImages(torch.utils.data.Dataset):
-    """Random images made on access (seeded per index), so the data set costs no memory."""
-
-    def __init__(self, n: int, shape=(3, 64, 64), classes: int = 10) -> None:
-        self.n, self.shape, self.classes = n, shape, classes
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return torch.randn(*self.shape, generator=g), int(torch.randint(0, self.classes, (1,), generator=g))
+from lazy_images import LazyImages  # noqa: E402
 
 
 def plain_pass(model, data) -> float:

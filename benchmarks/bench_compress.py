@@ -21,18 +21,7 @@ from torch import nn  # noqa: E402
 
 import cnn_redundancy as cr  # noqa: E402
 from cnn_redundancy.compression.compress import compress  # noqa: E402
-
-
-class LazyImages(torch.utils.data.Dataset):
-    def __init__(self, n: int, offset: int = 0, shape=(3, 32, 32), classes: int = 10) -> None:
-        self.n, self.offset, self.shape, self.classes = n, offset, shape, classes
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(self.offset + i)
-        return torch.randn(*self.shape, generator=g), int(torch.randint(0, self.classes, (1,), generator=g))
+from lazy_images import LazyImages  # noqa: E402
 
 
 def one_shot(model, example, ratio: float) -> tuple[nn.Module, float]:
@@ -52,7 +41,9 @@ def one_shot(model, example, ratio: float) -> tuple[nn.Module, float]:
 def main() -> None:
     torch.manual_seed(0)
     model = cr.get_model("torchvision:resnet18", num_classes=10, seed=0).eval()
-    calib, val, test = LazyImages(256), LazyImages(64, 10_000), LazyImages(64, 20_000)
+    small = (3, 32, 32)
+    calib, val, test = (LazyImages(256, small), LazyImages(64, small, offset=10_000),
+                        LazyImages(64, small, offset=20_000))
     example = torch.zeros(1, 3, 32, 32)
     macs0 = sum(cr.count_macs(model, example).values())
     lo, hi = 0.0, 0.9  # the channel ratio that gives half the MACs (not timed)
