@@ -64,26 +64,29 @@ def torch_pruning_baseline(model: nn.Module, example: torch.Tensor, layers: list
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     total = sum(model.get_submodule(n).out_channels for n in layers)
 
-    def fresh(fraction: float, n: int):
-        """A pruner removing ``fraction`` of the original channels per step for ``n`` steps, from here."""
+    per_step, fine = 0.9 / steps, False
+
+    def fresh():
+        """A pruner from here removing ``per_step`` of the original channels per step for ``steps`` steps
+        (once a step overshot: a tenth of that for ten steps)."""
+        fraction, n = (per_step / 10, 10) if fine else (per_step, steps)
         kept = sum(pruned.get_submodule(name).out_channels for name in layers) / total
         return _pruner(pruned, example, set(layers), kind, seed, min(0.9, n * fraction / kept), n), n
 
-    per_step, fine = 0.9 / steps, False
-    pruner, left = fresh(per_step, steps)
+    pruner, left = fresh()
     macs = sum(count_macs(pruned, example).values())
     for _ in range(4 * steps):
         if macs <= target_macs:
             break
         if left == 0:  # this pruner's steps are spent: go on from here at the same pace
-            pruner, left = fresh(per_step / 10 if fine else per_step, 10 if fine else steps)
-        before = copy.deepcopy(pruned)
+            pruner, left = fresh()
+        before = None if fine else copy.deepcopy(pruned)  # only a coarse step is ever redone
         _step(pruned, pruner, kind, calib, batch_size, device, frozen)
         left -= 1
         after = sum(count_macs(pruned, example).values())
         if after < 0.98 * target_macs and not fine:  # overshot: redo this step finer
             fine, pruned = True, before
-            pruner, left = fresh(per_step / 10, 10)
+            pruner, left = fresh()
             continue
         macs = after  # (a small step may remove nothing: the pruner's schedule is cumulative)
         if on_step is not None:
