@@ -9,8 +9,8 @@ second process buys.
 2. Setup: the fixed cost of an analysis (tracing, building results) against its per-image cost:
    time at 256 images over 256 x (the cost of one more image, from 256 and 768 images).
 3. Distributed: the same analyses in 2 gloo processes of 1 thread against 1 process of 1 thread
-   (both under ``torchrun --standalone``, timed inside the workers), and whether the results are the
-   same JSON (``meta.world_size`` aside).
+   (both under ``torchrun --standalone``, timed inside the workers, the best of two calls each), and
+   whether the results are the same JSON (``meta.world_size`` aside).
 
 Run: ``python benchmarks/bench_scaling.py`` (``--quick`` for the 64x64 part alone).
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -141,10 +142,13 @@ def worker(out: Path) -> None:
         cr.evaluate(m, images(32, 64), batch_size=32, progress=False)  # warm-up
         times, results = {}, {}
         for label, run in runs.items():
-            torch.distributed.barrier() if world_size() > 1 else None
-            t = time.perf_counter()
-            res = run()
-            times[label] = time.perf_counter() - t
+            best = math.inf
+            for _ in range(2):  # the best of two: the first call also pays one-time costs (allocator, buffers)
+                torch.distributed.barrier() if world_size() > 1 else None
+                t = time.perf_counter()
+                res = run()
+                best = min(best, time.perf_counter() - t)
+            times[label] = best
             d = res.to_dict()
             d["meta"].pop("world_size")
             results[label] = d

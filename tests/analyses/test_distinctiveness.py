@@ -22,8 +22,8 @@ from cnn_redundancy.testing import (
 def test_duplicated_kernels_have_angle_zero_and_come_first():
     res = cr.distinctiveness(duplicated_kernels_net(), random_images(48))
     assert res.observed == {"conv1": "act1", "conv2": "act2"}
-    assert res.angles["conv1"][0][1] == pytest.approx(0.0, abs=1e-3)
-    assert res.angles["conv2"][2][3] == pytest.approx(0.0, abs=1e-3)
+    assert res.angles["conv1"][0, 1].item() == pytest.approx(0.0, abs=1e-3)
+    assert res.angles["conv2"][2, 3].item() == pytest.approx(0.0, abs=1e-3)
     first_two = {(p["layer"], p["i"], p["j"]) for p in res.pairs(2)}
     assert first_two == {("conv1", 0, 1), ("conv2", 2, 3)}
     others = [p["angle"] for p in res.pairs()[2:]]
@@ -40,7 +40,7 @@ def test_angles_match_direct_computation():
     cos = (v.T @ v) / (v.norm(dim=0)[:, None] * v.norm(dim=0)[None, :])
     want = torch.rad2deg(torch.arccos(cos.clamp(-1, 1)))
     want.fill_diagonal_(0)
-    assert torch.allclose(torch.tensor(res.angles["conv2"], dtype=torch.float64), want, atol=1e-4)
+    assert res.angles["conv2"].dtype == torch.float64 and torch.allclose(res.angles["conv2"], want, atol=1e-4)
     assert res.n_samples == 40
 
 
@@ -57,11 +57,11 @@ def test_centering_is_exact_from_streamed_sums(center):
 def test_complementary_pair_found_only_with_centering():
     m, d = complementary_pair_net(), constant_images(64)
     plain = cr.distinctiveness(m, d)
-    assert plain.angles["conv"][0][1] < 90.0
+    assert plain.angles["conv"][0, 1] < 90.0
     assert plain.pairs(descending=True)[0]["angle"] < 90.0
     for center in ("mean", "minmax"):
         res = cr.distinctiveness(m, d, center=center)
-        assert res.angles["conv"][0][1] == pytest.approx(180.0, abs=1e-3)
+        assert res.angles["conv"][0, 1].item() == pytest.approx(180.0, abs=1e-3)
         top = res.pairs(1, descending=True)[0]
         assert (top["i"], top["j"]) == (0, 1)
 
@@ -73,7 +73,7 @@ def test_dead_kernel_is_degenerate():
         m.conv1.bias[2] = -1.0  # relu(-1) = 0 everywhere
     res = cr.distinctiveness(m, random_images(16), "conv1")
     assert res.degenerate["conv1"] == [2]
-    assert math.isnan(res.angles["conv1"][2][0])
+    assert math.isnan(res.angles["conv1"][2, 0])
     assert all(2 not in (p["i"], p["j"]) for p in res.pairs())
 
 
@@ -100,7 +100,7 @@ def test_shared_activation_module_uses_the_call_after_the_layer():
     m = cr.get_model("torchvision:resnet18").eval()
     res = cr.distinctiveness(m, random_images(4, shape=(3, 32, 32)), "layer1.0.conv1")
     assert res.observed["layer1.0.conv1"] == "layer1.0.relu"  # relu is called twice in a BasicBlock
-    assert len(res.angles["layer1.0.conv1"]) == 64
+    assert res.angles["layer1.0.conv1"].shape == (64, 64)
 
 
 def test_bad_inputs():

@@ -224,8 +224,9 @@ class DistinctivenessResult(Result):
     Attributes:
         layers: analysed conv layers. observed: the module whose output gave each layer's vectors.
         center: ``None``, ``"mean"`` or ``"minmax"``. n_samples: length of every vector.
-        angles: ``layer -> K x K`` angles in degrees (diagonal 0; NaN row, column and diagonal entry
-            for a kernel whose (centered) vector is zero: it is listed in ``degenerate``).
+        angles: ``layer -> [K, K]`` float64 tensor of angles in degrees (diagonal 0; NaN row, column
+            and diagonal entry for a kernel whose (centered) vector is zero: it is listed in
+            ``degenerate``). A tensor, not nested lists: resnet50 has 28 M of them.
         norms: ``layer -> [K]`` norm of each (centered) vector.
         mean_norm: ``layer -> [K]`` mean Frobenius norm of each kernel's activation map.
         degenerate: ``layer -> kernel indices`` whose (centered) vector is zero.
@@ -237,7 +238,7 @@ class DistinctivenessResult(Result):
     observed: dict[str, str] = dataclasses.field(default_factory=dict)
     center: str | None = None
     n_samples: int = 0
-    angles: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)
+    angles: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     norms: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     mean_norm: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     degenerate: dict[str, list[int]] = dataclasses.field(default_factory=dict)
@@ -248,7 +249,7 @@ class DistinctivenessResult(Result):
         """Per kernel, the smallest angle to another kernel of the layer and that kernel (NaN / ``None``
         for a degenerate kernel). With centering, a complementary pair (near 180 degrees) counts as near:
         the angle is folded to ``min(a, 180 - a)``."""
-        a = torch.tensor(self.angles[layer], dtype=torch.float64)
+        a = self.angles[layer].clone()
         if self.center is not None:
             a = torch.minimum(a, 180.0 - a)
         a.fill_diagonal_(math.inf)
@@ -267,12 +268,16 @@ class DistinctivenessResult(Result):
         for name in [layer] if layer is not None else self.layers:
             if name not in self.angles:
                 raise ValueError(f"no angles for layer {name!r}; layers: {', '.join(self.layers)}")
-            a = torch.tensor(self.angles[name], dtype=torch.float64)
+            a = self.angles[name]
             i, j = torch.triu_indices(a.shape[0], a.shape[0], offset=1)
             vals = a[i, j]
             ok = ~torch.isnan(vals)
+            i, j, vals = i[ok], j[ok], vals[ok]
+            # (i, j) come in row order, so a stable sort keeps ties in (i, j) order: the first ``limit``
+            # of each layer are the only candidates for the first ``limit`` overall
+            order = torch.sort(vals, descending=descending, stable=True).indices[:limit]
             out += [{"layer": name, "i": int(p), "j": int(q), "angle": float(v)}
-                    for p, q, v in zip(i[ok].tolist(), j[ok].tolist(), vals[ok].tolist())]
+                    for p, q, v in zip(i[order].tolist(), j[order].tolist(), vals[order].tolist())]
         out.sort(key=lambda d: (-d["angle"] if descending else d["angle"], d["layer"], d["i"], d["j"]))
         return out[:limit] if limit is not None else out
 
@@ -314,7 +319,7 @@ def result_from_stats(stats: dict[str, ActivationStats], obs: dict[str, str], ce
     for name, st in stats.items():
         ang, norms = st.angles(center)
         res.n_samples = st.n
-        res.angles[name] = ang.tolist()
+        res.angles[name] = ang.to("cpu", torch.float64)
         res.norms[name] = norms.tolist()
         res.mean_norm[name] = (st.sums / st.n).tolist()
         res.degenerate[name] = torch.nonzero(torch.isnan(ang.diagonal())).flatten().tolist()
@@ -364,7 +369,7 @@ def distinctiveness(
     Example:
         >>> from cnn_redundancy.testing import duplicated_kernels_net, random_images
         >>> r = distinctiveness(duplicated_kernels_net(), random_images(16), "conv1")
-        >>> round(r.angles["conv1"][0][1], 3)
+        >>> round(r.angles["conv1"][0, 1].item(), 3)
         0.0
     """
     if center not in CENTERINGS:

@@ -1,14 +1,16 @@
 """Results: dataclasses of plain data that save to JSON, load back exactly, and plot.
 
 Every analysis returns a subclass of :class:`Result`. Fields hold plain Python data (dicts keyed
-by layer name, lists, floats), so ``Result.load(path)`` gives back an equal object. ``meta`` holds
+by layer name, lists, floats) or, for large matrices, float64 tensors (written as nested lists,
+read back as tensors), so ``Result.load(path)`` gives back an equal object. ``meta`` holds
 the method, its parameters, the seed and the package versions, and (only there) timings, under the
 keys of :data:`TIMINGS` (``seconds``, ``latency_ms``): the same seed gives the same JSON outside
 them, and the same bytes where nothing was timed; ``==`` compares results without them.
 
 The files are strict JSON (any parser reads them): a non-finite number (NaN, an infinity) is written
 as ``null`` and read back as NaN wherever the field's type says a number is expected. Writes are
-atomic: a unique temporary file in the same folder, then ``os.replace``.
+atomic: a unique temporary file in the same folder, then ``os.replace``. Files are indented, one
+value per line, up to :data:`INDENT_UP_TO` bytes of compact JSON, and compact beyond.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["Result", "Partials", "PARTIAL_EVERY", "TIMINGS", "atomic_write", "make_meta", "to_plain", "versions"]
+__all__ = ["Result", "Partials", "PARTIAL_EVERY", "TIMINGS", "INDENT_UP_TO", "atomic_write", "make_meta", "to_json", "to_plain",
+           "versions"]
 
 PARTIAL_EVERY = 30.0  # seconds of work between two writes of a partial result
 #: the keys of ``meta`` that hold measured times (they differ from run to run)
@@ -97,9 +100,15 @@ class _suppress:
 
 
 def _restore_nan(value: Any, hint: Any) -> Any:
-    """``null`` back to NaN where ``hint`` (a field's type) expects a float."""
+    """``null`` back to NaN where ``hint`` (a field's type) expects a float; nested lists back to a
+    float64 tensor where it expects a tensor."""
     if hint is float:
         return math.nan if value is None else value
+    if isinstance(hint, type) and hint.__module__.startswith("torch") and hint.__name__ == "Tensor":
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.array(value, dtype=np.float64))  # null -> NaN, in one pass
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -123,7 +132,7 @@ def to_plain(x: Any) -> Any:
     import torch
 
     if isinstance(x, torch.Tensor):
-        return to_plain(x.detach().cpu().tolist())
+        return _tensor_plain(x.detach().cpu())
     if np is not None and isinstance(x, np.ndarray):
         return to_plain(x.tolist())
     if np is not None and isinstance(x, np.generic):
@@ -141,6 +150,34 @@ def to_plain(x: Any) -> Any:
     if isinstance(x, type):
         return x.__name__
     return repr(x)
+
+
+def _tensor_plain(t):
+    """Nested lists of ``t``'s numbers, ``None`` for a non-finite one: a finite (or integer) tensor in
+    one ``tolist``, the element-wise walk only into the rows that hold a NaN or an infinity."""
+    import torch
+
+    if not (t.is_floating_point() or t.is_complex()) or bool(torch.isfinite(t).all()):
+        return t.tolist()
+    if t.dim() == 0:
+        return None
+    if t.dim() > 1:
+        return [_tensor_plain(row) for row in t]
+    out = t.tolist()
+    for i in torch.nonzero(~torch.isfinite(t)).flatten().tolist():
+        out[i] = None
+    return out
+
+
+#: a result whose compact JSON is longer than this is written compact (one line): indenting it would
+#: take the pure-Python encoder minutes and double the file (resnet50's angles: 28 M numbers)
+INDENT_UP_TO = 8 * 2**20
+
+
+def to_json(d: Any) -> str:
+    """Strict JSON of plain data: indented (one value per line) where small, compact where large."""
+    text = json.dumps(d, allow_nan=False)
+    return text if len(text) > INDENT_UP_TO else json.dumps(d, indent=1, allow_nan=False)
 
 
 @dataclasses.dataclass
@@ -171,7 +208,7 @@ class Result:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON (atomically: a crash never leaves a half-written file)."""
-        return atomic_write(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        return atomic_write(path, to_json(self.to_dict()))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Result:

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..core.results import atomic_write, to_plain, versions
+from ..core.results import atomic_write, to_json, to_plain, versions
 
 __all__ = ["Section", "Table", "Figure", "save_figure", "write_report", "load_sections"]
 
@@ -56,7 +56,7 @@ class Section:
     def save(self, out_dir: str | os.PathLike) -> Path:
         path = Path(out_dir) / "sections" / f"{self.key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(path, json.dumps(to_plain(dataclasses.asdict(self)), indent=1, allow_nan=False))
+        return atomic_write(path, to_json(to_plain(dataclasses.asdict(self))))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Section:
