@@ -28,6 +28,9 @@ def test_ignored_channel_has_cosine_one_and_no_metric_change(fn, data, unchanged
     assert res.metric["conv2"][2] == res.baseline
     assert res.max_change["conv2"][2] == 0.0 and min(res.max_change["conv2"][i] for i in (0, 1, 3)) > 0
     assert min(res.mean_cosine["conv2"][i] for i in (0, 1, 3)) < 0.99  # the others do change the activation
+    cos_only = fn(m, data, "conv2", batch_size=32, metric=None)  # the change check on the observation itself
+    assert cos_only.meta["params"]["engine"] == "fast" and cos_only.mean_cosine["conv2"][2] == 1.0
+    assert cos_only.max_change["conv2"][2] == 0.0 and min(cos_only.max_change["conv2"][i] for i in (0, 1, 3)) > 0
 
 
 @pytest.mark.parametrize("mode", ["channel", "pixel"])

@@ -242,13 +242,6 @@ def _channel_delta(conv: nn.Conv2d, delta_k: torch.Tensor, k: int, size: torch.S
     return full
 
 
-def same_layout(ctx: BatchContext, key, clean: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``clean`` in ``like``'s memory layout (channels-last or contiguous), converted once per batch and key."""
-    last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
-    fmt = torch.channels_last if last else torch.contiguous_format
-    return ctx.cached((key, fmt), lambda: clean.contiguous(memory_format=fmt))
-
-
 def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, str], mode: str, repeats: int,
            seed: int, whole_model: bool) -> list[Unit]:  # fmt: skip
     """The sweep's units. ``whole_model``: the perturbed output runs on to the model output (for the
@@ -275,7 +268,7 @@ def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, s
                     part = _channel_delta(conv, delta, k, out.shape[2:])
                     if whole_model:
                         return out + part.contiguous()
-                    return same_layout(ctx, ("clean output", layer), out, part) + part
+                    return ctx.like(("clean output", layer), out, part) + part
 
                 units.append(Unit((layer, r, i), {layer: exact}, fast=fast, observe=observed[layer], slot=(layer, i)))
     return units
@@ -324,8 +317,9 @@ class _Probe:
 
     def cosine_sum(self, ctx: BatchContext, i: int, clean: torch.Tensor, pert: torch.Tensor) -> torch.Tensor:
         """The cosine per observed channel, summed over the batch (the clean norms computed once per batch)."""
-        layer = self.units[i].key[0]
-        clean = same_layout(ctx, ("clean observation", layer), clean, pert)  # the three sums alike: cosine 1 is exact
+        unit = self.units[i]
+        layer = unit.key[0]
+        clean = ctx.like(ctx.observation_key(unit), clean, pert)  # the three sums alike: cosine 1 is exact
         a_sq = ctx.cached(("clean norms", layer, clean.stride()), lambda: squared_norms(clean))
         return cosine_per_channel(clean, pert, a_sq=a_sq).sum(0)
 

@@ -100,6 +100,18 @@ class BatchContext:
             self.cache[key] = make()
         return self.cache[key]
 
+    def like(self, key: Hashable, clean: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``clean`` in ``t``'s memory layout (channels-last or contiguous), converted once per batch and key:
+        element-wise work on the two, and sums over their maps, then run in one order over contiguous memory."""
+        last = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if last else torch.contiguous_format
+        return self.cached((key, fmt), lambda: clean.contiguous(memory_format=fmt))
+
+    @staticmethod
+    def observation_key(unit: Unit) -> Hashable:
+        """The cache key of a unit's clean observation (the same for every unit at the same module)."""
+        return ("clean observation", unit.point, unit.observe)
+
 
 @dataclasses.dataclass
 class SweepState:
@@ -254,7 +266,10 @@ class _Run:
                 out, obs = plan.run(i, ctx, b.x, values, with_metric)
             clean_obs = plan.clean_observation(i, values, observed)
             if b.index == 0:
-                changes.append(_change(out, clean_out) if out is not None else _change(obs, clean_obs))
+                if out is not None:
+                    changes.append(_change(out, clean_out))
+                else:
+                    changes.append(_change(obs, self.reference(ctx, i, clean_obs, obs)))
             units.append((i, self.metric.batch_state(out, b.y) if with_metric else None,
                           self.observe_sum(ctx, i, clean_obs, obs) if self.observe_sum is not None and obs is not None else None))  # fmt: skip
             tick()
@@ -262,6 +277,17 @@ class _Run:
         return {"size": len(b.x), "owner": self.owner, "units": units,
                 "baseline": self.metric.batch_state(clean_out, b.y) if own else None,
                 "change": [torch.stack([c[0] for c in changes]), torch.stack([c[1] for c in changes])] if changes else None}  # fmt: skip
+
+    def reference(self, ctx: BatchContext, i: int, clean: Any, obs: Any) -> Any:
+        """Unit ``i``'s clean observation to compare ``obs`` with: a tensor in ``obs``'s memory layout and
+        in float64, made once per batch for all the units observed there (a mixed-dtype or mixed-layout
+        difference costs several times more)."""
+        u = self.plan.units[i]
+        if u.point is None or not isinstance(clean, torch.Tensor) or not isinstance(obs, torch.Tensor):
+            return clean
+        key = ctx.observation_key(u)
+        ref = ctx.like(key, clean, obs)
+        return ctx.cached((key, "float64", ref.stride()), lambda: ref.double())
 
     def apply(self, c: dict[str, Any]) -> None:
         st = self.state
@@ -379,7 +405,7 @@ def _change(out: Any, clean: Any) -> tuple[torch.Tensor, torch.Tensor]:
     where either is NaN (or both are the same infinity), which counts as a change too.
     """
     if isinstance(out, torch.Tensor) and isinstance(clean, torch.Tensor) and out.shape == clean.shape:
-        diff = out.double().sub_(clean)  # in out's memory layout (channels-last, say): read it in that order
+        diff = out.double().sub_(clean)  # in out's memory layout (channels-last, say): read in that order
         diff = diff.permute(sorted(range(diff.dim()), key=lambda d: -diff.stride(d))).reshape(-1)
     else:
         diff = _flat(out) - _flat(clean)
