@@ -12,7 +12,9 @@ def test_end_to_end(tmp_path, capsys):
     train = tmp_path / "train"
     assert main(["--quiet", "train", "--model-kw", "width=2", "--epochs", "1", "--limit", "300", "--out", str(train)]) == 0
     ckpt = train / "model.pt"
-    assert ckpt.exists() and "test accuracy" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert ckpt.exists() and "test accuracy" in said.out
+    assert "training lenet5 from random weights (seed 0)" in said.err and "no --checkpoint" not in said.err
     sh = tmp_path / "shuffle"
     assert main(["-q", "pixel-shuffle", "-c", str(ckpt), "--layers", "conv2", "--limit", "200",
                  "--channels", "0", "3", "--out", str(sh)]) == 0  # fmt: skip

@@ -81,7 +81,7 @@ def _train(args: argparse.Namespace) -> int:
     out = out_dir(args, writes=("model.pt",))
     train = data_from_args(args, "train")
     test = data_from_args(args, "test")
-    model = model_from_args(args, train)
+    model = model_from_args(args, train, training=True)
     metric = metric_from_args(args, model, train)
     name = get_metric(metric).name
     hist = fit(model, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,

@@ -104,8 +104,9 @@ def _fitted_kwargs(name: str, data, given: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in found.items() if k in params and k not in given and v is not None}
 
 
-def model_from_args(args: argparse.Namespace, data=None):
-    """The model of ``-c`` / ``-m``; without a checkpoint, built with ``--seed`` and fitted to ``data``'s shape and classes."""
+def model_from_args(args: argparse.Namespace, data=None, *, training: bool = False):
+    """The model of ``-c`` / ``-m``; without a checkpoint, built with ``--seed`` and fitted to ``data``'s shape and
+    classes (``training``: the weights are about to be trained, so random ones are what is wanted)."""
     from ..checkpoint import load_checkpoint
     from ..models import get_model
 
@@ -115,7 +116,8 @@ def model_from_args(args: argparse.Namespace, data=None):
     name = args.model or args.model_default
     seed = getattr(args, "seed", 0)
     fitted = _fitted_kwargs(name, data, kw)
-    say(f"note: no --checkpoint given, using {name} with random weights (seed {seed})"
+    say((f"training {name} from random weights (seed {seed})" if training else
+         f"note: no --checkpoint given, using {name} with random weights (seed {seed})")
         + (f", built for the data: {', '.join(f'{k}={v}' for k, v in fitted.items())}" if fitted else ""))
     return get_model(name, seed=seed, **fitted, **kw).eval()
 

@@ -165,23 +165,28 @@ def _fill(tree: Any, buf: torch.Tensor) -> Any:
 def all_gather_tree(tree: Any, device: torch.device | None = None) -> list[Any]:
     """Every process' ``tree`` (tensors in nested dicts, lists and tuples; other leaves picklable), in rank order.
 
-    The tensors of the trees travel as one flat byte buffer per process on the process group's
-    device (the GPU with NCCL, so nothing is copied to the host); the small skeleton (shapes,
-    dtypes, non-tensor leaves) as a pickled object. Shapes may differ between processes. The
-    gathered tensors land on ``device`` (default: where the group's buffers are).
+    Two collectives: the lengths (on the CPU group), then one flat byte buffer per process on the
+    process group's device (the GPU with NCCL, so no tensor is copied to the host) holding the
+    pickled skeleton (shapes, dtypes, non-tensor leaves) followed by the tensors' bytes. Shapes may
+    differ between processes. The gathered tensors land on ``device`` (default: where the group's
+    buffers are).
     """
     if world_size() == 1:
         return [tree]
     chunks: list[torch.Tensor] = []
     size = [0]
-    skeleton = _strip(tree, chunks, size)
+    skeleton = pickle.dumps(_strip(tree, chunks, size))
     comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    skeletons = all_gather_object((pickle.dumps(skeleton), size[0]))
-    longest = max(1, max(n for _, n in skeletons))
-    buf = torch.zeros(longest, dtype=torch.uint8, device=comm)
+    small = torch.device("cpu") if _cpu_group is not None or comm.type == "cpu" else comm  # a group of the caller's: its device
+    lengths = [torch.zeros(2, dtype=torch.int64, device=small) for _ in range(world_size())]
+    dist.all_gather(lengths, torch.tensor([len(skeleton), size[0]], dtype=torch.int64, device=small), group=_cpu_group)
+    lens = [tuple(n.tolist()) for n in lengths]
+    buf = torch.zeros(max(a + b for a, b in lens), dtype=torch.uint8, device=comm)
+    buf[: len(skeleton)] = torch.frombuffer(bytearray(skeleton), dtype=torch.uint8).to(comm, non_blocking=True)
     if chunks:
-        buf[: size[0]] = torch.cat([c.to(comm, non_blocking=True) for c in chunks])
+        buf[len(skeleton) : len(skeleton) + size[0]] = torch.cat([c.to(comm, non_blocking=True) for c in chunks])
     bufs = [torch.empty_like(buf) for _ in range(world_size())]
     dist.all_gather(bufs, buf)
     target = device if device is not None else comm
-    return [_fill(pickle.loads(s), b.to(target, non_blocking=True)) for (s, _), b in zip(skeletons, bufs)]
+    return [_fill(pickle.loads(b[:n].cpu().numpy().tobytes()), b[n : n + m].to(target, non_blocking=True))
+            for (n, m), b in zip(lens, bufs)]  # fmt: skip
