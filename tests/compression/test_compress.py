@@ -121,6 +121,8 @@ def test_cli_compress_and_reproduce_quick(tmp_path, capsys):
     assert cr.load_checkpoint(out / "model.pt") is not None
     assert main(["-q", "reproduce", "compress", "--quick", "--out", str(tmp_path / "r")]) == 0
     assert "Test accuracy at the same MACs" in (tmp_path / "r" / "report.html").read_text()
+    quick = cr.Result.load(tmp_path / "r" / "compress-lenet5-50-0.json")  # validation held out before training
+    assert (quick.data["train"], quick.data["validation"]) == (450, 150) and "the given 150" in quick.data["how"]
 
 
 @pytest.mark.parametrize(("kind", "width", "targets"), [("random", 1, (0.2886,)), ("l1", 4, (0.5, 0.1))])
