@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .batches import SHARDS, Batch, BatchLoop, as_loader, explained, resolve_device
-from .device import autocast, check_amp, placed, wants_channels_last
+from .device import autocast, check_amp, full_precision, placed, wants_channels_last
 from .distributed import rank, world_size
 from .graph import SplitState, SplitUnavailable, Traced
 from .hooks import capture_after, preserved, replacing
@@ -280,14 +280,14 @@ class _Run:
 
     def reference(self, ctx: BatchContext, i: int, clean: Any, obs: Any) -> Any:
         """Unit ``i``'s clean observation to compare ``obs`` with: a tensor in ``obs``'s memory layout and
-        in float64, made once per batch for all the units observed there (a mixed-dtype or mixed-layout
-        difference costs several times more)."""
+        float32 at least, made once per batch for all the units observed there (a mixed-dtype or
+        mixed-layout difference costs several times more)."""
         u = self.plan.units[i]
         if u.point is None or not isinstance(clean, torch.Tensor) or not isinstance(obs, torch.Tensor):
             return clean
         key = ctx.observation_key(u)
         ref = ctx.like(key, clean, obs)
-        return ctx.cached((key, "float64", ref.stride()), lambda: ref.double())
+        return ctx.cached((key, "full precision", ref.stride()), lambda: full_precision(ref))
 
     def apply(self, c: dict[str, Any]) -> None:
         st = self.state
@@ -391,9 +391,9 @@ def sweep(
 
 
 def _flat(out: Any) -> torch.Tensor:
-    """Every tensor of a model output (a tensor, or a dict / tuple of them) as one flat float64 tensor."""
+    """Every tensor of a model output (a tensor, or a dict / tuple of them) as one flat tensor (float32 at least)."""
     if isinstance(out, torch.Tensor):
-        return out.double().flatten()
+        return full_precision(out).flatten()
     parts = out.values() if isinstance(out, dict) else out
     return torch.cat([_flat(p) for p in parts if isinstance(p, torch.Tensor | dict | list | tuple)])
 
@@ -401,17 +401,19 @@ def _flat(out: Any) -> torch.Tensor:
 def _change(out: Any, clean: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(largest absolute difference, whether anything differs) without a host sync; any output structure.
 
-    The difference is exact (float64); it is non-zero exactly where the outputs differ, and NaN
-    where either is NaN (or both are the same infinity), which counts as a change too.
+    The difference is taken in the outputs' precision (float32 at least; the largest one is returned
+    in float64): IEEE subtraction is zero exactly where two numbers are equal, so it is non-zero
+    exactly where the outputs differ, and NaN where either is NaN (or both are the same infinity),
+    which counts as a change too.
     """
     if isinstance(out, torch.Tensor) and isinstance(clean, torch.Tensor) and out.shape == clean.shape:
-        diff = out.double().sub_(clean)  # in out's memory layout (channels-last, say): read in that order
-        diff = diff.permute(sorted(range(diff.dim()), key=lambda d: -diff.stride(d))).reshape(-1)
+        diff = full_precision(out) - full_precision(clean)  # in out's memory layout (channels-last, say)
+        diff = diff.permute(sorted(range(diff.dim()), key=lambda d: -diff.stride(d))).reshape(-1)  # read in that order
     else:
         diff = _flat(out) - _flat(clean)
     if not diff.numel():
         zero = diff.new_zeros(())
         return zero, zero > 0
     lo, hi = torch.aminmax(diff)
-    biggest = torch.maximum(hi, -lo)
+    biggest = torch.maximum(hi, -lo).double()
     return biggest, (biggest > 0) | torch.isnan(biggest)
