@@ -192,6 +192,7 @@ def test_channels_must_be_integer_indices():
     dict(kernel_size=3, padding=1, padding_mode="replicate", groups=2),
     dict(kernel_size=3, padding=1, groups=4),  # depthwise, 2 kernels per channel
 ])
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's note on its own reference conv
 def test_channel_delta_is_the_conv_of_the_change_alone(kw):
     from cnn_redundancy.analyses.shuffle import _channel_delta
 
