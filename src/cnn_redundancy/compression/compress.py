@@ -224,7 +224,8 @@ def _channels(sh: Shrinker, run: _Run, criteria: list[str], *, base, target, max
         outcomes[crit] = {"macs_fraction": macs / sh.macs0, "val": run.on(cand.model, run.val), "steps": len(cand.steps),
                           "stopped": stopped}  # fmt: skip
         shrinkers[crit] = cand
-    return shrinkers[_best(outcomes, target, step_fraction)], _best(outcomes, target, step_fraction), outcomes, curves
+    best = _best(outcomes, target, step_fraction)
+    return shrinkers[best], best, outcomes, curves
 
 
 def _best(outcomes: dict[str, dict[str, Any]], target: float | None, step_fraction: float) -> str:
