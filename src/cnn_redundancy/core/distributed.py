@@ -37,13 +37,12 @@ __all__ = [
     "launched_by_torchrun",
     "launched",
     "all_gather_tree",
-    "all_gather_object",
     "broadcast_object",
     "DEFAULT_TIMEOUT",
 ]
 
 DEFAULT_TIMEOUT = 1800.0
-_cpu_group = None  # a gloo group for small Python objects when the main group is NCCL
+_cpu_group = None  # with NCCL: a gloo group for small objects and the lengths of gathered trees
 
 
 def _active() -> bool:
@@ -105,15 +104,6 @@ def launched(device: str | torch.device | None = None, *, timeout: float | None 
     finally:
         _cpu_group = None
         dist.destroy_process_group()
-
-
-def all_gather_object(obj: Any) -> list[Any]:
-    """Every process' ``obj`` (picklable, small), in rank order; ``[obj]`` with one process."""
-    if world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj, group=_cpu_group)
-    return out
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
