@@ -15,8 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 WORKER = Path(__file__).with_name("worker.py")
 TIMEOUT = 240
 
@@ -38,9 +36,8 @@ def _comparable(path: Path) -> dict:
     return d
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+def _runs(tmp_path: Path) -> tuple[Path, Path]:
+    one, two = tmp_path / "one", tmp_path / "two"
     single = subprocess.run([sys.executable, str(WORKER), str(one)], capture_output=True, text=True, timeout=TIMEOUT,
                             env=_env())  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
@@ -49,8 +46,8 @@ def runs(tmp_path_factory):
     return one, two
 
 
-def test_same_json_for_one_and_two_processes(runs):
-    one, two = runs
+def test_same_json_for_one_and_two_processes(tmp_path):
+    one, two = _runs(tmp_path)
     names = sorted(p.name for p in (one / "rank0").glob("*.json"))
     assert names == ["analyze.json", "channel-shuffle-units.json", "channel-shuffle.json", "cka.json", "compress.json",
                      "dead-kernels.json", "distinctiveness.json", "evaluate.json", "kernel-scores.json",
@@ -65,10 +62,8 @@ def test_same_json_for_one_and_two_processes(runs):
     # sharding the units gives the answer of sharding the batches
     by_units = _comparable(two / "rank0" / "channel-shuffle-units.json")
     assert by_units == _comparable(one / "rank0" / "channel-shuffle.json")
-
-
-def test_command_line_under_torchrun_rank_0_writes(runs):
-    one, two = runs
+    # the command line under torchrun: the same file, and rank 0 writes (one test for the one pair of runs:
+    # split over two, pytest-xdist's workers would each launch both runs, side by side on CI's two cores)
     assert _comparable(two / "cli" / "channel-shuffle.json") == _comparable(one / "cli" / "channel-shuffle.json")
     assert (two / "cli" / "channel-shuffle.png").stat().st_size > 0
     assert not list((two / "rank1").glob("*.png"))
