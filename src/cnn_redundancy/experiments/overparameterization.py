@@ -8,7 +8,6 @@ papers' lenses, and plots each lens's redundancy against the width beside the te
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import textwrap
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from ..core.registry import experiment, option
-from ..core.results import atomic_write, to_plain
+from ..core.results import atomic_write, to_json, to_plain
 from ..data import load_dataset, subset
 from ..report import Figure, Section, Table, save_figure, write_report
 from ..survey import AnalysisResult, analyze
@@ -165,7 +164,7 @@ def run(
                "train_seconds": t2 - t1, "analyze_seconds": time.perf_counter() - t2}  # fmt: skip
         rows.append(row)
         print(f"{tag}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
-        atomic_write(out / "overparameterization.json", json.dumps(to_plain(rows), indent=1, allow_nan=False))
+        atomic_write(out / "overparameterization.json", to_json(to_plain(rows)))
     save_figure(_plot(rows), out / "overparameterization.png")
     seconds = time.perf_counter() - t0
     section = _section(rows, epochs=epochs, seed=seed, n_train=len(train), n_test=len(test), resnet_base=resnet_base,
