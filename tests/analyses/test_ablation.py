@@ -73,6 +73,21 @@ def test_fast_path_equals_full_passes(net, data, scope, mode):
         assert a.max_change[u] == pytest.approx(b.max_change[u], rel=1e-5, abs=1e-6)
 
 
+def test_fast_path_equals_full_passes_with_inplace_activations(data):
+    """A plain net whose convs are each overwritten by a LeakyReLU(inplace=True) (applied twice, it would
+    shrink negatives again): the split path takes every clean value as it was computed."""
+    torch.manual_seed(4)
+    act = lambda: torch.nn.LeakyReLU(0.3, inplace=True)  # noqa: E731
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), act(), torch.nn.Conv2d(4, 4, 3, padding=1), act(),
+                            torch.nn.Conv2d(4, 4, 3, padding=1), act(),
+                            torch.nn.Flatten(), torch.nn.Linear(4 * 12 * 12, 10)).eval()  # fmt: skip
+    labelled = _labels_from(m, data)
+    a = zero_ablation(m, labelled, batch_size=20, progress=False)
+    b = zero_ablation(m, labelled, batch_size=20, engine="naive", progress=False)
+    assert a.meta["fast_path"] and a.scores == b.scores and a.changed == b.changed
+    assert min(a.scores.values()) < 1.0  # zeroing some conv does change predictions
+
+
 def test_block_scope_members_and_decomposition_scope(net, data):
     res = zero_ablation(net, data, scope="block", progress=False)
     assert res.members == {

@@ -219,3 +219,53 @@ def test_strided_dilated_conv_fast_cosine_equals_naive(data):
     assert fast.observed == {"2": "3"} and fast.meta["params"]["engine"] == "fast"
     assert _flat(fast.cosine["2"]) == pytest.approx(_flat(naive.cosine["2"]), abs=1e-6)
     assert min(_flat(fast.cosine["2"])) < 0.99
+
+
+def _inplace_net() -> nn.Module:
+    """VGG-style: every conv's output is overwritten by the ReLU(inplace=True) after it."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 6, 3, padding=1),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 6 * 6, 10)).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("observe", [None, "2", "4"])
+@pytest.mark.parametrize("metric", ["accuracy", None])
+def test_inplace_relu_after_the_layer_fast_equals_naive(observe, metric, data):
+    """The clean conv output and the observed values are taken as computed, before the in-place ReLU."""
+    m = _inplace_net()
+    kw = dict(observe=observe, metric=metric, batch_size=32, seed=2)
+    fast = channel_shuffle(m, data, "2", engine="fast", **kw)
+    naive = channel_shuffle(m, data, "2", engine="naive", **kw)
+    assert fast.meta["params"]["engine"] == "fast"
+    assert _flat(fast.cosine["2"]) == pytest.approx(_flat(naive.cosine["2"]), abs=1e-6)
+    assert fast.metric == naive.metric and fast.baseline == naive.baseline
+    assert min(fast.mean_cosine["2"]) < 0.99  # the shuffles do change the activation
+
+
+class _Sized(torch.utils.data.Dataset):
+    """12x12 images, except the last ``late`` ones, which are ``side`` x ``side``."""
+
+    def __init__(self, n: int, late: int, side: int):
+        (self.x, self.y), self.late, self.side = random_images(n).tensors, late, side
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        x = self.x[i]
+        if i >= len(self.x) - self.late:
+            x = torch.nn.functional.interpolate(x[None], size=(self.side, self.side))[0]
+        return x, self.y[i]
+
+
+def test_cosine_sweep_stops_early_yet_checks_every_new_input_shape_against_the_whole_model():
+    m = TinyCNN().eval()
+    calls = []
+    handle = m.fc.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        channel_shuffle(m, random_images(96), "conv1", metric=None, batch_size=32)
+        assert len(calls) == 1  # the classifier ran on the first batch only: nothing reads the output
+        with pytest.raises(ValueError, match="does not fit|expected"):  # the last batch's images are 16x16
+            channel_shuffle(m, _Sized(96, 32, 16), "conv1", metric=None, batch_size=32)
+    finally:
+        handle.remove()

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from cnn_redundancy import get_model
-from cnn_redundancy.core.graph import Split, SplitUnavailable, default_observe
+from cnn_redundancy.core.graph import Split, SplitState, SplitUnavailable, Traced, default_observe
 
 
 def _check(model, layer, x, observe=()):
@@ -56,6 +56,61 @@ def test_inplace_ops_do_not_corrupt_cached_upstream_values():
     first, _ = s.downstream(st, lo)
     second, _ = s.downstream(st, lo)
     assert torch.allclose(first, second) and torch.allclose(first, m(x))
+
+
+def _inplace_vgg():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()  # fmt: skip
+
+
+def test_recorder_takes_each_value_as_computed_before_a_later_inplace_relu():
+    m = _inplace_vgg()
+    x = torch.randn(2, 1, 6, 6)
+    traced = Traced(m)
+    s = traced.split("2", ["2"])  # observe the conv's own output, which ReLU(inplace=True) overwrites next
+    rec = traced.recorder([*s.input_points, s.output_point])
+    out, (inp, conv_out) = rec(x)
+    h = m[1](m[0](x).clone())
+    assert torch.equal(inp, h) and torch.equal(conv_out, m[2](h))
+    assert conv_out.min() < 0  # taken before the ReLU ran on it
+    assert torch.allclose(out, m(x))
+    # the downstream part returns the observed conv output as it was too, not after the in-place ReLU
+    (obs,) = s.observed(s.upstream(x), m[2](h))
+    assert torch.equal(obs, m[2](h))
+    head = traced.recorder([s.output_point], output=False)
+    none, (early,) = head(x)
+    assert none is None and torch.equal(early, conv_out)
+
+
+class _MutatedUpstream(nn.Module):
+    """``y`` feeds the layer, then a ReLU changes it in place (upstream of the layer), then the sum reads it."""
+
+    def __init__(self, twice: bool = False):
+        super().__init__()
+        self.a, self.b, self.twice = nn.Conv2d(1, 2, 1), nn.Conv2d(2, 2, 1), twice
+
+    def forward(self, x):
+        y = self.a(x)
+        z = self.b(y)
+        w = z * y if self.twice else z
+        torch.relu_(y)
+        return (w + y).sum((2, 3))
+
+
+def test_frontier_value_after_upstream_inplace_ops_and_layer_input_before():
+    m = _MutatedUpstream().eval()
+    x = torch.randn(3, 1, 4, 4)
+    t = Traced(m)
+    s = t.split("b")
+    rec = t.recorder([*s.frontier_points, *s.input_points, s.output_point])
+    out, (front, inp, lo) = rec(x)
+    y = m.a(x)
+    assert torch.equal(inp, y) and torch.equal(front, torch.relu(y)) and inp.min() < 0
+    full, _ = s.downstream(SplitState((front,), inp), lo)
+    assert torch.allclose(full, m(x)) and torch.allclose(out, m(x))
+    with pytest.raises(SplitUnavailable, match="in-place operation changes"):
+        Traced(_MutatedUpstream(twice=True)).split("b")
 
 
 class _Dynamic(nn.Module):

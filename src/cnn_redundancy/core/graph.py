@@ -98,9 +98,18 @@ def _is_inplace(gm: fx.GraphModule, n: fx.Node) -> bool:
     return False
 
 
+def _mutates(gm: fx.GraphModule, u: fx.Node, n: fx.Node) -> bool:
+    """Whether node ``u`` changes ``n``'s value in place (``relu_``, ``+=``, ``nn.ReLU(inplace=True)`` on it)."""
+    return bool(u.args) and u.args[0] is n and _is_inplace(gm, u)
+
+
 def _keep(v):
     """A recorded value, safe from in-place ops later in the forward pass (tensors are cloned)."""
     return v.clone() if isinstance(v, torch.Tensor) else v
+
+
+#: where a recorder takes a value: ``(node name, name of the node right after which it is cloned)``
+Point = tuple[str, str]
 
 
 class Traced:
@@ -222,21 +231,36 @@ class Traced:
             self._splits[key] = Split(self, layer, observe)
         return self._splits[key]
 
-    def recorder(self, names: Sequence[str]) -> fx.GraphModule:
-        """The forward pass returning ``(output, (clone of each named node's value, ...))``."""
+    def recorder(self, points: Sequence[Point], *, output: bool = True) -> fx.GraphModule:
+        """The forward pass returning ``(output, (value of each point, ...))``.
+
+        A point ``(name, at)`` is node ``name``'s value cloned right after node ``at`` runs (``at`` is
+        ``name`` itself, or an in-place operation on it): the value as it was then, whatever later
+        in-place operations do to the tensor. ``output=False``: the pass stops after the last point
+        and returns ``None`` for the output.
+        """
         nodes = {n.name: n for n in self.order}
-        missing = [n for n in names if n not in nodes]
+        missing = [name for p in points for name in p if name not in nodes]
         if missing:
             raise SplitUnavailable(f"recorded graph lacks nodes {missing[:3]}")
+        after: dict[fx.Node, list[int]] = {}
+        for i, (_, at) in enumerate(points):
+            after.setdefault(nodes[at], []).append(i)
+        stop = max((self.pos[nodes[at]] for _, at in points), default=-1) if not output else len(self.order)
         g = fx.Graph(owning_module=self.gm)
         env: dict[fx.Node, fx.Node] = {}
+        kept: list[fx.Node | None] = [None] * len(points)
+        result = None
         for n in self.order:
+            if self.pos[n] > stop:
+                break
             if n.op == "output":
                 result = fx.map_arg(n.args[0], lambda a: env[a])
-            else:
-                env[n] = g.node_copy(n, lambda a: env[a])
-        kept = tuple(g.call_function(_keep, (env[nodes[name]],)) for name in names)
-        g.output((result, kept))
+                break
+            env[n] = g.node_copy(n, lambda a: env[a])
+            for i in after.get(n, ()):
+                kept[i] = g.call_function(_keep, (env[nodes[points[i][0]]],))
+        g.output((result, tuple(kept)))
         return _graph_module(self.gm, g)
 
 
@@ -269,9 +293,15 @@ class Split:
 
     Attributes:
         frontier_names, input_names, layer_output_name, observe_names: node names in the
-        traced graph, so that a recorder of the full forward pass (:meth:`Traced.recorder`) can
-        feed the downstream part without running :meth:`upstream` (``input_names``: the tensors
-        the layer or node takes; ``layer_input_name`` is the first).
+        traced graph (``input_names``: the tensors the layer or node takes; ``layer_input_name`` is
+        the first).
+        frontier_points, input_points, output_point, observe_points: where a recorder of the full
+        forward pass (:meth:`Traced.recorder`) takes those values, so that it can feed the downstream
+        part without running :meth:`upstream`. In-place operations are respected: the layer's output
+        and observed values are taken as they are computed, before a later ``ReLU(inplace=True)``
+        changes them; a frontier value after the in-place operations upstream of the layer that run
+        before its first use downstream. A frontier value that such an operation changes between two
+        of its uses downstream cannot be split (:class:`SplitUnavailable`).
 
     Example:
         >>> from cnn_redundancy.models import get_model
@@ -319,12 +349,32 @@ class Split:
                     if a not in down and a not in frontier:
                         frontier.append(a)
         layer_in = inputs[0]
+
+        def before(n: fx.Node, first: int) -> fx.Node:
+            # the value downstream reads: after the in-place operations upstream of the layer that run before
+            # position ``first`` (its first downstream use); those downstream are replayed on it
+            muts = [u for u in n.users if u not in down and pos[u] < first and _mutates(gm, u, n)]
+            return max(muts, key=pos.__getitem__) if muts else n
+
+        frontier_at = []
+        for f in frontier:
+            uses = sorted(pos[u] for u in f.users if u in down and u is not t)
+            if any(uses[0] < pos[u] < uses[-1] for u in f.users if u not in down and _mutates(gm, u, f)):
+                raise SplitUnavailable(f"an in-place operation changes {f.name!r} between two of its uses downstream "
+                                       f"of {layer!r}")  # fmt: skip
+            frontier_at.append(before(f, uses[0]))
+        obs_changed = {o for o in obs_nodes if any(_mutates(gm, u, o) for u in o.users)}
+        #: where a recorder of the whole pass (:meth:`Traced.recorder`) takes each value the split needs
+        self.frontier_points: tuple[Point, ...] = tuple((f.name, a.name) for f, a in zip(frontier, frontier_at))
+        self.input_points: tuple[Point, ...] = tuple((a.name, before(a, pos[t]).name) for a in inputs)
+        self.output_point: Point = (t.name, t.name)
+        self.observe_points: tuple[Point, ...] = tuple((o.name, o.name) for o in obs_nodes)
         # frontier values that a downstream in-place op would overwrite are cloned per call
         self._clone = [
             any(_is_inplace(gm, u) and u.args and u.args[0] is f for u in f.users if u in down) for f in frontier
         ]
         self._clone_layer_out = any(_is_inplace(gm, u) and u.args and u.args[0] is t for u in t.users)
-        self._parts = (gm, order, down, t, frontier, layer_in, out_node, obs_nodes)
+        self._parts = (gm, order, down, t, frontier, layer_in, out_node, obs_nodes, obs_changed)
         self._built: dict[str, fx.GraphModule] = {}
         self.n_frontier = len(frontier)
         self.frontier_names = tuple(f.name for f in frontier)
@@ -336,7 +386,7 @@ class Split:
     def _module(self, which: str) -> fx.GraphModule:
         """The upstream, downstream or observe-only module, generated on first use."""
         if which not in self._built:
-            gm, order, down, t, frontier, layer_in, out_node, obs_nodes = self._parts
+            gm, order, down, t, frontier, layer_in, out_node, obs_nodes, obs_changed = self._parts
             g = fx.Graph(owning_module=gm)
             env: dict[fx.Node, fx.Node] = {}
             if which == "up":
@@ -348,10 +398,15 @@ class Split:
                 for i, f in enumerate(frontier):
                     env[f] = g.placeholder(f"frontier_{i}")
                 env[t] = g.placeholder("layer_out")
+                seen: dict[fx.Node, fx.Node] = {}  # an observed value that a later in-place op changes: cloned first
+                if t in obs_changed:
+                    seen[t] = g.call_function(_keep, (env[t],))
                 for n in order:
                     if n in down and n is not t and n.op != "output":
                         env[n] = g.node_copy(n, lambda a: env[a])
-                observed = tuple(env[o] for o in obs_nodes)
+                        if n in obs_changed:
+                            seen[n] = g.call_function(_keep, (env[n],))
+                observed = tuple(seen.get(o, env[o]) for o in obs_nodes)
                 g.output((fx.map_arg(out_node.args[0], lambda a: env[a]), observed) if which == "down" else observed)
             g.eliminate_dead_code()
             self._built[which] = _graph_module(gm, g)

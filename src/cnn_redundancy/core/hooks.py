@@ -242,8 +242,9 @@ def capture_after(
     """For each ``layer: observe`` pair, keep the first output of ``observe`` after ``layer`` is called.
 
     A module used several times in a forward pass (a shared ReLU, say) is read at its first call
-    after each layer; ``observe == layer`` keeps the layer's own output. With ``fn``, the value kept
-    is ``fn(observe, output)``, computed once per call however many layers wait for it.
+    after each layer; ``observe == layer`` keeps the layer's own output, as it was when computed (a
+    copy, which later in-place operations leave alone). With ``fn``, the value kept is
+    ``fn(observe, output)``, computed when the module returns, once however many layers wait for it.
 
     Yields:
         A dict from layer name to the kept value; a layer's entry is dropped when it is called again.
@@ -263,7 +264,8 @@ def capture_after(
             waiting = pending.pop(observe, None)
             if waiting:
                 t = out[0] if isinstance(out, tuple | list) else out
-                value = fn(observe, t.detach()) if fn is not None else t.detach()
+                # without ``fn`` a copy: an in-place op later in the pass (``ReLU(inplace=True)``) would change it
+                value = fn(observe, t.detach()) if fn is not None else t.detach().clone()
                 for layer in waiting:
                     store[layer] = value
 

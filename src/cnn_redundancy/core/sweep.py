@@ -149,11 +149,12 @@ class _Plan:
     """Which units run on the split path, and the traced graph, splits and recorder they share."""
 
     def __init__(self, model: nn.Module, units: Sequence[Unit], engine: str, traced: Traced | None = None,
-                 active: Sequence[int] | None = None) -> None:  # fmt: skip
+                 active: Sequence[int] | None = None, needs_output: bool = True) -> None:  # fmt: skip
         self.model, self.units = model, list(units)
         on = {units[i].point for i in (range(len(units)) if active is None else active)}
         self.splits: dict[str, Any] = {}
-        self.recorder, self.names = None, []
+        self.recorder, self.head, self.points = None, None, []
+        self.fits: set[tuple[int, ...]] = set()  # input shapes the whole model has run on
         self.why = ""
         observe_at: dict[str, str | None] = {}
         for u in units:
@@ -170,13 +171,18 @@ class _Plan:
                         self.splits[p] = traced.split(p, [observe_at[p]] if observe_at[p] else [])
                     except SplitUnavailable as e:
                         self.why = self.why or str(e)
-                names: list[str] = []
+                points: list = []
                 for s in (s for p, s in self.splits.items() if p in on):
-                    for n in (*s.frontier_names, *s.input_names, s.layer_output_name, *s.observe_names):
-                        if n not in names:
-                            names.append(n)
-                self.recorder = traced.recorder(names) if names else None
-                self.names = names
+                    for q in (*s.frontier_points, *s.input_points, s.output_point, *s.observe_points):
+                        if q not in points:
+                            points.append(q)
+                if points:
+                    self.recorder = traced.recorder(points)
+                    # without a metric nothing reads the model output: the clean pass stops at the last value
+                    # the units need, once the whole model has run on batches of that shape (which checks
+                    # that the data fits it)
+                    self.head = None if needs_output else traced.recorder(points, output=False)
+                self.points = points
             except SplitUnavailable as e:
                 self.splits, self.why = {}, str(e)
         multi = [u for u in units if u.point is None]
@@ -197,9 +203,14 @@ class _Plan:
         """The clean output, recorded node values (split path) and clean observations (hook path)."""
         out, values, observed = None, {}, {}
         if self.recorder is not None:
-            out, kept = self.recorder(x)
-            values = dict(zip(self.names, kept))
-        if out is None or self.hook_observe:
+            shape = tuple(x.shape[1:])
+            if self.head is not None and shape in self.fits:
+                _, kept = self.head(x)
+            else:
+                out, kept = self.recorder(x)
+                self.fits.add(shape)
+            values = dict(zip(self.points, kept))
+        if self.recorder is None or self.hook_observe:
             with capture_after(self.model, self.hook_observe) as store:
                 full = self.model(x)
             missing = [p for p in self.hook_observe if p not in store]
@@ -213,16 +224,16 @@ class _Plan:
         u = self.units[i]
         if u.observe is None:
             return None
-        return values[self.splits[u.point].observe_names[0]] if self.fast[i] else observed[u.point]
+        return values[self.splits[u.point].observe_points[0]] if self.fast[i] else observed[u.point]
 
     def run(self, i: int, ctx: BatchContext, x: torch.Tensor, values, with_output: bool):
         """``(output or None, observation or None)`` of the model with unit ``i`` applied."""
         u = self.units[i]
         if self.fast[i]:
             s = self.splits[u.point]
-            state = SplitState(tuple(values[n] for n in s.frontier_names), values[s.layer_input_name])
-            inp = state.layer_input if s.module is not None else tuple(values[n] for n in s.input_names)
-            new = (u.fast or u.replace[u.point])(ctx, s.module, inp, values[s.layer_output_name])
+            state = SplitState(tuple(values[q] for q in s.frontier_points), values[s.input_points[0]])
+            inp = state.layer_input if s.module is not None else tuple(values[q] for q in s.input_points)
+            new = (u.fast or u.replace[u.point])(ctx, s.module, inp, values[s.output_point])
             if with_output:
                 out, obs = s.downstream(state, new)
             else:
@@ -372,7 +383,7 @@ def sweep(
     last = wants_channels_last(dev, amp)
     with preserved(model), torch.no_grad(), placed(model, dev, channels_last=last):
         model.eval()
-        plan = _Plan(model, units, engine, traced, active=mine)
+        plan = _Plan(model, units, engine, traced, active=mine, needs_output=metric is not None)
         state.fast, state.fallback = plan.fast, plan.why
         run = _Run(plan, state, mine, template, observe_sum, amp, owner=shard == "batches" or rank() == 0)
         loop = BatchLoop(loader, dev, run.apply, model=model, shard=shard, channels_last=last)
