@@ -72,13 +72,15 @@ class ActivationStats:
                    torch.full((k,), -math.inf, **f), torch.zeros(k, **f))
 
     def update(self, norms: torch.Tensor, means: torch.Tensor | None = None) -> None:
+        """Add one batch: ``norms`` and ``means`` ``[B, K]`` in any floating type (converted to float64 here)."""
+        norms = norms.double()
         self.gram.addmm_(norms.T, norms)
         self.sums += norms.sum(0)
         lo, hi = torch.aminmax(norms, dim=0)
         torch.minimum(self.mins, lo, out=self.mins)
         torch.maximum(self.maxs, hi, out=self.maxs)
         if means is not None:
-            self.act_sum += means.sum(0)
+            self.act_sum += means.double().sum(0)
         self.n += norms.shape[0]
 
     def centered_gram(self, center: str | None) -> torch.Tensor:
@@ -140,11 +142,13 @@ class ActivationStats:
 
 
 def _reduce(t: torch.Tensor, means: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-sample, per-channel Frobenius norm (and mean, if asked) of an activation ``[B, K, ...]``."""
+    """Per-sample, per-channel Frobenius norm (and mean, if asked) of an activation ``[B, K, ...]``, in its
+    precision (float32 at least): exchanged between processes at half the bytes of float64, and made
+    float64 (exactly) where they are added up."""
     if t.dim() < 2:
         raise ValueError(f"observed activation must be [batch, channels, ...], got shape {tuple(t.shape)}")
     flat = full_precision(t.detach()).reshape(t.shape[0], t.shape[1], -1)
-    return torch.linalg.vector_norm(flat, dim=2).double(), flat.mean(2).double() if means else None
+    return torch.linalg.vector_norm(flat, dim=2), flat.mean(2) if means else None
 
 
 def _add(model: nn.Module, stats: dict[str, ActivationStats], obs: dict[str, str], reduced: dict) -> None:
