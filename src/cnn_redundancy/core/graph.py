@@ -292,16 +292,15 @@ class Split:
             returns; ``layer`` itself may be listed (its output is then the given layer output).
 
     Attributes:
-        frontier_names, input_names, layer_output_name, observe_names: node names in the
-        traced graph (``input_names``: the tensors the layer or node takes; ``layer_input_name`` is
-        the first).
-        frontier_points, input_points, output_point, observe_points: where a recorder of the full
-        forward pass (:meth:`Traced.recorder`) takes those values, so that it can feed the downstream
-        part without running :meth:`upstream`. In-place operations are respected: the layer's output
-        and observed values are taken as they are computed, before a later ``ReLU(inplace=True)``
-        changes them; a frontier value after the in-place operations upstream of the layer that run
-        before its first use downstream. A frontier value that such an operation changes between two
-        of its uses downstream cannot be split (:class:`SplitUnavailable`).
+        frontier_points, input_points, output_point, observe_points: the frontier values, the
+        tensors the layer or node takes (the first is the layer's input), its output and the
+        observed values, each as a :data:`Point` ``(node name, where it is taken)`` of a recorder
+        of the full forward pass (:meth:`Traced.recorder`), so that one recorded pass can feed the
+        downstream part without running :meth:`upstream`. In-place operations are respected: the
+        layer's output and observed values are taken as they are computed, before a later
+        ``ReLU(inplace=True)`` changes them; a frontier value after the in-place operations upstream
+        of the layer that run before its first use downstream. A frontier value that such an
+        operation changes between two of its uses downstream cannot be split (:class:`SplitUnavailable`).
 
     Example:
         >>> from cnn_redundancy.models import get_model
@@ -370,18 +369,11 @@ class Split:
         self.output_point: Point = (t.name, t.name)
         self.observe_points: tuple[Point, ...] = tuple((o.name, o.name) for o in obs_nodes)
         # frontier values that a downstream in-place op would overwrite are cloned per call
-        self._clone = [
-            any(_is_inplace(gm, u) and u.args and u.args[0] is f for u in f.users if u in down) for f in frontier
-        ]
-        self._clone_layer_out = any(_is_inplace(gm, u) and u.args and u.args[0] is t for u in t.users)
+        self._clone = [any(_mutates(gm, u, f) for u in f.users if u in down) for f in frontier]
+        self._clone_layer_out = any(_mutates(gm, u, t) for u in t.users)
         self._parts = (gm, order, down, t, frontier, layer_in, out_node, obs_nodes, obs_changed)
         self._built: dict[str, fx.GraphModule] = {}
         self.n_frontier = len(frontier)
-        self.frontier_names = tuple(f.name for f in frontier)
-        self.layer_input_name = layer_in.name
-        self.input_names = tuple(a.name for a in inputs)
-        self.layer_output_name = t.name
-        self.observe_names = tuple(o.name for o in obs_nodes)
 
     def _module(self, which: str) -> fx.GraphModule:
         """The upstream, downstream or observe-only module, generated on first use."""
