@@ -94,18 +94,22 @@ def main() -> None:
     # every measurement ROUNDS times, interleaved, keeping the best: the machine's other load only ever
     # slows a run down, and interleaving exposes each side to the same conditions
     best: dict[str, float] = {}
+
+    def note(name: str, t: float) -> None:
+        best[name] = min(best.get(name, t), t)
+
+    def keep(name: str, fn, *args, **kw):
+        out, t = timed(fn, *args, **kw)
+        note(name, t)
+        return out
+
     for _ in range(ROUNDS):
-        naive_m, t = timed(channel_shuffle, m, data, LAYER, channels=range(n_slow), batch_size=128, engine="naive")
-        best["naive_m"] = min(best.get("naive_m", t), t)
-        fast_m, t = timed(channel_shuffle, m, data, LAYER, channels=range(n_fast), batch_size=128, engine="fast")
-        best["fast_m"] = min(best.get("fast_m", t), t)
-        naive_c, t = timed(channel_shuffle, m, data, LAYER, channels=range(n_slow), batch_size=128, engine="naive",
-                           metric=None)  # fmt: skip
-        best["naive_c"] = min(best.get("naive_c", t), t)
-        fast_c, t = timed(channel_shuffle, m, data, LAYER, batch_size=128, engine="fast", metric=None)
-        best["fast_c"] = min(best.get("fast_c", t), t)
-        t = captum_per_channel(m, data, n_slow)
-        best["captum"] = min(best.get("captum", t), t)
+        naive_m = keep("naive_m", channel_shuffle, m, data, LAYER, channels=range(n_slow), batch_size=128, engine="naive")
+        fast_m = keep("fast_m", channel_shuffle, m, data, LAYER, channels=range(n_fast), batch_size=128, engine="fast")
+        naive_c = keep("naive_c", channel_shuffle, m, data, LAYER, channels=range(n_slow), batch_size=128,
+                       engine="naive", metric=None)  # fmt: skip
+        fast_c = keep("fast_c", channel_shuffle, m, data, LAYER, batch_size=128, engine="fast", metric=None)
+        note("captum", captum_per_channel(m, data, n_slow))  # per channel, timed inside
     t_naive_m, t_fast_m, t_naive_c, t_fast_c, t_captum = (best[k] for k in ("naive_m", "fast_m", "naive_c", "fast_c", "captum"))
     n_all = len(fast_c.channels[LAYER])
 
