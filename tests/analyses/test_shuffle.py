@@ -194,7 +194,7 @@ def test_channels_must_be_integer_indices():
 ])
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's note on its own reference conv
 def test_channel_delta_is_the_conv_of_the_change_alone(kw):
-    from cnn_redundancy.analyses.shuffle import _channel_delta
+    from cnn_redundancy.analyses.shuffle import _channel_delta, _padded
 
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, **kw).eval()
@@ -202,12 +202,20 @@ def test_channel_delta_is_the_conv_of_the_change_alone(kw):
     delta = torch.randn(5, 11, 9)
     with torch.no_grad():
         clean = conv(x)
+        clean_last = clean.contiguous(memory_format=torch.channels_last)
+        padded = _padded(conv, delta[:, None])[:, 0]
         for k in range(4):
             moved = x.clone()
             moved[:, k] += delta
-            part = _channel_delta(conv, delta, k, clean.shape[2:])
+            part = _channel_delta(conv, padded, k, clean.shape[2:])
             assert part.shape == clean.shape
             torch.testing.assert_close(clean + part, conv(moved), atol=1e-5, rtol=1e-5)  # linear in the input
+            # with the clean output as base (one matrix product and addition where there is one group)
+            torch.testing.assert_close(_channel_delta(conv, padded, k, clean.shape[2:], base=clean_last), conv(moved),
+                                       atol=1e-5, rtol=1e-5)  # fmt: skip
+            # the padded change of channel k is the change of the padded input
+            moved_padded = _padded(conv, moved) - _padded(conv, x)
+            torch.testing.assert_close(moved_padded[:, k], padded, atol=1e-6, rtol=1e-6)
 
 
 def test_strided_dilated_conv_fast_cosine_equals_naive(data):

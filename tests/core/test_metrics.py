@@ -44,6 +44,30 @@ def test_cosine_conventions():
     assert cosine_per_channel(z, torch.ones(1, 1, 2, 2)).item() == 0.0
 
 
+def test_cosine_against_the_formula_exactly_one_and_zero_maps():
+    from cnn_redundancy.core.metrics import squared_norms
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(16, 8, 3, 3, generator=g)
+    b = a + 0.5 * torch.randn(16, 8, 3, 3, generator=g)
+    b[:, 1] = a[:, 1]  # unchanged maps: exactly 1, not merely close
+    a[:, 2] = 0  # zero clean map against a non-zero perturbed one: 0
+    b[:, 3] = 0  # the other way round: 0
+    a[:, 4] = b[:, 4] = 0  # both zero: 1 (nothing changed)
+    b[:, 5] = 1e-13  # squared norm below eps**2: counts as zero
+    b[0, 6, 0, 0] = float("nan")  # a NaN shows, also where the clean map is zero
+    a[0, 6] = 0
+    cos = cosine_per_channel(a, b)
+    want = torch.nn.functional.cosine_similarity(a.flatten(2).double(), b.flatten(2).double(), dim=-1, eps=1e-30)
+    plain = [0, 7]
+    torch.testing.assert_close(cos[:, plain], want[:, plain], atol=1e-6, rtol=0)
+    assert (cos[:, 1] == 1.0).all() and (cos[:, 4] == 1.0).all()
+    assert (cos[:, 2] == 0.0).all() and (cos[:, 3] == 0.0).all() and (cos[:, 5] == 0.0).all()
+    assert cos[0, 6].isnan() and not cos[1:, 6].isnan().any()
+    # the clean side computed once gives the same numbers
+    assert torch.equal(cosine_per_channel(a, b, a_sq=squared_norms(a)).nan_to_num(-9), cos.nan_to_num(-9))
+
+
 def test_ncc_known_answers():
     g = torch.Generator().manual_seed(0)
     blob = torch.zeros(1, 1, 16, 16)

@@ -211,35 +211,44 @@ def _perturbed_channel(x: torch.Tensor, k: int, perm: torch.Tensor, mode: str) -
     return torch.gather(flat, 1, perm).view_as(xk)
 
 
-def _channel_delta(conv: nn.Conv2d, delta_k: torch.Tensor, k: int, size: torch.Size) -> torch.Tensor:
-    """The conv's output change when only input channel ``k`` changes by ``delta_k`` (``[N, H, W]``).
+def _padded(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``x`` (``[N, C, H, W]``) padded as the conv pads its input (its padding and padding mode)."""
+    if not any(conv._reversed_padding_repeated_twice):
+        return x
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    return F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
+
+
+def _channel_delta(conv: nn.Conv2d, delta_k: torch.Tensor, k: int, size: torch.Size,
+                   base: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """The conv's output change when only input channel ``k`` changes by ``delta_k`` (``[N, H, W]``,
+    already padded as the conv pads), plus ``base`` where given (the clean output, channels-last).
 
     ``size``: the conv output's ``(H', W')``. One matrix product of the change's patches with channel
     ``k``'s kernels, laid out channels-last (``[N, C, H', W']`` in ``N, H', W', C`` memory): the
     per-map sums of the cosine then run over contiguous channel vectors, several times faster on
     small maps than an NCHW reduction over a few pixels, and a single-input-channel convolution
-    costs more than the product.
+    costs more than the product. With ``base`` and one group, the addition is part of the product.
     """
     per_group = conv.in_channels // conv.groups
     g = k // per_group
     out_per_group = conv.out_channels // conv.groups
     rows = slice(g * out_per_group, (g + 1) * out_per_group)
     w = conv.weight[rows, k % per_group].reshape(out_per_group, -1)
-    x = delta_k
-    if any(conv._reversed_padding_repeated_twice):  # the conv's own padding ("same" included) and padding mode
-        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-        x = F.pad(x[:, None], conv._reversed_padding_repeated_twice, mode=mode)[:, 0]
-    x = x.contiguous()
+    x = delta_k.contiguous()
     n, hp, wp = x.shape
     (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
     patches = x.as_strided((n, *size, kh, kw), (hp * wp, sh * wp, sw, dh * wp, dw))  # [N, H', W', kh, kw], a view
-    part = torch.matmul(patches.reshape(n, size[0] * size[1], kh * kw), w.t())
-    part = part.view(n, *size, out_per_group).permute(0, 3, 1, 2)
-    if conv.groups == 1:
-        return part
-    full = part.new_zeros(n, *size, conv.out_channels).permute(0, 3, 1, 2)
-    full[:, rows] = part
-    return full
+    patches = patches.reshape(n * size[0] * size[1], kh * kw)
+    if base is not None and conv.groups == 1:
+        flat = base.permute(0, 2, 3, 1).reshape(patches.shape[0], conv.out_channels)  # a view of channels-last memory
+        return torch.addmm(flat, patches, w.t()).view(n, *size, out_per_group).permute(0, 3, 1, 2)
+    part = torch.matmul(patches, w.t()).view(n, *size, out_per_group).permute(0, 3, 1, 2)
+    if conv.groups != 1:
+        full = part.new_zeros(n, *size, conv.out_channels).permute(0, 3, 1, 2)
+        full[:, rows] = part
+        part = full
+    return part if base is None else base + part
 
 
 def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, str], mode: str, repeats: int,
@@ -264,11 +273,16 @@ def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, s
                     return conv.forward(x)
 
                 def fast(ctx, conv, inp, out, r=r, i=i, k=k, perm=perm, layer=layer):
-                    delta = _perturbed_channel(inp, k, perm(ctx, inp, r, i), mode) - inp[:, k]
-                    part = _channel_delta(conv, delta, k, out.shape[2:])
+                    p = perm(ctx, inp, r, i)
+                    if mode == "channel":  # the padded change is the change of the padded input, padded once per batch
+                        xk = ctx.cached(("padded input", layer), lambda: _padded(conv, inp))[:, k]
+                        delta = xk[p] - xk
+                    else:
+                        delta = _padded(conv, (_perturbed_channel(inp, k, p, mode) - inp[:, k])[:, None])[:, 0]
                     if whole_model:
-                        return out + part.contiguous()
-                    return ctx.like(("clean output", layer), out, part) + part
+                        return out + _channel_delta(conv, delta, k, out.shape[2:]).contiguous()
+                    clean = ctx.cached(("clean output", layer), lambda: out.contiguous(memory_format=torch.channels_last))
+                    return _channel_delta(conv, delta, k, out.shape[2:], base=clean)
 
                 units.append(Unit((layer, r, i), {layer: exact}, fast=fast, observe=observed[layer], slot=(layer, i)))
     return units

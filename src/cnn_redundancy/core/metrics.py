@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -26,6 +26,7 @@ __all__ = [
     "check_max_lag",
     "METRICS",
     "cosine_per_channel",
+    "CleanNorms",
     "squared_norms",
     "normalize_responses",
     "ncc_matrix",
@@ -241,30 +242,45 @@ def infer_metric(model: torch.nn.Module, data, output: str | int | None = None) 
     raise ValueError(f"cannot tell the metric from an output of shape {tuple(out.shape)}: pass --metric accuracy or dice")
 
 
-def squared_norms(a: torch.Tensor) -> torch.Tensor:
-    """``[N, C]`` float64 squared norm of each map of ``a`` (``[N, C, ...]``), summed in ``a``'s precision
-    (float32 at least): the clean side of :func:`cosine_per_channel`, computed once and reused."""
+class CleanNorms(NamedTuple):
+    """The clean side of :func:`cosine_per_channel`, computed once where one clean activation is compared
+    with many perturbed ones (a sweep). ``sq``: the ``[N, C]`` float64 squared norm of each map (summed in
+    the activation's precision, float32 at least), infinite where the map counts as zero (a perturbed
+    map that is not zero then gets cosine 0). ``zero``: float64, 1 where the map counts as zero (the
+    cosine where the perturbed map is zero too), else 0."""
+
+    sq: torch.Tensor
+    zero: torch.Tensor
+
+
+def squared_norms(a: torch.Tensor, eps: float = 1e-12) -> CleanNorms:
+    """:class:`CleanNorms` of ``a`` (``[N, C, ...]``) for :func:`cosine_per_channel`."""
     a = full_precision(a).flatten(2)
-    return (a * a).sum(-1).double()
+    sq = (a * a).sum(-1).double()
+    zero = sq <= eps * eps
+    return CleanNorms(sq.masked_fill_(zero, math.inf), zero.double())
 
 
-def cosine_per_channel(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12, *, a_sq: torch.Tensor | None = None) -> torch.Tensor:
+def cosine_per_channel(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12, *,
+                       a_sq: CleanNorms | None = None) -> torch.Tensor:  # fmt: skip
     """Cosine similarity between ``a[n, c]`` and ``b[n, c]`` flattened, for every sample and channel.
 
     ``a``, ``b``: ``[N, C, ...]``. Returns ``[N, C]`` (float64; computed in the inputs' precision,
     float32 at least). ``a_sq``: :func:`squared_norms` of ``a`` where the caller has it (a sweep
-    compares one clean activation with many perturbed ones). Both norms zero: 1 (nothing
-    changed); exactly one zero: 0.
+    compares one clean activation with many perturbed ones). A map whose squared norm is at most
+    ``eps**2`` counts as zero: both zero gives 1 (nothing changed), exactly one zero gives 0. A NaN or
+    infinite value in the perturbed map gives NaN, whatever the clean map (it is not hidden as 0).
     """
+    if a_sq is None:
+        a_sq = squared_norms(a, eps)
     a = full_precision(a).flatten(2)
     b = full_precision(b).flatten(2)
-    # the three sums are computed alike, so identical maps give exactly 1 also in float32
-    dot = (a * b).sum(-1).double()
-    aa = (a * a).sum(-1).double() if a_sq is None else a_sq
+    # the three sums are computed alike, and the product of two float32 sums and the square root of an
+    # exact square are exact in float64: identical maps give exactly 1. Where the clean map is zero the
+    # divisor is infinite (cosine 0); where the perturbed one is, the cosine is the clean map's zero flag.
     bb = (b * b).sum(-1).double()
-    za, zb = aa <= eps * eps, bb <= eps * eps
-    cos = dot.div_((aa * bb).sqrt_().clamp_min_(eps * eps))
-    return cos.masked_fill_(za | zb, 0.0).masked_fill_(za & zb, 1.0).clamp_(-1.0, 1.0)
+    cos = (a * b).sum(-1).double().div_((a_sq.sq * bb).sqrt_())
+    return torch.where(bb <= eps * eps, a_sq.zero, cos).clamp_(-1.0, 1.0)
 
 
 def normalize_responses(x: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
