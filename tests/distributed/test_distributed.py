@@ -36,6 +36,29 @@ def _comparable(path: Path) -> dict:
     return d
 
 
+def _first_difference(a, b, path: str = "") -> str | None:
+    """Where two JSON trees first differ (``None`` when equal): a failure then names the field, not two whole results."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a or k not in b:
+                return f"{path}/{k}: only in {'the first' if k in a else 'the second'}"
+            found = _first_difference(a[k], b[k], f"{path}/{k}")
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{path}: {len(a)} against {len(b)} items"
+        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := _first_difference(x, y, f"{path}[{i}]"))), None)
+    return None if a == b else f"{path}: {a!r} against {b!r}"
+
+
+def test_first_difference_names_the_field():
+    assert _first_difference({"a": [1, {"b": 2.0}]}, {"a": [1, {"b": 2.0}]}) is None
+    assert _first_difference({"a": [1, {"b": 2.0}]}, {"a": [1, {"b": 2.5}]}) == "/a[1]/b: 2.0 against 2.5"
+    assert _first_difference({"a": 1}, {"a": 1, "c": 0}) == "/c: only in the second"
+
+
 def _runs(tmp_path: Path) -> tuple[Path, Path]:
     one, two = tmp_path / "one", tmp_path / "two"
     single = subprocess.run([sys.executable, str(WORKER), str(one)], capture_output=True, text=True, timeout=TIMEOUT,
@@ -55,13 +78,14 @@ def test_same_json_for_one_and_two_processes(tmp_path):
                      "zero-ablation.json"]  # fmt: skip
     for name in names:
         alone = _comparable(one / "rank0" / name)
-        assert _comparable(two / "rank0" / name) == alone, name
-        assert _comparable(two / "rank1" / name) == alone, f"{name} differs on rank 1"
+        for r in ("rank0", "rank1"):
+            got = _comparable(two / r / name)
+            assert got == alone, f"{name} on {r} of 2 differs from 1 process at {_first_difference(got, alone)}"
     assert json.loads((two / "rank1" / "distinctiveness.json").read_text())["meta"]["world_size"] == 2
     assert json.loads((one / "rank0" / "distinctiveness.json").read_text())["meta"]["world_size"] == 1
     # sharding the units gives the answer of sharding the batches
-    by_units = _comparable(two / "rank0" / "channel-shuffle-units.json")
-    assert by_units == _comparable(one / "rank0" / "channel-shuffle.json")
+    by_units, by_batches = _comparable(two / "rank0" / "channel-shuffle-units.json"), _comparable(one / "rank0" / "channel-shuffle.json")
+    assert by_units == by_batches, _first_difference(by_units, by_batches)
     # the command line under torchrun: the same file, and rank 0 writes (one test for the one pair of runs:
     # split over two, pytest-xdist's workers would each launch both runs, side by side on CI's two cores)
     assert _comparable(two / "cli" / "channel-shuffle.json") == _comparable(one / "cli" / "channel-shuffle.json")
