@@ -277,3 +277,38 @@ def test_cosine_sweep_stops_early_yet_checks_every_new_input_shape_against_the_w
             channel_shuffle(m, _Sized(96, 32, 16), "conv1", metric=None, batch_size=32)
     finally:
         handle.remove()
+
+
+def test_batch_context_holds_one_latest_value_per_slot():
+    from cnn_redundancy.core.sweep import BatchContext
+
+    ctx, made = BatchContext(0), []
+
+    def make(key):
+        made.append(key)
+        return torch.full((2,), float(len(made)))
+
+    first = ctx.latest("padded input", "a", lambda: make("a"))
+    assert ctx.latest("padded input", "a", lambda: make("a")) is first  # made once while the key stays
+    second = ctx.latest("padded input", "b", lambda: make("b"))
+    assert made == ["a", "b"] and second[0] == 2.0
+    held = [v for k, v in ctx.cache.items() if k == ("latest", "padded input")]
+    assert len(held) == 1 and held[0][0] == "b"  # the first layer's value is let go
+    assert ctx.latest("clean output", "a", lambda: make("a"))[0] == 3.0  # slots are independent
+
+
+def test_cosine_sweep_pads_each_layer_input_once_per_batch(data, monkeypatch):
+    from cnn_redundancy.analyses import shuffle as shuffle_module
+
+    calls = []
+    real = shuffle_module._padded
+    monkeypatch.setattr(shuffle_module, "_padded", lambda conv, x: calls.append(x.dim()) or real(conv, x))
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                      nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 12 * 12, 10)).eval()  # fmt: skip
+    kw = dict(batch_size=32, metric=None, engine="fast")
+    res = channel_shuffle(m, data, ["2", "4"], **kw)
+    batches = -(-len(data) // 32)
+    assert calls == [4] * (2 * batches)  # one whole padded input per layer and batch, not one per channel
+    naive = channel_shuffle(m, data, ["2", "4"], **{**kw, "engine": "naive"})
+    for layer in ("2", "4"):
+        assert _flat(res.cosine[layer]) == pytest.approx(_flat(naive.cosine[layer]), abs=1e-6)

@@ -275,13 +275,13 @@ def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, s
                 def fast(ctx, conv, inp, out, r=r, i=i, k=k, perm=perm, layer=layer):
                     p = perm(ctx, inp, r, i)
                     if mode == "channel":  # the padded change is the change of the padded input, padded once per batch
-                        xk = ctx.cached(("padded input", layer), lambda: _padded(conv, inp))[:, k]
+                        xk = ctx.latest("padded input", layer, lambda: _padded(conv, inp))[:, k]
                         delta = xk[p] - xk
                     else:
                         delta = _padded(conv, (_perturbed_channel(inp, k, p, mode) - inp[:, k])[:, None])[:, 0]
                     if whole_model:
                         return out + _channel_delta(conv, delta, k, out.shape[2:]).contiguous()
-                    clean = ctx.cached(("clean output", layer), lambda: out.contiguous(memory_format=torch.channels_last))
+                    clean = ctx.latest("clean output", layer, lambda: out.contiguous(memory_format=torch.channels_last))
                     return _channel_delta(conv, delta, k, out.shape[2:], base=clean)
 
                 units.append(Unit((layer, r, i), {layer: exact}, fast=fast, observe=observed[layer], slot=(layer, i)))

@@ -100,6 +100,16 @@ class BatchContext:
             self.cache[key] = make()
         return self.cache[key]
 
+    def latest(self, slot: Hashable, key: Hashable, make: Callable[[], Any]) -> Any:
+        """``make()`` for ``key``, holding one value per ``slot``: made again, and the previous value let go,
+        when the key changes (a layer's padded input while that layer's units run, and not the inputs
+        of every layer of the batch at once)."""
+        held = self.cache.get(("latest", slot))
+        if held is None or held[0] != key:
+            self.cache[("latest", slot)] = None  # let the old value go before making the new one
+            held = self.cache[("latest", slot)] = (key, make())
+        return held[1]
+
     def like(self, key: Hashable, clean: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``clean`` in ``t``'s memory layout (channels-last or contiguous), converted once per batch and key:
         element-wise work on the two, and sums over their maps, then run in one order over contiguous memory."""
