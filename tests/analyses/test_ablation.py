@@ -88,6 +88,32 @@ def test_fast_path_equals_full_passes_with_inplace_activations(data):
     assert min(a.scores.values()) < 1.0  # zeroing some conv does change predictions
 
 
+class _ViewInplaceNet(torch.nn.Module):
+    """Each conv's output is changed in place through a view (``x.view(...).relu_()``) whose result nothing reads."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.c1, self.c2 = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = torch.nn.Linear(6 * 12 * 12, 10)
+
+    def forward(self, x):
+        x = self.c1(x)
+        x.view(x.shape[0], -1).relu_()
+        y = self.c2(x)
+        y.flatten(1).relu_()
+        return self.fc(y.flatten(1))
+
+
+def test_fast_path_equals_full_passes_with_inplace_ops_through_views(data):
+    m = _ViewInplaceNet().eval()
+    labelled = _labels_from(m, data)
+    a = zero_ablation(m, labelled, batch_size=20, progress=False)
+    b = zero_ablation(m, labelled, batch_size=20, engine="naive", progress=False)
+    assert a.meta["fast_path"] and a.scores == b.scores and a.changed == b.changed
+    assert min(a.scores.values()) < 1.0
+
+
 def test_block_scope_members_and_decomposition_scope(net, data):
     res = zero_ablation(net, data, scope="block", progress=False)
     assert res.members == {

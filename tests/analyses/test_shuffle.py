@@ -250,6 +250,35 @@ def test_inplace_relu_after_the_layer_fast_equals_naive(observe, metric, data):
     assert min(fast.mean_cosine["2"]) < 0.99  # the shuffles do change the activation
 
 
+class _ViewInplaceNet(nn.Module):
+    """In-place ReLUs through views (``x.view(...).relu_()``) whose results nothing reads."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.c1, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+        self.pool, self.fc = nn.MaxPool2d(2), nn.Linear(6 * 6 * 6, 10)
+
+    def forward(self, x):
+        x = self.c1(x)
+        x.view(x.shape[0], -1).relu_()
+        y = self.c2(x)
+        y.flatten(1).relu_()
+        return self.fc(self.pool(y).flatten(1))
+
+
+@pytest.mark.parametrize("layer", ["c1", "c2"])
+@pytest.mark.parametrize("metric", ["accuracy", None])
+def test_inplace_ops_through_views_fast_equals_naive(layer, metric, data):
+    m = _ViewInplaceNet().eval()
+    kw = dict(metric=metric, batch_size=32, seed=2)
+    fast = channel_shuffle(m, data, layer, engine="fast", **kw)
+    naive = channel_shuffle(m, data, layer, engine="naive", **kw)
+    assert _flat(fast.cosine[layer]) == pytest.approx(_flat(naive.cosine[layer]), abs=1e-6)
+    assert fast.metric == naive.metric and fast.baseline == naive.baseline
+    assert min(fast.mean_cosine[layer]) < 0.99
+
+
 class _Sized(torch.utils.data.Dataset):
     """12x12 images, except the last ``late`` ones, which are ``side`` x ``side``."""
 

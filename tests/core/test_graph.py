@@ -113,6 +113,76 @@ def test_frontier_value_after_upstream_inplace_ops_and_layer_input_before():
         Traced(_MutatedUpstream(twice=True)).split("b")
 
 
+class _ViewInplace(nn.Module):
+    """In-place ops on views whose results nothing reads: they change the conv outputs all the same."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4 * 36, 3)
+
+    def forward(self, x):
+        x = self.c1(x)
+        x.view(x.shape[0], -1).relu_()
+        y = self.c2(x)
+        y[:, :2].zero_()  # through an indexed view
+        return self.fc(y.flatten(1))
+
+
+def test_mutators_follow_views():
+    from cnn_redundancy.core.graph import _mutators
+
+    t = Traced(_ViewInplace())
+    names = {n.name: n for n in t.order}
+    assert [u.name for u in _mutators(t.gm, names["c1"], t.pos)] == ["relu_"]
+    assert [u.name for u in _mutators(t.gm, names["c2"], t.pos)] == ["zero_"]
+    assert _mutators(t.gm, names["fc"], t.pos) == []
+
+
+@pytest.mark.parametrize("layer", ["c1", "c2"])
+def test_downstream_keeps_inplace_ops_on_views_and_leaves_the_given_output_intact(layer):
+    m = _ViewInplace().eval()
+    x = torch.randn(3, 1, 6, 6)
+    s = Split(m, layer, observe=[layer])
+    st = s.upstream(x)
+    lo = s.layer_forward(st.layer_input)
+    kept = lo.clone()
+    out, (obs,) = s.downstream(st, lo)
+    assert torch.allclose(out, m(x), atol=1e-6)  # the relu_ / assignment whose result is unused still ran
+    assert torch.equal(lo, kept) and torch.equal(obs, kept)  # the caller's tensor and the observation as computed
+    assert kept.min() < 0  # so a relu_ on it would have shown
+    (only,) = s.observed(st, lo)
+    assert torch.equal(only, kept) and torch.equal(lo, kept)
+
+
+class _ReadAfterDownstreamChange(nn.Module):
+    """``a`` is changed in place through a view by a node that depends on the layer; ``a`` is read after."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c0, self.c1 = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 2, 1)
+
+    def forward(self, x):
+        a = self.c0(x)
+        v = a.view(a.shape[0], -1)
+        y = self.c1(x)
+        v.add_(y.flatten(1))
+        return (a * 2).sum((2, 3))
+
+
+def test_a_value_read_after_a_downstream_change_through_another_view_cannot_be_split():
+    """``a * 2`` reads what the layer changed, so it is downstream too; ``a`` and its view ``v`` are then two
+    frontier values sharing memory that the downstream part changes: not splittable, rather than wrong."""
+    t = Traced(_ReadAfterDownstreamChange())
+    from cnn_redundancy.core.graph import _downstream
+
+    down = {n.name for n in _downstream(t.gm, t.order, t.pos, t.node("c1"))}
+    assert {"add_", "mul"} <= down and "c0" not in down
+    with pytest.raises(SplitUnavailable, match="shares memory"):
+        t.split("c1")
+
+
 class _Dynamic(nn.Module):
     def __init__(self):
         super().__init__()

@@ -37,6 +37,24 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
 )  # fmt: skip
 _CHANNELWISE = (nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d)
 _INPLACE_FUNCS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+# operations whose result may share memory with their first argument (a view, or the argument itself): an
+# in-place operation on the result changes the argument too
+_VIEW_METHODS = frozenset({
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "t", "permute", "squeeze",
+    "unsqueeze", "expand", "expand_as", "narrow", "select", "unfold", "as_strided", "chunk", "split",
+    "tensor_split", "unbind", "detach", "contiguous", "movedim", "moveaxis", "swapaxes", "swapdims", "diagonal",
+    "__getitem__", "to", "type", "type_as", "float", "double", "half", "bfloat16", "real", "imag",
+})  # fmt: skip
+_VIEW_FUNCTIONS = frozenset({
+    operator.getitem, getattr, torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze,
+    torch.unsqueeze, torch.narrow, torch.select, torch.chunk, torch.split, torch.tensor_split, torch.unbind,
+    torch.t, torch.movedim, torch.moveaxis, torch.swapaxes, torch.swapdims, torch.diagonal, torch.detach,
+    torch.real, torch.imag, torch.nn.functional.dropout, torch.nn.functional.dropout1d,
+    torch.nn.functional.dropout2d, torch.nn.functional.dropout3d, torch.nn.functional.alpha_dropout,
+    torch.nn.functional.feature_alpha_dropout,
+})  # fmt: skip
+_ALIAS_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                  nn.AlphaDropout, nn.FeatureAlphaDropout)  # dropout in eval mode returns its input itself
 
 
 class SplitUnavailable(RuntimeError):
@@ -88,19 +106,94 @@ def trace(model: nn.Module, leaves: Iterable[str] = ()) -> fx.GraphModule:
     return _graph_module(tracer.root, graph)
 
 
+def _kind(gm: fx.GraphModule, n: fx.Node) -> tuple[bool, bool]:
+    """``(in place, aliases)``: whether node ``n`` changes its first argument in place, and whether its value
+    may share memory with its first argument (a view of it, or it itself). Kept in the node's ``meta``."""
+    kind = n.meta.get("cnn_redundancy_kind")
+    if kind is None:
+        mod = gm.get_submodule(n.target) if n.op == "call_module" else None
+        if n.op == "call_module":
+            inplace = bool(getattr(mod, "inplace", False))
+        elif n.op == "call_function":
+            inplace = n.target in _INPLACE_FUNCS or getattr(n.target, "__name__", "").endswith("_") or bool(n.kwargs.get("inplace"))
+        else:
+            inplace = n.op == "call_method" and str(n.target).endswith("_")
+        aliases = inplace or (
+            (n.op == "call_method" and n.target in _VIEW_METHODS)
+            or (n.op == "call_function" and n.target in _VIEW_FUNCTIONS)
+            or isinstance(mod, _ALIAS_MODULES)
+        )
+        kind = n.meta["cnn_redundancy_kind"] = (inplace, aliases)
+    return kind
+
+
 def _is_inplace(gm: fx.GraphModule, n: fx.Node) -> bool:
-    if n.op == "call_module":
-        return bool(getattr(gm.get_submodule(n.target), "inplace", False))
-    if n.op == "call_function":
-        return n.target in _INPLACE_FUNCS or getattr(n.target, "__name__", "").endswith("_") or bool(n.kwargs.get("inplace"))
-    if n.op == "call_method":
-        return str(n.target).endswith("_")
-    return False
+    return _kind(gm, n)[0]
 
 
-def _mutates(gm: fx.GraphModule, u: fx.Node, n: fx.Node) -> bool:
-    """Whether node ``u`` changes ``n``'s value in place (``relu_``, ``+=``, ``nn.ReLU(inplace=True)`` on it)."""
-    return bool(u.args) and u.args[0] is n and _is_inplace(gm, u)
+def _aliases(gm: fx.GraphModule, n: fx.Node) -> bool:
+    return _kind(gm, n)[1]
+
+
+def _alias_set(gm: fx.GraphModule, n: fx.Node) -> set[fx.Node]:
+    """``n`` and every node that may share its memory through a chain of views or in-place operations."""
+    out, stack = {n}, [n]
+    while stack:
+        a = stack.pop()
+        for u in a.users:
+            if u.args and u.args[0] is a and u not in out and _aliases(gm, u):
+                out.add(u)
+                stack.append(u)
+    return out
+
+
+def _base(gm: fx.GraphModule, n: fx.Node) -> fx.Node:
+    """The node whose memory ``n`` shares through a chain of views or in-place operations (``n`` itself if none)."""
+    while n.args and isinstance(n.args[0], fx.Node) and _aliases(gm, n):
+        n = n.args[0]
+    return n
+
+
+def _memory(gm: fx.GraphModule, n: fx.Node) -> set[fx.Node]:
+    """Every node that may share ``n``'s memory: its base, and every view or alias of the base."""
+    return _alias_set(gm, _base(gm, n))
+
+
+def _mutators(gm: fx.GraphModule, n: fx.Node, pos: dict[fx.Node, int]) -> list[fx.Node]:
+    """The nodes after ``n`` that change its value in place: ``relu_``, ``+=`` or
+    ``nn.ReLU(inplace=True)`` on it, or on any view or alias of its memory (``n.view(...).relu_()``)."""
+    return sorted({u for a in _memory(gm, n) for u in a.users
+                   if u.args and u.args[0] is a and pos[u] > pos[n] and _is_inplace(gm, u)}, key=pos.__getitem__)  # fmt: skip
+
+
+def _downstream(gm: fx.GraphModule, order: list[fx.Node], pos: dict[fx.Node, int], t: fx.Node) -> set[fx.Node]:
+    """The nodes whose value depends on node ``t``: through their inputs, or by reading memory that a node
+    depending on ``t`` changed in place before them."""
+    down, dirty = {t}, set()
+    for n in order[pos[t] + 1 :]:
+        if any(a in down or a in dirty for a in n.all_input_nodes):
+            down.add(n)
+            if _is_inplace(gm, n) and n.args and isinstance(n.args[0], fx.Node):
+                dirty |= _memory(gm, n.args[0])
+    return down
+
+
+def _eliminate_dead_code(gm: fx.GraphModule, g: fx.Graph) -> None:
+    """Remove the nodes of ``g`` that nothing needs: neither the output nor a later read of a value that an
+    in-place operation changes (``torch.fx``'s own pass counts ``x.view(...).relu_()`` and
+    ``nn.ReLU(inplace=True)`` with an unused result as dead)."""
+    nodes = list(g.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    live: set[fx.Node] = set()
+    for n in reversed(nodes):
+        if n.op in ("output", "placeholder") or n.is_impure() or any(u in live for u in n.users):
+            live.add(n)
+        elif _is_inplace(gm, n) and n.args and isinstance(n.args[0], fx.Node):
+            if any(u in live and pos[u] > pos[n] for a in _memory(gm, n.args[0]) for u in a.users):
+                live.add(n)
+    for n in reversed(nodes):
+        if n not in live:
+            g.erase_node(n)
 
 
 def _keep(v):
@@ -186,12 +279,10 @@ class Traced:
         t = self.node(layer)
         if observe == layer:
             return t
-        down = {t}
+        down = _downstream(self.gm, self.order, self.pos, t)
         for n in self.order[self.pos[t] + 1 :]:
-            if any(a in down for a in n.all_input_nodes):
-                down.add(n)
-                if n.op == "call_module" and n.target == observe:
-                    return n
+            if n in down and n.op == "call_module" and n.target == observe:
+                return n
         raise ValueError(f"observe={observe!r} is not computed after layer {layer!r}")
 
     def masked(self, points: dict[str, str]) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
@@ -325,10 +416,7 @@ class Split:
             raise SplitUnavailable(f"layer {layer!r} must be called with one tensor argument")
         if not inputs:
             raise SplitUnavailable(f"node {layer!r} takes no tensor input")
-        down = {t}
-        for n in order[pos[t] + 1 :]:
-            if any(a in down for a in n.all_input_nodes):
-                down.add(n)
+        down = _downstream(gm, order, pos, t)
         out_node = order[-1]
         if out_node.op != "output" or out_node not in down:
             raise SplitUnavailable(f"the model output does not depend on layer {layer!r}")
@@ -352,25 +440,32 @@ class Split:
         def before(n: fx.Node, first: int) -> fx.Node:
             # the value downstream reads: after the in-place operations upstream of the layer that run before
             # position ``first`` (its first downstream use); those downstream are replayed on it
-            muts = [u for u in n.users if u not in down and pos[u] < first and _mutates(gm, u, n)]
+            muts = [u for u in _mutators(gm, n, pos) if u not in down and pos[u] < first]
             return max(muts, key=pos.__getitem__) if muts else n
 
         frontier_at = []
         for f in frontier:
             uses = sorted(pos[u] for u in f.users if u in down and u is not t)
-            if any(uses[0] < pos[u] < uses[-1] for u in f.users if u not in down and _mutates(gm, u, f)):
+            if any(uses[0] < pos[u] < uses[-1] for u in _mutators(gm, f, pos) if u not in down):
                 raise SplitUnavailable(f"an in-place operation changes {f.name!r} between two of its uses downstream "
                                        f"of {layer!r}")  # fmt: skip
             frontier_at.append(before(f, uses[0]))
-        obs_changed = {o for o in obs_nodes if any(_mutates(gm, u, o) for u in o.users)}
+        mutated = {f: [u for u in _mutators(gm, f, pos) if u in down] for f in frontier}
+        shared = [f for f in frontier if mutated[f] and any(g is not f and g in _memory(gm, f) for g in frontier)]
+        if shared:
+            # the recorder copies each frontier value on its own: a change made downstream through one of two
+            # values sharing memory would no longer reach the other
+            raise SplitUnavailable(f"{shared[0].name!r} shares memory with another value downstream of {layer!r} "
+                                   "and is changed in place there")  # fmt: skip
+        obs_changed = {o for o in obs_nodes if _mutators(gm, o, pos)}
         #: where a recorder of the whole pass (:meth:`Traced.recorder`) takes each value the split needs
         self.frontier_points: tuple[Point, ...] = tuple((f.name, a.name) for f, a in zip(frontier, frontier_at))
         self.input_points: tuple[Point, ...] = tuple((a.name, before(a, pos[t]).name) for a in inputs)
         self.output_point: Point = (t.name, t.name)
         self.observe_points: tuple[Point, ...] = tuple((o.name, o.name) for o in obs_nodes)
         # frontier values that a downstream in-place op would overwrite are cloned per call
-        self._clone = [any(_mutates(gm, u, f) for u in f.users if u in down) for f in frontier]
-        self._clone_layer_out = any(_mutates(gm, u, t) for u in t.users)
+        self._clone = [bool(mutated[f]) for f in frontier]
+        self._clone_layer_out = bool(_mutators(gm, t, pos))
         self._parts = (gm, order, down, t, frontier, layer_in, out_node, obs_nodes, obs_changed)
         self._built: dict[str, fx.GraphModule] = {}
         self.n_frontier = len(frontier)
@@ -400,7 +495,7 @@ class Split:
                             seen[n] = g.call_function(_keep, (env[n],))
                 observed = tuple(seen.get(o, env[o]) for o in obs_nodes)
                 g.output((fx.map_arg(out_node.args[0], lambda a: env[a]), observed) if which == "down" else observed)
-            g.eliminate_dead_code()
+            _eliminate_dead_code(gm, g)
             self._built[which] = _graph_module(gm, g)
         return self._built[which]
 
