@@ -11,7 +11,9 @@ second process buys.
 3. Distributed: the same analyses in 2 gloo processes of 1 thread against 1 process of 1 thread
    (both under ``torchrun --standalone``, timed inside the workers, the best of two calls each; three
    launches of each, alternating, and the best of them), and whether every run gave the same JSON
-   (``meta.world_size`` aside).
+   (``meta.world_size`` aside). Beside them, in the same launches, plain inference with each process
+   running its own batches and nothing exchanged: the most a second process can give on this
+   machine at the time (two processes share its memory bandwidth, and the other load on it).
 
 Run: ``python benchmarks/bench_scaling.py`` (``--quick`` for the 64x64 part alone).
 """
@@ -126,15 +128,28 @@ def setup_cost() -> None:
               f"time at 256 images = {t[256] / (256 * per_image):.2f} x 256 x the per-image cost (goal <= 2)")
 
 
+PLAIN = "plain inference (each process its own batches, nothing exchanged)"
+
+
 def worker(out: Path) -> None:
     """Under torchrun: time three analyses inside the process group; rank 0 writes times and results."""
     from cnn_redundancy.core.distributed import launched, rank, world_size
 
     torch.set_num_threads(1)
-    m, data = model("resnet18"), images(256, 64)
+    m, data, more = model("resnet18"), images(256, 64), images(1024, 64)
     kw = {"batch_size": 32, "progress": False}
+
+    def plain() -> None:  # this process' batches, nothing exchanged: the most a second process can give here
+        with torch.no_grad():
+            for i, (x, _) in enumerate(DataLoader(data, batch_size=32)):
+                if i % world_size() == rank():
+                    m(x)
+        torch.distributed.barrier() if world_size() > 1 else None  # done when the slower process is
+
     runs = {
+        PLAIN: plain,
         "distinctiveness": lambda: cr.distinctiveness(m, data, **kw),
+        "distinctiveness, 1,024 images": lambda: cr.distinctiveness(m, more, **kw),
         "channel shuffle (accuracy + cosine, 16 channels of layer3.0.conv2)":
             lambda: cr.channel_shuffle(m, data, "layer3.0.conv2", channels=range(16), **kw),
         "zero-ablation (layer4)": lambda: cr.zero_ablation(m, data, "layer4.*", **kw),
@@ -147,12 +162,13 @@ def worker(out: Path) -> None:
             for _ in range(2):  # the best of two: the first call also pays one-time costs (allocator, buffers)
                 torch.distributed.barrier() if world_size() > 1 else None
                 t = time.perf_counter()
-                res = run()
+                res = run()  # None for plain inference
                 best = min(best, time.perf_counter() - t)
             times[label] = best
-            d = res.to_dict()
-            d["meta"].pop("world_size")
-            results[label] = d
+            if res is not None:
+                d = res.to_dict()
+                d["meta"].pop("world_size")
+                results[label] = d
         if rank() == 0:
             out.write_text(json.dumps({"times": times, "results": results, "world_size": world_size()}))
 
@@ -175,12 +191,16 @@ def distributed_overhead(rounds: int = 3) -> None:
                 for label, t in got["times"].items():
                     best[n][label] = min(best[n].get(label, math.inf), t)
                 results.append(got["results"])
-    print(f"resnet18 64x64, 256 images in batches of 32, 1 thread per process (torchrun --standalone, gloo); "
-          f"best of {rounds} launches of each, alternating:")  # fmt: skip
+    print(f"resnet18 64x64, 256 images in batches of 32 unless said, 1 thread per process (torchrun --standalone, "
+          f"gloo); best of {rounds} launches of each, alternating:")  # fmt: skip
+    ceiling = best[1][PLAIN] / best[2][PLAIN]
     for label, t1 in best[1].items():
         t2 = best[2][label]
-        same = all(r[label] == results[0][label] for r in results)
-        print(f"  {label}: 1 process {t1:.2f} s, 2 processes {t2:.2f} s: {t1 / t2:.2f}x faster; same JSON: {same}")
+        line = f"  {label}: 1 process {t1:.2f} s, 2 processes {t2:.2f} s: {t1 / t2:.2f}x faster"
+        if label != PLAIN:
+            same = all(r[label] == results[0][label] for r in results)
+            line += f" ({t1 / t2 / ceiling:.0%} of plain inference's); same JSON: {same}"
+        print(line)
 
 
 def main() -> None:
