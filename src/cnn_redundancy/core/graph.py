@@ -392,6 +392,9 @@ class Split:
         ``ReLU(inplace=True)`` changes them; a frontier value after the in-place operations upstream
         of the layer that run before its first use downstream. A frontier value that such an
         operation changes between two of its uses downstream cannot be split (:class:`SplitUnavailable`).
+        An operation on a view or alias (``x.view(n, -1).relu_()``, ``x[:, :4].zero_()``, through
+        ``nn.Identity`` or dropout in eval mode) changes the tensor it shares memory with, and counts
+        as such; two frontier values sharing memory that the downstream part changes cannot be split.
 
     Example:
         >>> from cnn_redundancy.models import get_model
