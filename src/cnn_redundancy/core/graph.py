@@ -135,6 +135,12 @@ def _aliases(gm: fx.GraphModule, n: fx.Node) -> bool:
     return _kind(gm, n)[1]
 
 
+def _changed(gm: fx.GraphModule, n: fx.Node) -> fx.Node | None:
+    """The node whose value node ``n`` changes in place (its first argument), or ``None``."""
+    a = n.args[0] if n.args else None
+    return a if isinstance(a, fx.Node) and _is_inplace(gm, n) else None
+
+
 def _alias_set(gm: fx.GraphModule, n: fx.Node) -> set[fx.Node]:
     """``n`` and every node that may share its memory through a chain of views or in-place operations."""
     out, stack = {n}, [n]
@@ -162,8 +168,8 @@ def _memory(gm: fx.GraphModule, n: fx.Node) -> set[fx.Node]:
 def _mutators(gm: fx.GraphModule, n: fx.Node, pos: dict[fx.Node, int]) -> list[fx.Node]:
     """The nodes after ``n`` that change its value in place: ``relu_``, ``+=`` or
     ``nn.ReLU(inplace=True)`` on it, or on any view or alias of its memory (``n.view(...).relu_()``)."""
-    return sorted({u for a in _memory(gm, n) for u in a.users
-                   if u.args and u.args[0] is a and pos[u] > pos[n] and _is_inplace(gm, u)}, key=pos.__getitem__)  # fmt: skip
+    return sorted({u for a in _memory(gm, n) for u in a.users if pos[u] > pos[n] and _changed(gm, u) is a},
+                  key=pos.__getitem__)  # fmt: skip
 
 
 def _downstream(gm: fx.GraphModule, order: list[fx.Node], pos: dict[fx.Node, int], t: fx.Node) -> set[fx.Node]:
@@ -173,8 +179,8 @@ def _downstream(gm: fx.GraphModule, order: list[fx.Node], pos: dict[fx.Node, int
     for n in order[pos[t] + 1 :]:
         if any(a in down or a in dirty for a in n.all_input_nodes):
             down.add(n)
-            if _is_inplace(gm, n) and n.args and isinstance(n.args[0], fx.Node):
-                dirty |= _memory(gm, n.args[0])
+            if (target := _changed(gm, n)) is not None:
+                dirty |= _memory(gm, target)
     return down
 
 
@@ -188,8 +194,8 @@ def _eliminate_dead_code(gm: fx.GraphModule, g: fx.Graph) -> None:
     for n in reversed(nodes):
         if n.op in ("output", "placeholder") or n.is_impure() or any(u in live for u in n.users):
             live.add(n)
-        elif _is_inplace(gm, n) and n.args and isinstance(n.args[0], fx.Node):
-            if any(u in live and pos[u] > pos[n] for a in _memory(gm, n.args[0]) for u in a.users):
+        elif (target := _changed(gm, n)) is not None:
+            if any(u in live and pos[u] > pos[n] for a in _memory(gm, target) for u in a.users):
                 live.add(n)
     for n in reversed(nodes):
         if n not in live:
@@ -440,27 +446,29 @@ class Split:
                         frontier.append(a)
         layer_in = inputs[0]
 
+        mutators = {n: _mutators(gm, n, pos) for n in (*frontier, *inputs, *obs_nodes, t)}
+
         def before(n: fx.Node, first: int) -> fx.Node:
             # the value downstream reads: after the in-place operations upstream of the layer that run before
             # position ``first`` (its first downstream use); those downstream are replayed on it
-            muts = [u for u in _mutators(gm, n, pos) if u not in down and pos[u] < first]
+            muts = [u for u in mutators[n] if u not in down and pos[u] < first]
             return max(muts, key=pos.__getitem__) if muts else n
 
         frontier_at = []
         for f in frontier:
             uses = sorted(pos[u] for u in f.users if u in down and u is not t)
-            if any(uses[0] < pos[u] < uses[-1] for u in _mutators(gm, f, pos) if u not in down):
+            if any(uses[0] < pos[u] < uses[-1] for u in mutators[f] if u not in down):
                 raise SplitUnavailable(f"an in-place operation changes {f.name!r} between two of its uses downstream "
                                        f"of {layer!r}")  # fmt: skip
             frontier_at.append(before(f, uses[0]))
-        mutated = {f: [u for u in _mutators(gm, f, pos) if u in down] for f in frontier}
-        shared = [f for f in frontier if mutated[f] and any(g is not f and g in _memory(gm, f) for g in frontier)]
+        mutated = {f: [u for u in mutators[f] if u in down] for f in frontier}
+        shared = [f for f in frontier if mutated[f] and len(_memory(gm, f).intersection(frontier)) > 1]
         if shared:
             # the recorder copies each frontier value on its own: a change made downstream through one of two
             # values sharing memory would no longer reach the other
             raise SplitUnavailable(f"{shared[0].name!r} shares memory with another value downstream of {layer!r} "
                                    "and is changed in place there")  # fmt: skip
-        obs_changed = {o for o in obs_nodes if _mutators(gm, o, pos)}
+        obs_changed = {o for o in obs_nodes if mutators[o]}
         #: where a recorder of the whole pass (:meth:`Traced.recorder`) takes each value the split needs
         self.frontier_points: tuple[Point, ...] = tuple((f.name, a.name) for f, a in zip(frontier, frontier_at))
         self.input_points: tuple[Point, ...] = tuple((a.name, before(a, pos[t]).name) for a in inputs)
@@ -468,7 +476,7 @@ class Split:
         self.observe_points: tuple[Point, ...] = tuple((o.name, o.name) for o in obs_nodes)
         # frontier values that a downstream in-place op would overwrite are cloned per call
         self._clone = [bool(mutated[f]) for f in frontier]
-        self._clone_layer_out = bool(_mutators(gm, t, pos))
+        self._clone_layer_out = bool(mutators[t])
         self._parts = (gm, order, down, t, frontier, layer_in, out_node, obs_nodes, obs_changed)
         self._built: dict[str, fx.GraphModule] = {}
         self.n_frontier = len(frontier)
