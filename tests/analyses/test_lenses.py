@@ -144,6 +144,41 @@ class UserResidual(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
+class ShapeReads(nn.Module):
+    """Convs whose outputs are also read for their shape, dtype and size (not their values)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.conv3 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 12 * 12, 10)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        n = h.size(0)
+        h = torch.relu(self.bn1(h))
+        dtype, c = h.dtype, h.shape[1]
+        h = torch.relu(self.conv2(h))
+        h = self.conv3(h) + h  # conv2's activation is used twice: no consumer
+        return self.head(h.view(n, c, -1).flatten(1).to(dtype))
+
+
+def test_consumer_looks_past_reads_of_the_shape(data):
+    torch.manual_seed(0)
+    m = ShapeReads().eval()
+    t = Traced(m)
+    conv1_users = [u for u in t.node("conv1").users]
+    assert any(u.op == "call_method" and u.target == "size" for u in conv1_users)  # the read is there
+    assert consumer(t, "conv1") == "conv2"
+    assert consumer(t, "conv2") is None
+    assert consumer(t, "conv3") is None
+    # the shuffle lens then sweeps conv2's input channels: the fast engine agrees with full forward passes
+    fast = cr.channel_shuffle(m, data, "conv2", engine="fast", batch_size=16)
+    naive = cr.channel_shuffle(m, data, "conv2", engine="naive", batch_size=16)
+    assert fast.meta["params"]["engine"] == "fast" and fast.metric == naive.metric
+    assert max(abs(a - b) for a, b in zip(fast.mean_cosine["conv2"], naive.mean_cosine["conv2"])) < 1e-6
+
+
 def test_residual_blocks_and_consumers_from_the_graph(data):
     torch.manual_seed(0)
     m = UserResidual().eval()

@@ -211,9 +211,23 @@ _THROUGH_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.
                       torch.nn.functional.avg_pool2d, torch.sigmoid, torch.tanh}  # fmt: skip
 
 
+# what reads a tensor's shape, type or place and not its values: no use of the channels
+_META_METHODS = {"size", "dim", "ndimension", "numel", "nelement", "element_size", "get_device", "is_contiguous"}
+_META_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "layout", "is_cuda", "requires_grad"}
+
+
+def _reads_values(node: torch.fx.Node) -> bool:
+    """Whether ``node`` reads the values of the tensors it takes (not only ``x.shape``, ``x.size(1)``, ...)."""
+    if node.op == "call_method" and node.target in _META_METHODS:
+        return False
+    return not (node.op == "call_function" and node.target is getattr and len(node.args) > 1
+                and node.args[1] in _META_ATTRIBUTES)  # fmt: skip
+
+
 def consumer(traced: Traced, layer: str) -> str | None:
     """The conv that reads ``layer``'s output channels one to one (through batch norm, activations,
     pooling, dropout), or ``None`` when the output branches, is added, concatenated or flattened.
+    Reads of a value's shape, dtype or device along the way (``n = x.size(0)``) do not count as uses.
 
     Example:
         >>> from cnn_redundancy.core.graph import Traced
@@ -225,8 +239,8 @@ def consumer(traced: Traced, layer: str) -> str | None:
         node = traced.node(layer)
     except Exception:
         return None
-    while len(node.users) == 1:
-        node = next(iter(node.users))
+    while len(users := [u for u in node.users if _reads_values(u)]) == 1:
+        node = users[0]
         if node.op == "call_module":
             mod = traced.gm.get_submodule(node.target)
             if isinstance(mod, nn.Conv2d):
