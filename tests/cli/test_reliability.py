@@ -5,6 +5,9 @@ segmentation works end to end; an interrupted command keeps what it wrote."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -79,6 +82,45 @@ def test_user_model_file_plain_state_dict_and_pngs_end_to_end(pngs, tmp_path, ca
     assert main([*base, "--output-key", "out", "-o", str(tmp_path / "z2")]) == 0
     res = cr.Result.load(tmp_path / "z2" / "zero-ablation.json")
     assert res.units == ["conv1", "conv2"] and res.metric == "accuracy"
+
+
+def test_a_root_without_a_dataset_is_read_for_what_it_holds(pngs, tmp_path, capsys):
+    out = tmp_path / "t"
+    args = ["train", "-m", "lenet5", "--root", str(pngs), "--split", "all", "--image-size", "28", "--grayscale",
+            "--epochs", "1", "-o", str(out)]  # fmt: skip
+    assert main(["-q", *args]) == 0
+    assert f"--root {pngs}: read as --dataset imagefolder" in capsys.readouterr().err
+    assert json.loads((out / "runs.json").read_text())["train"]["dataset"] == "imagefolder"
+    assert main(["-q", *args, "-d", "imagefolder"]) == 0  # the same parameters: the folder takes it
+    assert main(["-q", "evaluate", "-c", str(out / "model.pt"), "-d", "mnist5k", "--root", str(pngs)]) == 2
+    assert "mnist5k is bundled and reads no root; for the files under" in _error(capsys)
+
+
+UNTRACEABLE = """import torch.nn as nn
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(4, 10)
+    def forward(self, x):
+        h = self.conv1(x).relu()
+        if h.mean() > 0:  # control flow on a value: not fx-traceable
+            h = h * 1.0
+        return self.fc(self.conv2(h).relu().mean((2, 3)))
+def build():
+    return Net()
+"""
+
+
+def test_warnings_are_one_line(tmp_path):
+    f = tmp_path / "loopy.py"
+    f.write_text(UNTRACEABLE)
+    cmd = [sys.executable, "-m", "cnn_redundancy", "-q", "zero-ablation", "-m", f"{f}:build", "--limit", "16",
+           "-o", str(tmp_path / "z")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert r.returncode == 0, r.stderr
+    said = [ln for ln in r.stderr.splitlines() if "fx-traceable" in ln]
+    assert said and all(ln.startswith("warning: Net is not fx-traceable") for ln in said)
+    assert "UserWarning" not in r.stderr and not any(ln.startswith(" ") for ln in r.stderr.splitlines())
 
 
 @pytest.mark.parametrize("args,message", [

@@ -10,6 +10,7 @@ from PIL import Image
 
 from cnn_redundancy import DatasetNotFoundError, load_dataset, subset
 from cnn_redundancy.core.batches import as_loader, sample_shape
+from cnn_redundancy.data import guess_dataset
 
 
 def test_mnist5k_split_is_fixed_stratified_and_disjoint():
@@ -59,6 +60,7 @@ def test_torchvision_mnist_from_idx_files(tmp_path):
     te = load_dataset("mnist", "test", root=tmp_path)
     assert len(tr) == 12 and len(te) == 5 and len(load_dataset("mnist", "all", root=tmp_path)) == 17
     assert te.labels.tolist() == [0, 1, 2, 3, 4] and tr.input_shape == (1, 28, 28)
+    assert guess_dataset(tmp_path) == "mnist"
 
 
 def test_missing_files_give_one_clear_line(tmp_path):
@@ -88,6 +90,7 @@ def test_cifar10_and_cifar100_from_pickle_batches(tmp_path):
     tr, te = load_dataset("cifar10", "train", root=tmp_path), load_dataset("cifar10", "test", root=tmp_path)
     assert len(tr) == 20 and len(te) == 3 and te.labels.tolist() == [7, 8, 9]
     assert te.input_shape == (3, 32, 32) and te.classes[7] == "c7"
+    assert guess_dataset(tmp_path) == "cifar10"
     c100 = tmp_path / "cifar-100-python"
     c100.mkdir()
     for part, n in (("train", 6), ("test", 2)):
@@ -116,6 +119,20 @@ def test_imagefolder_with_and_without_split_folders(tmp_path):
     tr = load_dataset("imagefolder", "train", root=tmp_path / "flat")
     te = load_dataset("imagefolder", "test", root=tmp_path / "flat")
     assert len(tr) + len(te) == 10 and len(te) == 2 and te[0][0].shape == (3, 6, 6)
+
+
+def test_a_root_names_its_data_set(tmp_path):
+    for name, inside in (("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("mnist", "MNIST/raw"),
+                         ("imagefolder", "cat")):  # fmt: skip
+        (tmp_path / name / inside).mkdir(parents=True)
+        assert guess_dataset(tmp_path / name) == name
+    with pytest.raises(DatasetNotFoundError, match="not a folder"):
+        guess_dataset(tmp_path / "nope")
+    # a bundled set given a root would silently ignore it: refused, naming what the root holds
+    with pytest.raises(ValueError, match="mnist5k is bundled and reads no root; .*: cifar100"):
+        load_dataset("mnist5k", "train", root=tmp_path / "cifar100")
+    with pytest.raises(ValueError, match="digits is bundled"):
+        load_dataset("digits", "test", root=tmp_path / "nope")
 
 
 def test_bad_names_and_empty_data():

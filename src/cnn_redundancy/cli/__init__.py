@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 __all__ = ["main", "build_parser"]
 
@@ -49,11 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from ..core.distributed import launched
     from ..core.progress import set_progress
+    from .common import dataset_from_args
 
     if args.quiet:
         set_progress(False)
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line  # a user reads what happened, not the line of the toolkit that said it
     try:
         with launched(getattr(args, "device", None)):  # under torchrun: join the process group
+            if hasattr(args, "dataset"):  # before anything records the parameters: what --root holds, or the default
+                dataset_from_args(args)
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
@@ -64,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

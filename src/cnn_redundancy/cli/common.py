@@ -14,7 +14,7 @@ __all__ = ["add_model_args", "add_data_args", "add_out_arg", "add_metric_args", 
 #: the parameters of every command run into an output folder, by command
 RUNS_FILE = "runs.json"
 #: arguments that do not change a run's numbers (left out of the record)
-_NOT_RECORDED = {"func", "analysis", "experiment", "quiet", "overwrite", "device", "model_default", "writes"}
+_NOT_RECORDED = {"func", "analysis", "experiment", "quiet", "overwrite", "device", "model_default", "dataset_default", "writes"}
 
 
 def parse_kw(items: list[str] | None) -> dict[str, Any]:
@@ -49,8 +49,9 @@ def add_model_args(p: argparse.ArgumentParser, *, default: str = "lenet5") -> No
 def add_data_args(p: argparse.ArgumentParser, *, split: str = "test", required: bool = True) -> None:
     g = p.add_argument_group("data")
     names = "mnist5k, digits, mnist, cifar10, cifar100, imagefolder, shapes"
-    g.add_argument("--dataset", "-d", default="mnist5k" if required else None,
-                   help=f"{names} (default {'mnist5k' if required else 'none: not needed'})")
+    g.add_argument("--dataset", "-d", default=None,
+                   help=f"{names} (default: what --root holds, else {'mnist5k' if required else 'none: not needed'})")
+    p.set_defaults(dataset_default="mnist5k" if required else None)
     g.add_argument("--root", help="folder with the data set's files (mnist, cifar*: the python batches, read without "
                                   "running code; imagefolder: root/<class>/<image> or root/<split>/<class>/<image>)")
     g.add_argument("--split", default=split, choices=["train", "test", "all"], help=f"which split (default {split})")
@@ -122,9 +123,23 @@ def model_from_args(args: argparse.Namespace, data=None, *, training: bool = Fal
     return get_model(name, seed=seed, **fitted, **kw).eval()
 
 
+def dataset_from_args(args: argparse.Namespace) -> str | None:
+    """``--dataset``; without it, the data set ``--root`` holds (said once), else the command's default.
+    The answer is written back to ``args.dataset``, so what is recorded is what was read."""
+    from ..data import guess_dataset
+
+    if args.dataset is None and args.root is not None:
+        args.dataset = guess_dataset(args.root)
+        say(f"--root {args.root}: read as --dataset {args.dataset} (name --dataset to read it otherwise)")
+    elif args.dataset is None:
+        args.dataset = getattr(args, "dataset_default", None)
+    return args.dataset
+
+
 def data_from_args(args: argparse.Namespace, split: str | None = None):
     from ..data import load_dataset, subset
 
+    dataset_from_args(args)  # set already by the command line's main; called directly, resolved here
     kw: dict[str, Any] = {}
     if args.normalize is not None:
         kw["normalize"] = args.normalize

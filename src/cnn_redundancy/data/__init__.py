@@ -34,6 +34,8 @@ __all__ = [
     "DatasetNotFoundError",
     "DATASETS",
     "load_dataset",
+    "guess_dataset",
+    "BUNDLED",
     "subset",
     "split",
 ]
@@ -337,6 +339,29 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+BUNDLED = ("mnist5k", "digits", "shapes")  # shipped or generated: they read no root
+
+
+def guess_dataset(root: str | os.PathLike) -> str:
+    """The data set the folder ``root`` holds: ``cifar10`` / ``cifar100`` (a ``cifar-10-batches-py`` /
+    ``cifar-100-python`` folder inside), ``mnist`` (``MNIST/raw`` inside), else ``imagefolder``.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     (Path(d) / "cifar-10-batches-py").mkdir()
+        ...     guess_dataset(d)
+        'cifar10'
+    """
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"data set root {folder} is not a folder")
+    for name, inside in (("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("mnist", "MNIST/raw")):
+        if (folder / inside).is_dir():
+            return name
+    return "imagefolder"
+
+
 def load_dataset(name: str = "mnist5k", split: str = "train", root: str | os.PathLike | None = None, **kw) -> Dataset:
     """Load a data set split as a Dataset of ``(image tensor [C, H, W], label)`` pairs.
 
@@ -344,7 +369,8 @@ def load_dataset(name: str = "mnist5k", split: str = "train", root: str | os.Pat
         name: one of ``mnist5k`` (default), ``digits``, ``mnist``, ``cifar10``, ``cifar100``,
             ``imagefolder``.
         split: ``"train"``, ``"test"`` or ``"all"``.
-        root: folder with the files (``mnist``, ``cifar*``, ``imagefolder``).
+        root: folder with the files (``mnist``, ``cifar*``, ``imagefolder``; the bundled sets take none:
+            :func:`guess_dataset` names what a folder holds).
         **kw: ``seed`` (split seed, default 0), ``normalize`` (default True: the set's usual
             statistics; see the module docstring), ``download`` (torchvision sets), ``image_size``
             (one number: square) and ``grayscale`` (imagefolder).
@@ -358,6 +384,9 @@ def load_dataset(name: str = "mnist5k", split: str = "train", root: str | os.Pat
         raise ValueError(f"Unknown data set {name!r}; available: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if name in BUNDLED and root is not None:
+        raise ValueError(f"{name} is bundled and reads no root; for the files under {root}, name their data set: "
+                         f"{guess_dataset(root) if Path(root).expanduser().is_dir() else 'imagefolder, mnist, cifar10 or cifar100'}")
     return DATASETS[name](split, root, **kw)
 
 
