@@ -19,6 +19,7 @@ from .core.batches import (
     as_loader,
     batches,
     check_batch,
+    collate,
     expected_input_shape,
     forward_checked,
     resolve_device,
@@ -227,7 +228,7 @@ def fit(
         raise ValueError(f"epochs must be an integer >= 0, not {epochs!r}")
     dev = resolve_device(device, model)
     gen = seed_everything(seed)
-    loader = train if isinstance(train, DataLoader) else DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen)
+    loader = train if isinstance(train, DataLoader) else DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=collate)
     if len(loader) == 0:
         raise ValueError("The training set is empty")
     if schedule not in (None, "cosine"):

@@ -96,6 +96,42 @@ def test_a_root_without_a_dataset_is_read_for_what_it_holds(pngs, tmp_path, caps
     assert "mnist5k is bundled and reads no root; for the files under" in _error(capsys)
 
 
+@pytest.mark.parametrize("cmd", ["distinctiveness", "train"])
+def test_images_of_mixed_sizes_are_one_line(cmd, tmp_path, capsys):
+    for cls, name, size in (("a", "0", (20, 20)), ("a", "1", (20, 20)), ("b", "0", (20, 20)), ("b", "1", (17, 23))):
+        (tmp_path / "mixed" / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size).save(tmp_path / "mixed" / cls / f"{name}.png")
+    args = ["-q", cmd, "-m", "lenet5", "--model-kw", "in_channels=3", "--root", str(tmp_path / "mixed"), "--split",
+            "all", "-o", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    said = _error(capsys)
+    assert "inputs of different shapes cannot form a batch (" in said and "give every image one size: --image-size N" in said
+    assert "[3, 20, 20]" in said and "[3, 23, 17]" in said
+
+
+def test_train_honours_the_split_and_says_when_the_test_score_is_not_held_out(pngs, tmp_path, capsys):
+    args = ["-q", "train", "-m", "lenet5", "--root", str(pngs), "--image-size", "28", "--grayscale", "--epochs", "1"]
+    assert main([*args, "--split", "all", "-o", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr()
+    assert "(not held out: trained on it)" in out.out and "the test score is not held out" in out.err
+    history = json.loads((tmp_path / "all" / "train.json").read_text())
+    assert history["test_held_out"] is False and history["train_samples"] == 24
+    assert main([*args, "-o", str(tmp_path / "train")]) == 0
+    history = json.loads((tmp_path / "train" / "train.json").read_text())
+    assert history["test_held_out"] is True and history["train_samples"] < 24
+    assert main([*args, "--split", "test", "-o", str(tmp_path / "test")]) == 2
+    assert "would train on the test split" in _error(capsys)
+
+
+def test_a_class_too_small_to_split_is_one_line(tmp_path, capsys):
+    for cls, n in (("big", 5), ("lonely", 1)):
+        (tmp_path / "few" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8)).save(tmp_path / "few" / cls / f"{i}.png")
+    assert main(["-q", "evaluate", "-m", "lenet5", "--root", str(tmp_path / "few"), "--image-size", "28", "--grayscale"]) == 2
+    assert "a test split of " in (said := _error(capsys)) and "'lonely' has 1: add images" in said
+
+
 UNTRACEABLE = """import torch.nn as nn
 class Net(nn.Module):
     def __init__(self):

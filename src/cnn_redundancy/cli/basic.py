@@ -78,18 +78,26 @@ def _train(args: argparse.Namespace) -> int:
     from ..core.metrics import get_metric
     from ..training import evaluate, fit
 
+    if args.split == "test":
+        raise ValueError("train --split test would train on the test split and then score the model on it: use "
+                         "--split train (the default) or all")
     out = out_dir(args, writes=("model.pt",))
-    train = data_from_args(args, "train")
+    train = data_from_args(args)
     test = data_from_args(args, "test")
+    held_out = args.split != "all"
+    if not held_out:
+        say("note: --split all trains on every sample, the test split's too: the test score is not held out")
     model = model_from_args(args, train, training=True)
     metric = metric_from_args(args, model, train)
     name = get_metric(metric).name
     hist = fit(model, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
                seed=args.seed, val=test, metric=metric, checkpoint=out / "model.pt", device=args.device)
     score = evaluate(model, test, metric, device=args.device)
-    save_checkpoint(model, out / "model.pt", extra={"history": hist, f"test_{name}": score})
-    atomic_write(out / "train.json", json.dumps({"history": hist, f"test_{name}": score}, indent=1))
-    print(f"test {name} {score:.4f}; checkpoint {out / 'model.pt'}")
+    info = {"history": hist, f"test_{name}": score, "test_held_out": held_out, "train_samples": len(train),
+            "test_samples": len(test)}  # fmt: skip
+    save_checkpoint(model, out / "model.pt", extra=info)
+    atomic_write(out / "train.json", json.dumps(info, indent=1))
+    print(f"test {name} {score:.4f}{'' if held_out else ' (not held out: trained on it)'}; checkpoint {out / 'model.pt'}")
     return 0
 
 

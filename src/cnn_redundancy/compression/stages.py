@@ -23,6 +23,7 @@ from torch import nn
 
 from ..analyses.dead import dead_kernels
 from ..analyses.distinctiveness import activation_stats
+from ..core.batches import as_loader
 from ..core.structure import residual_blocks
 from .pruning.rules import _merge, _pick_weaker
 from .pruning.schedule import Shrinker, mac_share
@@ -34,7 +35,7 @@ def remove_dead(sh: Shrinker, calib, observe: dict[str, str], *, batch_size: int
     """Remove every uncoupled dead kernel; the output must not change."""
     dead = dead_kernels(sh.model, calib, sh.layers, observe=observe, batch_size=batch_size, device=device,
                         progress=False).dead  # fmt: skip
-    x = next(iter(torch.utils.data.DataLoader(calib, batch_size=min(64, len(calib)))))[0].to(sh.example.device)
+    x = next(iter(as_loader(calib, min(64, len(calib)))))[0].to(sh.example.device)
     macs = _macs(sh)
     picks, coupled = [], []
     for layer in sh.layers:

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from .distributed import all_gather_tree, rank, world_size
 
@@ -77,13 +77,31 @@ def resolve_device(device: str | torch.device | None, model: nn.Module | None = 
     return dev
 
 
+def collate(samples: list[Any]) -> Any:
+    """torch's default collation; inputs of different shapes (an image folder of mixed sizes) are a
+    ``ValueError`` that says how to give them one size, not a stack error from inside the loader."""
+    try:
+        return default_collate(samples)
+    except RuntimeError as e:
+        if "stack expects each tensor to be equal size" not in str(e):
+            raise
+        shapes = list(dict.fromkeys(tuple(s[0].shape) for s in samples if isinstance(s, tuple | list)
+                                    and s and isinstance(s[0], torch.Tensor)))  # fmt: skip
+        seen = " and ".join(str(list(x)) for x in shapes[:2]) if len(shapes) > 1 else str(e)
+        raise ValueError(f"inputs of different shapes cannot form a batch ({seen}): give every image one size: "
+                         "--image-size N for an image folder (image_size=N in load_dataset), or a resize in the "
+                         "data set's transform") from None
+
+
 def as_loader(data: Dataset | DataLoader, batch_size: int = 256, **kw) -> DataLoader:
-    """A DataLoader over ``data`` (returned unchanged if it already is one). Empty data is an error."""
+    """A DataLoader over ``data`` (returned unchanged if it already is one), collated by :func:`collate`.
+    Empty data is an error."""
     if isinstance(data, DataLoader):
         loader = data
     elif isinstance(data, Dataset):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
+        kw.setdefault("collate_fn", collate)
         loader = DataLoader(data, batch_size=batch_size, shuffle=False, **kw)
     else:
         raise TypeError(f"data must be a torch Dataset or DataLoader of (input, label) pairs, not {type(data).__name__}")

@@ -315,6 +315,12 @@ def _imagefolder(
     if split == "all":
         return ds
     labels = np.asarray(ds.targets)
+    counts = np.bincount(labels, minlength=len(ds.classes))
+    if counts.min() < 2:
+        few = ds.classes[int(counts.argmin())]
+        raise ValueError(f"imagefolder: a {split} split of {root} needs at least 2 images in every class, and {few!r} "
+                         f"has {counts.min()}: add images, put the splits in {root}/train and {root}/test yourself, "
+                         f"or use the split 'all' (every image)")
     n_test = max(len(ds.classes), int(round(test_fraction * len(labels))))
     tr, te = _stratified_split(labels, n_test, seed)
     sub = torch.utils.data.Subset(ds, (tr if split == "train" else te).tolist())
