@@ -121,6 +121,22 @@ def test_imagefolder_with_and_without_split_folders(tmp_path):
     assert len(tr) + len(te) == 10 and len(te) == 2 and te[0][0].shape == (3, 6, 6)
 
 
+def test_a_broken_image_is_named(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((6, 6, 3), 50 * i, dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    good = (tmp_path / "a" / "0.png").read_bytes()
+    (tmp_path / "a" / "1.png").write_bytes(good[: len(good) // 2])  # truncated
+    (tmp_path / "b" / "2.png").write_text("not an image")  # another file under an image's name
+    ds = load_dataset("imagefolder", "all", root=tmp_path)
+    assert ds[0][0].shape == (3, 6, 6)
+    with pytest.raises(ValueError, match=r"imagefolder: .*a/1.png is not a readable image \(.*\): replace or remove it"):
+        ds[1]
+    with pytest.raises(ValueError, match=r"imagefolder: .*b/2.png is not a readable image"):
+        ds[5]
+
+
 def test_a_root_names_its_data_set(tmp_path):
     for name, inside in (("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("mnist", "MNIST/raw"),
                          ("imagefolder", "cat")):  # fmt: skip

@@ -36,6 +36,23 @@ def test_bad_model_names():
         get_model("/nonexistent/file.py:make")
 
 
+def test_a_broken_model_file_is_one_line_with_its_line(tmp_path):
+    files = {"syntax.py": "import torch\ndef build(:\n    pass\n",
+             "raises.py": "import torch\ndef build():\n    x = 1\n    raise RuntimeError('boom')\n",
+             "imports.py": "import no_such_package_here\ndef build():\n    pass\n",
+             "number.py": "def build():\n    return 3\n"}  # fmt: skip
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=r"syntax.py fails when run: SyntaxError: invalid syntax \(line 2: def build\(:\)"):
+        get_model(f"{tmp_path / 'syntax.py'}:build")
+    with pytest.raises(ValueError, match=r"raises.py:build fails when called: RuntimeError: boom \(line 4: raise"):
+        get_model(f"{tmp_path / 'raises.py'}:build")
+    with pytest.raises(ValueError, match=r"imports.py fails when run: ModuleNotFoundError: .*no_such_package_here.*\(line 1"):
+        get_model(f"{tmp_path / 'imports.py'}:build")
+    with pytest.raises(ValueError, match="number.py:build returned int 3, not a torch.nn.Module"):
+        get_model(f"{tmp_path / 'number.py'}:build")
+
+
 def test_seed_builds_the_same_weights_and_leaves_the_random_state_alone():
     torch.manual_seed(5)
     a = get_model("lenet5", width=2, seed=0)

@@ -276,6 +276,17 @@ def _cifar(
     return ArrayDataset(np.concatenate(images), np.concatenate(labels), mean=mean, std=std, classes=classes, name=name)
 
 
+def _read_image(path: str):
+    """torchvision's PIL loader (an RGB image), with a broken file named as such instead of a PIL error."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for truncated or foreign files
+        raise ValueError(f"imagefolder: {path} is not a readable image ({e}): replace or remove it") from None
+
+
 def _imagefolder(
     split: str,
     root,
@@ -308,8 +319,8 @@ def _imagefolder(
     tfm = transforms.Compose(tf)
     try:
         if split != "all" and split_dir.is_dir():
-            return ImageFolder(str(split_dir), transform=tfm)
-        ds = ImageFolder(str(root), transform=tfm)
+            return ImageFolder(str(split_dir), transform=tfm, loader=_read_image)
+        ds = ImageFolder(str(root), transform=tfm, loader=_read_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetNotFoundError(f"imagefolder: no images found under {root} ({e})") from None
     if split == "all":

@@ -103,12 +103,26 @@ def _load_file(spec: str) -> Callable[..., nn.Module]:
         raise ValueError(f"Model file {file} does not exist (form: path/to/file.py:factory)")
     mod_spec = importlib.util.spec_from_file_location(f"cnn_redundancy_user_{file.stem}", file)
     module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
-    mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    try:
+        mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except Exception as e:
+        raise ValueError(f"model file {file} fails when run: {_in_file(e, file)}") from None
     fn = getattr(module, factory, None)
     if fn is None:
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
         raise ValueError(f"{file} has no {factory!r}; callables there: {', '.join(names)}")
     return fn
+
+
+def _in_file(e: BaseException, file: Path) -> str:
+    """``e`` in one line, with the line of ``file`` where it was raised (a syntax error names its own)."""
+    import traceback
+
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} (line {e.lineno}: {(e.text or '').strip()})"
+    where = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == file.resolve()]
+    at = f" (line {where[-1].lineno}: {where[-1].line})" if where else ""
+    return f"{type(e).__name__}: {e}{at}"
 
 
 def _torchvision(name: str, kw: dict) -> nn.Module:
@@ -190,8 +204,15 @@ def get_model(name: str, *, seed: int | None = None, **kw: Any) -> nn.Module:
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
+        file = Path(name.rpartition(":")[0]).expanduser() if is_file_spec(name) else None
         try:
             model = fn(**kw)
         except TypeError as e:
             raise ValueError(f"{name}({', '.join(f'{k}={v!r}' for k, v in kw.items())}) cannot be built: {e}") from None
+        except Exception as e:
+            if file is None:
+                raise
+            raise ValueError(f"{name} fails when called: {_in_file(e, file)}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{name} returned {type(model).__name__} {model!r:.40}, not a torch.nn.Module")
     return set_model_spec(model, name, kw)
