@@ -197,3 +197,17 @@ def test_cli_analyze_a_user_file_a_plain_state_dict_and_pngs(tmp_path, capsys):
     assert res.layers == ["stem", "f.0", "f.2"] and list(res.blocks) == ["add"]
     assert res.data["analysis"] + res.data["validation"] == 30 and (out / "report.html").exists()
     assert "Dead kernels:" in capsys.readouterr().out
+
+
+def test_long_lists_in_the_answer_say_how_many_more():
+    from types import SimpleNamespace
+
+    from cnn_redundancy.survey.report import answer_lines
+
+    layers = [f"features.{i}" for i in range(15)]
+    answer = {"thresholds": {"max_drop": 0.01}, "trivial_layers": layers, "layers_ablated": 20,
+              "trivial_blocks": layers[:3], "blocks": 4}  # fmt: skip
+    lines = answer_lines(SimpleNamespace(answer=answer))
+    assert lines[0].endswith(": " + ", ".join(layers[:12]) + " and 3 more (analysis.json lists them all).")
+    assert lines[0].startswith("Trivial layers (zeroing one drops the metric by <= 0.01): 15 of 20")
+    assert lines[1].endswith(": features.0, features.1, features.2.")

@@ -30,6 +30,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _listed(names: list[str], shown: int = 12) -> str:
+    """The first ``shown`` names, and how many more the JSON holds."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more (analysis.json lists them all)" if more > 0 else "")
+
+
 def answer_lines(res) -> list[str]:
     """The headline: what is redundant and how much could go."""
     a, out = res.answer, []
@@ -47,10 +53,10 @@ def answer_lines(res) -> list[str]:
     drop = a["thresholds"]["max_drop"]
     if a.get("trivial_layers") is not None:
         out.append(f"Trivial layers (zeroing one drops the metric by <= {drop:g}): {len(a['trivial_layers'])} of "
-                   f"{a['layers_ablated']}" + (f": {', '.join(a['trivial_layers'][:12])}" if a["trivial_layers"] else "") + ".")
+                   f"{a['layers_ablated']}" + (f": {_listed(a['trivial_layers'])}" if a["trivial_layers"] else "") + ".")
     if a.get("trivial_blocks") is not None:
         out.append(f"Trivial residual blocks (branch removed, drop <= {drop:g}): {len(a['trivial_blocks'])} of "
-                   f"{a['blocks']}" + (f": {', '.join(a['trivial_blocks'][:12])}" if a["trivial_blocks"] else "") + ".")
+                   f"{a['blocks']}" + (f": {_listed(a['trivial_blocks'])}" if a["trivial_blocks"] else "") + ".")
     est = a.get("removable")
     if est:
         out.append(f"Estimated removable: {_pct(est['fraction'])} of the MACs ({est['kernels']} of {est['of']} kernels) "
