@@ -128,7 +128,7 @@ def dataset_from_args(args: argparse.Namespace) -> str | None:
     The answer is written back to ``args.dataset``, so what is recorded is what was read."""
     from ..data import guess_dataset
 
-    if args.dataset is None and args.root is not None:
+    if args.dataset is None and getattr(args, "root", None) is not None:
         args.dataset = guess_dataset(args.root)
         say(f"--root {args.root}: read as --dataset {args.dataset} (name --dataset to read it otherwise)")
     elif args.dataset is None:
