@@ -36,11 +36,13 @@ def per_layer_boxes(layers: Sequence[str], values: Sequence[Sequence[float]], *,
             ax.text(0.01, i, "not measured", transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="gray")
     ax.set_yticks(range(n), list(layers), fontsize=7 if n > 30 else 8)
     ax.set_ylim(n - 0.5, -0.5)
-    if line is not None:
-        ax.axvline(line, color="tab:red", ls=":", lw=1, label=line_label or f"{line:g}")
-        ax.legend(fontsize=7, loc="lower right")
     if xlim is not None:
         ax.set_xlim(*xlim)
+    if line is not None:
+        ax.axvline(line, color="tab:red", ls=":", lw=1, label=line_label or f"{line:g}")
+        x0, x1 = ax.get_xlim()
+        # on the side away from the reference line: the values crowd around a threshold, not far from it
+        ax.legend(fontsize=7, loc="lower left" if line > (x0 + x1) / 2 else "lower right")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("layer (forward order)")
     ax.set_title(title, fontsize=9)
