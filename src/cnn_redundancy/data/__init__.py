@@ -277,12 +277,11 @@ def _cifar(
 
 
 def _read_image(path: str):
-    """torchvision's PIL loader (an RGB image), with a broken file named as such instead of a PIL error."""
-    from PIL import Image
+    """ImageFolder's own loader (an RGB image), with a broken file named as such instead of a PIL error."""
+    from torchvision.datasets.folder import default_loader
 
     try:
-        with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
+        return default_loader(path)
     except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for truncated or foreign files
         raise ValueError(f"imagefolder: {path} is not a readable image ({e}): replace or remove it") from None
 
