@@ -72,7 +72,7 @@ def _runs(tmp_path: Path) -> tuple[Path, Path]:
 def test_same_json_for_one_and_two_processes(tmp_path):
     one, two = _runs(tmp_path)
     names = sorted(p.name for p in (one / "rank0").glob("*.json"))
-    assert names == ["analyze.json", "channel-shuffle-units.json", "channel-shuffle.json", "cka.json", "compress.json",
+    assert names == ["analyze.json", "batch-loop.json", "channel-shuffle-units.json", "channel-shuffle.json", "cka.json", "compress.json",
                      "dead-kernels.json", "distinctiveness.json", "evaluate.json", "kernel-scores.json",
                      "pixel-shuffle.json", "strongest-activations.json", "zero-ablation-units.json",
                      "zero-ablation.json"]  # fmt: skip
@@ -83,6 +83,15 @@ def test_same_json_for_one_and_two_processes(tmp_path):
             assert got == alone, f"{name} on {r} of 2 differs from 1 process at {_first_difference(got, alone)}"
     assert json.loads((two / "rank1" / "distinctiveness.json").read_text())["meta"]["world_size"] == 2
     assert json.loads((one / "rank0" / "distinctiveness.json").read_text())["meta"]["world_size"] == 1
+    # every batch applied once, in order, with its own values although the body reused its buffer
+    applied = json.loads((one / "rank0" / "batch-loop.json").read_text())
+    assert [a[0] for a in applied["held"]] == [0, 1, 2, 3, 4] and len({a[1] for a in applied["held"]}) == 5
+    assert applied["held"] == applied["one round"] == applied["no time"]
+    # 3 rounds: the first exchanged alone, the other two held and exchanged together at the end; with
+    # room for one round's contributions only, or no time to hold one, one exchange per round (none
+    # with one process)
+    assert json.loads((two / "rank1" / "exchanges.txt").read_text()) == {"held": 2, "one round": 3, "no time": 3}
+    assert json.loads((one / "rank0" / "exchanges.txt").read_text()) == {"held": 0, "one round": 0, "no time": 0}
     # sharding the units gives the answer of sharding the batches
     by_units, by_batches = _comparable(two / "rank0" / "channel-shuffle-units.json"), _comparable(one / "rank0" / "channel-shuffle.json")
     assert by_units == by_batches, _first_difference(by_units, by_batches)

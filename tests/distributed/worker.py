@@ -60,6 +60,36 @@ def analyses(data) -> dict:
     }
 
 
+def batch_loop(data) -> dict:
+    """:class:`BatchLoop` itself: a body that reuses one buffer for every batch's contribution, with the
+    exchange held for several rounds, with room for one round's bytes only and with no time to hold any;
+    and how many exchanges each made."""
+    from cnn_redundancy.core import batches as core_batches
+    from cnn_redundancy.core.batches import BatchLoop, as_loader
+
+    gather, count = core_batches.all_gather_tree, {"n": 0}
+
+    def counted(*args, **kwargs):
+        count["n"] += 1
+        return gather(*args, **kwargs)
+
+    core_batches.all_gather_tree = counted
+    out = {}
+    try:
+        for label, room, seconds in (("held", BatchLoop.exchange_bytes, 60.0), ("one round", 1, 60.0),
+                                     ("no time", BatchLoop.exchange_bytes, 0.0)):
+            seen, buf, count["n"] = [], torch.zeros(2), 0
+            loop = BatchLoop(as_loader(data, 8), torch.device("cpu"), lambda c, seen=seen: seen.append([c["i"], *c["sum"].tolist()]))
+            loop.exchange_bytes, loop.exchange_seconds = room, seconds
+            for b in loop:
+                buf.copy_(torch.stack([b.x.sum(), b.x.abs().max()]))  # the same buffer every batch
+                loop.add({"i": b.index, "sum": buf})
+            out[label] = {"applied": seen, "exchanges": count["n"]}
+    finally:
+        core_batches.all_gather_tree = gather
+    return out
+
+
 def main() -> int:
     out, fail = Path(sys.argv[1]), len(sys.argv) > 2 and sys.argv[2] == "fail"
     torch.set_num_threads(1)
@@ -76,6 +106,9 @@ def main() -> int:
             res.meta.pop("seconds", None)  # measured times are not results
             res.meta.pop("latency_ms", None)
             res.save(mine / f"{name}.json")
+        loop = batch_loop(data)
+        (mine / "batch-loop.json").write_text(json.dumps({k: v["applied"] for k, v in loop.items()}))
+        (mine / "exchanges.txt").write_text(json.dumps({k: v["exchanges"] for k, v in loop.items()}))
         torch.manual_seed(0)
         accuracy = cr.evaluate(_tiny(), data, batch_size=8, progress=False)
         (mine / "evaluate.json").write_text(json.dumps({"accuracy": accuracy, "world_size": world_size()}))

@@ -7,8 +7,8 @@ process group every function here is the identity: one process, rank 0 of 1.
 
 The analyses never all-reduce floating-point sums at the end (the result would depend on the
 number of processes by rounding). Instead every process reduces its batches to small per-batch
-contributions (norms, cosine sums, metric counts), :func:`all_gather_tree` exchanges them once per
-round of batches, and every process adds them up in the global batch order: exactly the additions
+contributions (norms, cosine sums, metric counts), :func:`all_gather_tree` exchanges them every few
+rounds of batches, and every process adds them up in the global batch order: exactly the additions
 one process makes, so the result is the same, bit for bit, for any world size
 (:class:`cnn_redundancy.core.batches.BatchLoop`).
 
