@@ -67,6 +67,20 @@ def test_the_guarantee_holds_on_the_test_split(trained):
     assert r.guarantee["val_drop"] <= 0.02 and r.guarantee["holds_on_test"] and r.guarantee["test_drop"] <= 0.02
     assert r.final["macs"] < r.original["macs"] and r.stopped
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is never pruned
+    assert "caveat" not in r.guarantee  # 240 images each: enough
+
+
+def test_a_guarantee_on_few_images_says_how_coarse_it_is():
+    torch.manual_seed(0)
+    data = random_images(60, seed=5)  # 12 test, 12 validation images
+    r = compress(TinyCNN().eval(), data, target_macs=0.8, max_drop=0.05, stages=("channels",), finetune_epochs=0,
+                 baselines=(), progress=False)  # fmt: skip
+    assert r.data["test"] == 12 and r.data["validation"] == 12
+    assert r.guarantee["caveat"] == ("coarse: only 12 validation images, each 0.0833 of the accuracy, more than the "
+                                     "allowed drop 0.05: no validation prediction may change; only 12 test images, "
+                                     "each 0.0833 of the accuracy, more than the allowed drop 0.05: no test prediction "
+                                     "may change; more images give a finer guarantee")  # fmt: skip
+    assert f"note: the guarantee is {r.guarantee['caveat']}" in r.headline()
 
 
 def test_target_macs_is_reached_within_one_step_and_the_model_reloads(trained, tmp_path):

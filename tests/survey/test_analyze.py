@@ -13,6 +13,7 @@ from torch import nn
 import cnn_redundancy as cr
 from cnn_redundancy.core.hooks import hook_count
 from cnn_redundancy.survey import analyze
+from cnn_redundancy.survey.report import answer_lines
 from cnn_redundancy.testing import TinyCNN, random_images, zero_branch_resnet
 
 
@@ -64,6 +65,21 @@ def test_removable_estimate_keeps_the_metric_on_held_out_data(planted):
     assert est["kernels"] >= 2 and 0 < est["fraction"] < 1  # the dead kernels cost nothing
     assert [x for x in est["removed"][:2]] == [["conv2", 5], ["conv2", 7]]
     assert est["evaluations"][0] == 1.0  # the model labelled the data itself
+    # 24 validation images: one of them is 1/24 of the accuracy, more than the allowed drop of 0.01
+    assert est["caveat"] == ("a coarse estimate: only 24 validation images, each 0.0417 of the accuracy, more than the "
+                             "allowed drop 0.01: no validation prediction may change; more images (--split all, a "
+                             "larger data set, or val=) give a finer one")
+    line = next(x for x in answer_lines(res) if x.startswith("Estimated removable"))
+    assert line.endswith(f"Note: {est['caveat']}.")
+
+
+def test_a_drop_on_enough_images_carries_no_caveat():
+    from cnn_redundancy.core.metrics import coarse
+
+    assert coarse(100, "accuracy", 0.01, "validation") is None
+    assert coarse(99, "accuracy", 0.05, "test") == "only 99 test images, each 0.0101 of the accuracy"
+    assert coarse(50, "dice", 0.01, "validation") == "only 50 validation images"
+    assert coarse(50, "accuracy", None, "test") == "only 50 test images, each 0.02 of the accuracy"
 
 
 def test_lenses_agree_matrix_and_report(planted, tmp_path):

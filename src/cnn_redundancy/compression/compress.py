@@ -33,7 +33,7 @@ from ..core.distributed import is_main
 from ..core.graph import Traced
 from ..core.hooks import preserved
 from ..core.layers import LayerSpec, conv_layers, resolve_layers
-from ..core.metrics import get_metric
+from ..core.metrics import coarse, get_metric
 from ..core.observe import resolve_observe
 from ..core.progress import progress_bar
 from ..core.results import Result, make_meta
@@ -105,6 +105,8 @@ class CompressResult(Result):
         else:
             lines.append(f"guarantee (drop <= {g['max_drop']:g} on validation data): val drop {g['val_drop']:+.4f}, test "
                          f"drop {g['test_drop']:+.4f} ({'holds' if g['holds_on_test'] else 'does not hold'} on the test split)")
+        if g.get("caveat"):
+            lines.append(f"note: the guarantee is {g['caveat']}")
         lines += [f"{s['stage']}: {s['note']}" for s in self.stages]
         lines += [f"{b['method']} at the same MACs: test {b['test']:.4f}" for b in self.baselines]
         return lines
@@ -333,6 +335,10 @@ def compress(
         res.guarantee = {"max_drop": max_drop, "val_drop": res.original["val"] - res.final["val"],
                          "test_drop": res.original["test"] - res.final["test"],
                          "holds_on_test": res.original["test"] - res.final["test"] <= allowed}  # fmt: skip
+        caveats = [c for c in (coarse(len(run.val), run.metric, max_drop, "validation"),
+                               coarse(len(run.test), run.metric, max_drop, "test")) if c]  # fmt: skip
+        if caveats:
+            res.guarantee["caveat"] = f"coarse: {'; '.join(caveats)}; more images give a finer guarantee"
         rows = _verify_baselines(model, res, run, example, names, list(baselines), finetune_epochs)
         res.meta["latency_ms"] = _latencies({"original": model, "compress": work, **{r["method"]: r["model"] for r in rows}},
                                             example)  # fmt: skip

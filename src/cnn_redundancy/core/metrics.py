@@ -24,6 +24,8 @@ __all__ = [
     "infer_metric",
     "select_output",
     "check_max_lag",
+    "COARSE_BELOW",
+    "coarse",
     "METRICS",
     "cosine_per_channel",
     "CleanNorms",
@@ -226,6 +228,25 @@ def get_metric(metric: str | Metric | Callable[[], Metric], output: str | int | 
     if output is not None:
         m.output = output
     return m
+
+
+COARSE_BELOW = 100  # images under which a drop measured on them is called coarse
+
+
+def coarse(n: int, metric: str, max_drop: float | None, split: str) -> str | None:
+    """What a reader of a drop measured on only ``n`` images of ``split`` must know (``None`` for enough).
+
+    >>> coarse(40, "accuracy", 0.01, "test")
+    'only 40 test images, each 0.025 of the accuracy, more than the allowed drop 0.01: no test prediction may change'
+    """
+    if n >= COARSE_BELOW:
+        return None
+    what = f"only {n} {split} images"
+    if metric == "accuracy":
+        what += f", each {1 / n:.3g} of the accuracy"
+        if max_drop is not None and 1 / n > max_drop:
+            what += f", more than the allowed drop {max_drop:g}: no {split} prediction may change"
+    return what
 
 
 def infer_metric(model: torch.nn.Module, data, output: str | int | None = None) -> str:

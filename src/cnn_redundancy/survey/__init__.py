@@ -26,7 +26,7 @@ from ..core.cost import count_macs
 from ..core.distributed import broadcast_object, is_main
 from ..core.graph import Traced
 from ..core.layers import LayerSpec, conv_layers, resolve_layers
-from ..core.metrics import get_metric
+from ..core.metrics import coarse, get_metric
 from ..core.observe import resolve_observe
 from ..core.progress import progress_bar
 from ..core.results import Result, make_meta
@@ -236,6 +236,9 @@ def analyze(
         estimate["how"] = ("the k most redundant kernels by the lenses' consensus rank (dead first) zeroed in the "
                            f"traced forward pass, k found by binary search on the {len(val)} validation images; "
                            "no fine-tuning, coupled channels not accounted for")  # fmt: skip
+        caveat = coarse(len(val), metric, max_drop, "validation")
+        if caveat:
+            estimate["caveat"] = f"a coarse estimate: {caveat}; more images (--split all, a larger data set, or val=) give a finer one"
     res.agreement = agreement(res.per_kernel)
     res.answer = _answer(res, estimate, max_drop)
     res.results = ctx.results

@@ -61,7 +61,7 @@ def answer_lines(res) -> list[str]:
     if est:
         out.append(f"Estimated removable: {_pct(est['fraction'])} of the MACs ({est['kernels']} of {est['of']} kernels) "
                    f"with the metric {est['baseline']:.4f} -> {est['metric_after']:.4f} on validation data "
-                   f"(drop <= {drop:g}); how: {est['how']}.")
+                   f"(drop <= {drop:g}); how: {est['how']}." + (f" Note: {est['caveat']}." if est.get("caveat") else ""))
     return out
 
 
