@@ -141,9 +141,18 @@ def test_plot(data):
     import matplotlib
 
     matplotlib.use("Agg")
-    res = pixel_shuffle(TinyCNN().eval(), data, "conv2", batch_size=32)
+    m = TinyCNN().eval()
+    x = data.tensors[0]
+    with torch.no_grad():  # labelled by the model itself: the baseline is 1.0, the top of an accuracy axis
+        own = torch.utils.data.TensorDataset(x, m(x).argmax(1))
+    res = pixel_shuffle(m, own, "conv2", batch_size=32)
+    assert res.baseline == 1.0
     fig = res.plot()
-    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "accuracy"
+    ax = fig.axes[1]
+    assert len(fig.axes) == 2 and ax.get_ylabel() == "accuracy"
+    # the baseline is named in the title, not in a legend over the bars, and its line is inside the axes
+    assert ax.get_legend() is None and ax.get_title().endswith("(green line: baseline 1.0000)")
+    assert [tuple(line.get_ydata()) for line in ax.get_lines()] == [(1.0, 1.0)] and ax.get_ylim()[1] > 1.0
 
 
 def test_partial_results_are_written_per_batch(data, tmp_path):

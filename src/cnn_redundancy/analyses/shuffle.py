@@ -143,15 +143,16 @@ class ShuffleResult(Result):
             std = self.metric_std[layer]
             ax = axes[0, 1]
             ax.bar(x, metric, yerr=std if any(std) else None, color="#d08a3a")
-            ax.axhline(self.baseline, color="green", lw=2, label=f"baseline {self.baseline:.4f}")
+            ax.axhline(self.baseline, color="green", lw=2)
             ax.set_xlabel(f"perturbed input channel k of {layer}")
             ax.set_ylabel(self.metric_name or "metric")
-            ax.set_title(f"{self.mode} shuffle: {self.metric_name}")
-            lo = min(min(metric), self.baseline)
-            top = min(1.0, max(max(metric), self.baseline) + 0.02) if self.metric_name == "accuracy" else None
-            ax.set_ylim(max(0.0, lo - 0.05), top)
+            # the baseline is named in the title: a legend inside the axes would cover bars, which fill them
+            ax.set_title(f"{self.mode} shuffle: {self.metric_name} (green line: baseline {self.baseline:.4f})")
+            err = [e if e is not None and math.isfinite(e) else 0.0 for e in std]
+            lo = min(min(v - e for v, e in zip(metric, err)), self.baseline)  # error bars included
+            top = max(max(v + e for v, e in zip(metric, err)), self.baseline)
+            ax.set_ylim(max(0.0, lo - 0.05), top + 0.02 * max(1.0, abs(top)))  # the line stays inside, at 1.0 too
             ax.set_xticks(x[::step], labels[::step])
-            ax.legend(loc="lower right")
         if title:
             fig.suptitle(title)
         fig.tight_layout()
