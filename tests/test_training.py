@@ -87,3 +87,59 @@ def test_evaluate_restores_mode_and_handles_subsets():
     m = get_model("lenet5").train()
     acc = evaluate(m, subset(load_dataset("mnist5k", "test"), 64))
     assert 0 <= acc <= 1 and m.training
+
+
+def _bn_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+        torch.nn.Conv2d(4, 6, 3), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 3),
+    )  # fmt: skip
+
+
+def test_recomputed_bn_statistics_are_those_of_the_data_whatever_the_batches():
+    from cnn_redundancy import recompute_bn_stats
+    from cnn_redundancy.core.hooks import hook_count
+
+    m = _bn_net().train()
+    x = torch.randn(50, 1, 10, 10) * 3 + 2
+    data = torch.utils.data.TensorDataset(x, torch.zeros(50, dtype=torch.long))
+    weights = {k: v.clone() for k, v in m.named_parameters()}
+    tracked = m[1].num_batches_tracked.clone()
+    assert recompute_bn_stats(m, data, batch_size=16) == 2  # 16 + 16 + 16 + 2 images
+    with torch.no_grad():  # the first BatchNorm's input is conv1's output: its statistics over all 50 images
+        h = m[0](x).double().transpose(0, 1).reshape(4, -1)
+    assert torch.allclose(m[1].running_mean.double(), h.mean(1), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(m[1].running_var.double(), h.var(1, unbiased=True), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(m[5].running_var, torch.ones(6))  # the second one was set too
+    first, second = m[1].running_var.clone(), m[5].running_var.clone()
+    assert recompute_bn_stats(m, data, batch_size=50) == 2  # one batch: the same statistics for the first
+    assert torch.allclose(first, m[1].running_var, rtol=1e-5)
+    # the second sees its input as in training, the first normalizing by the batch: nearly the same
+    assert torch.allclose(second, m[5].running_var, rtol=0.1) and not torch.equal(second, m[5].running_var)
+    # weights, flags, hooks and the batch count are as they were
+    assert all(torch.equal(v, weights[k]) for k, v in m.named_parameters())
+    assert m.training and all(c.training for c in m) and hook_count(m) == 0
+    assert torch.equal(m[1].num_batches_tracked, tracked)
+    plain = get_model("lenet5")
+    assert recompute_bn_stats(plain, load_dataset("mnist5k", "test")) == 0
+
+
+def test_fit_recomputing_bn_trains_the_same_weights_and_evaluates_as_it_learned():
+    x = torch.randn(96, 1, 10, 10)
+    y = (x[:, 0, :5].mean((1, 2)) > x[:, 0, 5:].mean((1, 2))).long()  # top half brighter than the bottom
+    data = torch.utils.data.TensorDataset(x, y)
+    a, b = _bn_net(), _bn_net()
+    ha = fit(a, data, epochs=2, batch_size=32, lr=1e-2, seed=1, progress=False)
+    hb = fit(b, data, epochs=2, batch_size=32, lr=1e-2, seed=1, recompute_bn=True, progress=False)
+    assert ha["loss"] == hb["loss"]  # the statistics never feed the training
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.allclose(a[1].running_mean, b[1].running_mean)
+    c = _bn_net()
+    with torch.no_grad():
+        c.load_state_dict(a.state_dict())
+    from cnn_redundancy import recompute_bn_stats
+
+    recompute_bn_stats(c, data, batch_size=32)
+    assert all(torch.allclose(u, v) for u, v in zip(c.buffers(), b.buffers()))  # the last epoch's weights

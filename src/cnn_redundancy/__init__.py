@@ -40,7 +40,7 @@ from .data import DatasetNotFoundError, load_dataset, subset
 from .experiments.layer_skipping import LayerSkippingResult, layer_skipping_experiment
 from .models import get_model, list_models, register_model
 from .survey import AnalysisResult, analyze
-from .training import evaluate, fit, seed_everything
+from .training import evaluate, fit, recompute_bn_stats, seed_everything
 
 __version__ = "0.1.0"
 
@@ -92,6 +92,7 @@ __all__ = [
     "prune",
     "PruneResult",
     "pruning_trials",
+    "recompute_bn_stats",
     "register_model",
     "register_surgery",
     "RemovalResult",

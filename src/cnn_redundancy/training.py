@@ -32,6 +32,7 @@ from .core.progress import progress_bar
 __all__ = [
     "seed_everything",
     "fit",
+    "recompute_bn_stats",
     "evaluate",
     "predict_batches",
     "forward_checked",
@@ -182,6 +183,60 @@ def _epoch(model: nn.Module, loader: DataLoader, optimizers: tuple, step: Step, 
     return float(total) / n, m.compute()
 
 
+def recompute_bn_stats(model: nn.Module, data: Dataset | DataLoader, *, batch_size: int = 256, device=None) -> int:
+    """Set every BatchNorm layer's running mean and variance to its input's statistics over ``data``
+    with the current weights; returns how many layers were set (0 without BatchNorm).
+
+    The running averages kept during training mix statistics of earlier weights; after a short
+    training (few batches) the model then computes something else in eval mode than it learned
+    in train mode, and can score at chance. One pass over ``data`` (no gradients, dropout off, each
+    BatchNorm normalizing by its batch as in training) measures every layer's per-channel mean and
+    variance of its input over all of it (float64, merged batch by batch) and stores them (the
+    variance unbiased, as PyTorch's running variance is). The first BatchNorm's statistics are then
+    exactly its input's over ``data``, whatever the batch size; a later one sees its input as in
+    training, earlier layers normalized by the batch, so its statistics move slightly with the
+    batch size (as with ``torch.optim.swa_utils.update_bn``). No random number of the caller's is
+    drawn. The model keeps its weights, flags and hooks; only those buffers change.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    stats: dict[nn.Module, list] = {}
+
+    def measure(mod: nn.Module, args: tuple) -> None:
+        x = args[0].detach().double().transpose(0, 1).reshape(args[0].shape[1], -1)  # [C, N x spatial]
+        n, mean = x.shape[1], x.mean(1)
+        m2 = ((x - mean[:, None]) ** 2).sum(1)
+        if mod not in stats:
+            stats[mod] = [n, mean, m2]
+            return
+        total, avg, acc = stats[mod]  # Chan et al.'s merge of two (count, mean, sum of squared deviations)
+        delta = mean - avg
+        stats[mod] = [total + n, avg + delta * (n / (total + n)), acc + m2 + delta**2 * (total * n / (total + n))]
+
+    dev = resolve_device(device, model)
+    counts = [m.num_batches_tracked.clone() for m in norms]
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    # the pass draws no random number of the caller's: a DataLoader draws its base seed from the global generator
+    with torch.random.fork_rng(devices=cuda), preserved(model), placed(model, dev), torch.no_grad():
+        model.eval()
+        for m in norms:
+            m.train()
+            m.register_forward_pre_hook(measure)
+        for b in batches(as_loader(data, batch_size), dev, model):
+            forward_checked(model, b.x)
+    done = 0
+    with torch.no_grad():
+        for m, count in zip(norms, counts):
+            m.num_batches_tracked.copy_(count)
+            if m in stats and stats[m][0] > 1:
+                n, mean, m2 = stats[m]
+                m.running_mean.copy_(mean.to(m.running_mean))
+                m.running_var.copy_((m2 / (n - 1)).to(m.running_var))
+                done += 1
+    return done
+
+
 def fit(
     model: nn.Module,
     train: Dataset | DataLoader,
@@ -200,6 +255,7 @@ def fit(
     seed: int = 0,
     device=None,
     checkpoint: str | os.PathLike | None = None,
+    recompute_bn: bool = False,
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place (seeded) and return its history.
@@ -220,6 +276,10 @@ def fit(
             epochs run. The history gets ``best_epoch`` (0-based) and ``stopped`` (whether it stopped early).
         checkpoint: saved (:func:`cnn_redundancy.checkpoint.save_checkpoint`) after every epoch,
             so an interrupted run keeps its last finished epoch.
+        recompute_bn: after every epoch, before it is evaluated and saved, set the BatchNorm running
+            statistics to those of the training data with that epoch's weights
+            (:func:`recompute_bn_stats`, a plain ``model(x)`` pass): the weights and their training
+            are unchanged, and eval mode computes what train mode learned even after few batches.
 
     Returns:
         ``{"loss": [per epoch], "train_metric": [...], "val_metric": [...]}``.
@@ -245,6 +305,8 @@ def fit(
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader))) if schedule else None
             for _ in range(epochs):
                 mean_loss, train_metric = _epoch(model, loader, (opt, sched), step, get_metric(metric), dev, bar)
+                if recompute_bn:
+                    recompute_bn_stats(model, loader.dataset, batch_size=loader.batch_size or batch_size, device=dev)
                 history["loss"].append(mean_loss)
                 history["train_metric"].append(train_metric)
                 if val is not None:

@@ -15,6 +15,7 @@ def test_end_to_end(tmp_path, capsys):
     said = capsys.readouterr()
     assert ckpt.exists() and "test accuracy" in said.out
     assert "training lenet5 from random weights (seed 0)" in said.err and "no --checkpoint" not in said.err
+    assert json.loads((train / "train.json").read_text())["bn_stats"] is None  # LeNet-5 has no BatchNorm
     sh = tmp_path / "shuffle"
     assert main(["-q", "pixel-shuffle", "-c", str(ckpt), "--layers", "conv2", "--limit", "200",
                  "--channels", "0", "3", "--out", str(sh)]) == 0  # fmt: skip
@@ -76,3 +77,18 @@ def test_help_lists_commands(capsys):
     for cmd in ("train", "channel-shuffle", "pixel-shuffle", "impulse", "distinctiveness", "zero-ablation",
                 "strongest-activations", "prune", "demo", "report", "reproduce"):
         assert cmd in out
+
+
+def test_train_recomputes_batchnorm_statistics_unless_told_not_to(tmp_path):
+    import torch
+
+    from cnn_redundancy import load_checkpoint
+
+    stats = {}
+    for flag, said in (("--recompute-bn", "recomputed on the training data"), ("--no-recompute-bn", "running averages")):
+        out = tmp_path / flag
+        assert main(["-q", "train", "-m", "resnet20", "--model-kw", "in_channels=1", "--epochs", "1", "--limit", "96",
+                     "--batch-size", "32", flag, "-o", str(out)]) == 0  # fmt: skip
+        assert json.loads((out / "train.json").read_text())["bn_stats"] == said
+        stats[flag] = load_checkpoint(out / "model.pt").bn1.running_mean
+    assert not torch.allclose(stats["--recompute-bn"], stats["--no-recompute-bn"])

@@ -32,6 +32,10 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd", "rmsprop"])
+    p.add_argument("--recompute-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="after every epoch, set the BatchNorm running statistics to the training data's with that "
+                   "epoch's weights, so the checkpoint computes in eval mode what it learned (default: on; "
+                   "--no-recompute-bn keeps PyTorch's running averages, which lag after few batches)")  # fmt: skip
     add_metric_args(p)
     p.set_defaults(func=_train, batch_size=64)
 
@@ -74,6 +78,8 @@ def register(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from ..checkpoint import save_checkpoint
     from ..core.metrics import get_metric
     from ..training import evaluate, fit
@@ -91,10 +97,13 @@ def _train(args: argparse.Namespace) -> int:
     metric = metric_from_args(args, model, train)
     name = get_metric(metric).name
     hist = fit(model, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
-               seed=args.seed, val=test, metric=metric, checkpoint=out / "model.pt", device=args.device)
+               seed=args.seed, val=test, metric=metric, checkpoint=out / "model.pt", device=args.device,
+               recompute_bn=args.recompute_bn)  # fmt: skip
     score = evaluate(model, test, metric, device=args.device)
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     info = {"history": hist, f"test_{name}": score, "test_held_out": held_out, "train_samples": len(train),
-            "test_samples": len(test)}  # fmt: skip
+            "test_samples": len(test),
+            "bn_stats": None if not has_bn else "recomputed on the training data" if args.recompute_bn else "running averages"}  # fmt: skip
     save_checkpoint(model, out / "model.pt", extra=info)
     atomic_write(out / "train.json", json.dumps(info, indent=1))
     print(f"test {name} {score:.4f}{'' if held_out else ' (not held out: trained on it)'}; checkpoint {out / 'model.pt'}")
