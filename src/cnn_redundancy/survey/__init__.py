@@ -238,7 +238,7 @@ def analyze(
                            "no fine-tuning, coupled channels not accounted for")  # fmt: skip
         caveat = coarse(len(val), metric, max_drop, "validation")
         if caveat:
-            estimate["caveat"] = f"a coarse estimate: {caveat}; more images (--split all, a larger data set, or val=) give a finer one"
+            estimate["caveat"] = f"a coarse estimate: {caveat}; more validation images give a finer one"
     res.agreement = agreement(res.per_kernel)
     res.answer = _answer(res, estimate, max_drop)
     res.results = ctx.results
