@@ -77,9 +77,9 @@ def test_a_guarantee_on_few_images_says_how_coarse_it_is():
                  baselines=(), progress=False)  # fmt: skip
     assert r.data["test"] == 12 and r.data["validation"] == 12
     assert r.guarantee["caveat"] == ("coarse: only 12 validation images, each 0.0833 of the accuracy, more than the "
-                                     "allowed drop 0.05: no validation prediction may change; only 12 test images, "
-                                     "each 0.0833 of the accuracy, more than the allowed drop 0.05: no test prediction "
-                                     "may change; more images give a finer guarantee")  # fmt: skip
+                                     "allowed drop 0.05: one changed prediction exceeds it; only 12 test images, each "
+                                     "0.0833 of the accuracy, more than the allowed drop 0.05: one changed prediction "
+                                     "exceeds it; more images give a finer guarantee")  # fmt: skip
     assert f"note: the guarantee is {r.guarantee['caveat']}" in r.headline()
 
 

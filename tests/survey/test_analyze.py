@@ -67,8 +67,8 @@ def test_removable_estimate_keeps_the_metric_on_held_out_data(planted):
     assert est["evaluations"][0] == 1.0  # the model labelled the data itself
     # 24 validation images: one of them is 1/24 of the accuracy, more than the allowed drop of 0.01
     assert est["caveat"] == ("a coarse estimate: only 24 validation images, each 0.0417 of the accuracy, more than the "
-                             "allowed drop 0.01: no validation prediction may change; more validation images give "
-                             "a finer one")
+                             "allowed drop 0.01: one changed prediction exceeds it; more validation images give a "
+                             "finer one")
     line = next(x for x in answer_lines(res) if x.startswith("Estimated removable"))
     assert line.endswith(f"Note: {est['caveat']}.")
 

@@ -237,7 +237,7 @@ def coarse(n: int, metric: str, max_drop: float | None, split: str) -> str | Non
     """What a reader of a drop measured on only ``n`` images of ``split`` must know (``None`` for enough).
 
     >>> coarse(40, "accuracy", 0.01, "test")
-    'only 40 test images, each 0.025 of the accuracy, more than the allowed drop 0.01: no test prediction may change'
+    'only 40 test images, each 0.025 of the accuracy, more than the allowed drop 0.01: one changed prediction exceeds it'
     """
     if n >= COARSE_BELOW:
         return None
@@ -245,7 +245,7 @@ def coarse(n: int, metric: str, max_drop: float | None, split: str) -> str | Non
     if metric == "accuracy":
         what += f", each {1 / n:.3g} of the accuracy"
         if max_drop is not None and 1 / n > max_drop:
-            what += f", more than the allowed drop {max_drop:g}: no {split} prediction may change"
+            what += f", more than the allowed drop {max_drop:g}: one changed prediction exceeds it"
     return what
 
 
