@@ -163,3 +163,19 @@ def test_fit_and_evaluate_on_the_gpu_leave_the_model_where_it_was():
     cr.fit(model, data, epochs=1, device="cuda", progress=False)
     assert model.conv1.weight.device.type == "cpu" and not torch.equal(model.conv1.weight, before)
     assert abs(cr.evaluate(model, data, device="cuda") - cr.evaluate(model, data)) <= 1 / 32
+
+
+@pytest.mark.parametrize("device", ["gpu", pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                                      reason="this machine has a GPU"))])  # fmt: skip
+def test_under_torchrun_a_device_the_machine_lacks_is_one_clear_error_before_any_group(device, monkeypatch):
+    import torch.distributed as dist
+
+    from cnn_redundancy.core.distributed import launched
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "29999"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match="no CUDA GPU|device must be"):
+        with launched(device):
+            pass
+    assert not dist.is_initialized()  # nothing waits for a peer that will never come

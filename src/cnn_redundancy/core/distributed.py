@@ -92,9 +92,15 @@ def launched(device: str | torch.device | None = None, *, timeout: float | None 
     if not launched_by_torchrun() or _active():
         yield world_size()
         return
-    kind = torch.device(device).type if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
+    from .batches import resolve_device  # batches imports this module
+
+    kind = resolve_device("auto" if device is None else device).type  # a device this machine lacks: one clear line
     backend = "nccl" if kind == "cuda" else "gloo"
     if backend == "nccl":
+        if local_rank() >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise ValueError(f"torchrun started process {local_rank()} of this machine, which has {n} CUDA GPU(s): one "
+                             f"process per GPU (--nproc-per-node {n}), or --device cpu")  # fmt: skip
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend, timeout=_timeout(timeout))
     try:
