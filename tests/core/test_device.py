@@ -179,3 +179,14 @@ def test_under_torchrun_a_device_the_machine_lacks_is_one_clear_error_before_any
         with launched(device):
             pass
     assert not dist.is_initialized()  # nothing waits for a peer that will never come
+
+
+@pytest.mark.parametrize("given", ["abc", "0", "-5", "inf"])
+def test_a_bad_collective_timeout_is_one_clear_error(given, monkeypatch):
+    from cnn_redundancy.core.distributed import _timeout
+
+    monkeypatch.setenv("CNN_REDUNDANCY_DIST_TIMEOUT", given)
+    with pytest.raises(ValueError, match=f"CNN_REDUNDANCY_DIST_TIMEOUT must be a number of seconds above 0, not '{given}'"):
+        _timeout(None)
+    monkeypatch.setenv("CNN_REDUNDANCY_DIST_TIMEOUT", "90")
+    assert _timeout(None).total_seconds() == 90.0

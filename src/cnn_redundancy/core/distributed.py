@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import pickle
 from collections.abc import Iterator
@@ -76,7 +77,13 @@ def launched_by_torchrun() -> bool:
 
 def _timeout(seconds: float | None) -> datetime.timedelta:
     if seconds is None:
-        seconds = float(os.environ.get("CNN_REDUNDANCY_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+        given = os.environ.get("CNN_REDUNDANCY_DIST_TIMEOUT", str(DEFAULT_TIMEOUT))
+        try:
+            seconds = float(given)
+        except ValueError:
+            seconds = math.nan
+        if not seconds > 0 or math.isinf(seconds):
+            raise ValueError(f"CNN_REDUNDANCY_DIST_TIMEOUT must be a number of seconds above 0, not {given!r}")
     return datetime.timedelta(seconds=seconds)
 
 
