@@ -24,7 +24,7 @@ from .core.batches import (
     forward_checked,
     resolve_device,
 )
-from .core.device import autocast, check_amp, placed, wants_channels_last
+from .core.device import autocast, check_amp, full_precision, placed, wants_channels_last
 from .core.hooks import preserved
 from .core.metrics import Metric, get_metric, select_output
 from .core.progress import progress_bar
@@ -204,9 +204,13 @@ def recompute_bn_stats(model: nn.Module, data: Dataset | DataLoader, *, batch_si
     stats: dict[nn.Module, list] = {}
 
     def measure(mod: nn.Module, args: tuple) -> None:
-        x = args[0].detach().double().transpose(0, 1).reshape(args[0].shape[1], -1)  # [C, N x spatial]
-        n, mean = x.shape[1], x.mean(1)
-        m2 = ((x - mean[:, None]) ** 2).sum(1)
+        x = full_precision(args[0].detach())  # float32 at least: half-precision squares overflow
+        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
+        n = x.numel() // x.shape[1]
+        mean = x.sum(dims, dtype=torch.float64) / n  # sums in float64, no float64 copy of the activation
+        c = mean.to(x.dtype)
+        # squared deviations from c (the mean in x's precision), then exactly from the mean
+        m2 = ((x - c.view(shape)) ** 2).sum(dims, dtype=torch.float64) - n * (mean - c.double()) ** 2
         if mod not in stats:
             stats[mod] = [n, mean, m2]
             return

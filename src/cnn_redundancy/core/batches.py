@@ -254,8 +254,8 @@ class BatchLoop:
     a few rounds of batches, the processes exchange them in one collective, and every process
     applies all of them in the global batch order, so every process ends with the result one
     process would compute, bit for bit. Holding several rounds lets a process that was slow on one
-    batch catch up on the next ones before the others wait for it (about 5% of the time of two
-    processes in ``make bench``). The first round is exchanged on its own; what every exchange
+    batch catch up on the next ones before the others wait for it (two processes over 1,024 images:
+    3-5% faster, measured interleaved; see ``docs/scaling.md``). The first round is exchanged on its own; what every exchange
     shows (the largest contribution and the slowest round of any process, the same on every
     process) sets how many rounds are held until the next one: at most :attr:`exchange_rounds`,
     :attr:`exchange_seconds` of work (a stopped run loses no more, and partial results lag no more)
