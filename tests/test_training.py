@@ -143,3 +143,16 @@ def test_fit_recomputing_bn_trains_the_same_weights_and_evaluates_as_it_learned(
 
     recompute_bn_stats(c, data, batch_size=32)
     assert all(torch.allclose(u, v) for u, v in zip(c.buffers(), b.buffers()))  # the last epoch's weights
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_recomputing_bn_on_the_gpu_gives_the_cpu_statistics_and_leaves_the_model_on_the_cpu():
+    from cnn_redundancy import recompute_bn_stats
+
+    x = torch.randn(40, 1, 10, 10)
+    data = torch.utils.data.TensorDataset(x, torch.zeros(40, dtype=torch.long))
+    on_cpu, on_gpu = _bn_net(), _bn_net()
+    recompute_bn_stats(on_cpu, data, batch_size=16)
+    recompute_bn_stats(on_gpu, data, batch_size=16, device="cuda")
+    assert all(b.device.type == "cpu" for b in on_gpu.buffers())
+    assert all(torch.allclose(u, v, rtol=1e-4, atol=1e-5) for u, v in zip(on_cpu.buffers(), on_gpu.buffers()))
