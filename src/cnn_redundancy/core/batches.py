@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
-from .distributed import all_gather_tree, rank, world_size
+from .distributed import all_gather_tree, map_tree, rank, world_size
 
 __all__ = [
     "Batch",
@@ -282,7 +282,7 @@ class BatchLoop:
         self.channels_last = channels_last
         self._contribution: Any = None
         self._held: list[tuple[int | None, Any]] = []
-        self._every, self._slowest, self._since = 1, 0.0, 0.0
+        self._every, self._slowest, self._largest, self._since = 1, 0.0, 0, 0.0
 
     def __len__(self) -> int:
         """The number of batches this process measures."""
@@ -296,7 +296,7 @@ class BatchLoop:
     def __iter__(self) -> Iterator[Batch]:
         by_batch = self.shard == "batches"
         done = 0
-        self._held, self._every, self._slowest, self._since = [], 1, 0.0, time.perf_counter()
+        self._held, self._every, self._slowest, self._largest, self._since = [], 1, 0.0, 0, time.perf_counter()
         for b in batches(self.loader, self.device, self.model, shard=by_batch, channels_last=self.channels_last):
             self._contribution = None
             yield b
@@ -312,9 +312,15 @@ class BatchLoop:
             if contribution is not None:
                 self.apply(contribution)
             return
-        self._held.append((key, _copied(contribution)))  # the body may reuse its buffers for the next batch
+        size = [0]
+
+        def copied(t: torch.Tensor) -> torch.Tensor:  # the body may reuse its buffers for the next batch
+            size[0] += t.numel() * t.element_size()
+            return t.detach().clone()
+
+        self._held.append((key, map_tree(contribution, copied)))
         now = time.perf_counter()
-        self._slowest, self._since = max(self._slowest, now - self._since), now
+        self._slowest, self._largest, self._since = max(self._slowest, now - self._since), max(self._largest, size[0]), now
         if len(self._held) >= self._every:  # every process has held as many rounds: they all exchange now
             self._exchange()
 
@@ -322,37 +328,15 @@ class BatchLoop:
         """Exchange the rounds every process holds; apply them, round by round, in the global batch order."""
         if world_size() == 1 or not self._held:
             return
-        gathered = all_gather_tree((self._held, self._slowest), self.device)
-        self._held, self._slowest = [], 0.0
+        gathered = all_gather_tree((self._held, self._slowest, self._largest), self.device)
+        self._held, self._slowest, self._largest = [], 0.0, 0
         for held in zip(*(g[0] for g in gathered)):
             for _, c in sorted((g for g in held if g[1] is not None), key=lambda g: g[0]):
                 self.apply(c)
-        size = max(_nbytes(c) for g in gathered for _, c in g[0]) * world_size()  # the same on every process
-        slowest = max(g[1] for g in gathered)
+        # the same on every process: the slowest round and the largest contribution of any process
+        slowest, size = max(g[1] for g in gathered), max(g[2] for g in gathered) * world_size()
         self._every = max(1, min(self.exchange_rounds, self.exchange_bytes // max(size, 1),
                                  int(self.exchange_seconds // max(slowest, 1e-9))))
-
-
-def _copied(tree: Any) -> Any:
-    """``tree`` with every tensor copied."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().clone()
-    if isinstance(tree, dict):
-        return {k: _copied(v) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(_copied(v) for v in tree)
-    return tree
-
-
-def _nbytes(tree: Any) -> int:
-    """The bytes of the tensors in ``tree`` (nested dicts, lists and tuples)."""
-    if isinstance(tree, torch.Tensor):
-        return tree.numel() * tree.element_size()
-    if isinstance(tree, dict):
-        return sum(_nbytes(v) for v in tree.values())
-    if isinstance(tree, list | tuple):
-        return sum(_nbytes(v) for v in tree)
-    return 0
 
 
 def expected_input_shape(model: nn.Module) -> tuple[int, ...] | None:

@@ -24,7 +24,7 @@ import datetime
 import math
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ __all__ = [
     "launched_by_torchrun",
     "launched",
     "all_gather_tree",
+    "map_tree",
     "broadcast_object",
     "DEFAULT_TIMEOUT",
 ]
@@ -140,29 +141,31 @@ class _Slot:
         return (_Slot, (self.dtype, self.shape, self.start, self.stop))
 
 
+def map_tree(tree: Any, fn: Callable[[Any], Any], leaf: type = torch.Tensor) -> Any:
+    """``tree`` (nested dicts, lists and tuples) with every ``leaf`` replaced by ``fn(leaf)``, in order."""
+    if isinstance(tree, leaf):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: map_tree(v, fn, leaf) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(map_tree(v, fn, leaf) for v in tree)
+    return tree
+
+
 def _strip(tree: Any, chunks: list[torch.Tensor], size: list[int]) -> Any:
     """``tree`` with every tensor replaced by a :class:`_Slot`; the tensors' bytes appended to ``chunks``."""
-    if isinstance(tree, torch.Tensor):
-        flat = tree.detach().contiguous().reshape(-1).view(torch.uint8)
+
+    def slot(t: torch.Tensor) -> _Slot:
+        flat = t.detach().contiguous().reshape(-1).view(torch.uint8)
         chunks.append(flat)
-        slot = _Slot(tree.dtype, tuple(tree.shape), size[0], size[0] + flat.numel())
         size[0] += flat.numel()
-        return slot
-    if isinstance(tree, dict):
-        return {k: _strip(v, chunks, size) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(_strip(v, chunks, size) for v in tree)
-    return tree
+        return _Slot(t.dtype, tuple(t.shape), size[0] - flat.numel(), size[0])
+
+    return map_tree(tree, slot)
 
 
 def _fill(tree: Any, buf: torch.Tensor) -> Any:
-    if isinstance(tree, _Slot):
-        return buf[tree.start : tree.stop].clone().view(tree.dtype).view(tree.shape)
-    if isinstance(tree, dict):
-        return {k: _fill(v, buf) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(_fill(v, buf) for v in tree)
-    return tree
+    return map_tree(tree, lambda s: buf[s.start : s.stop].clone().view(s.dtype).view(s.shape), leaf=_Slot)
 
 
 def all_gather_tree(tree: Any, device: torch.device | None = None) -> list[Any]:
