@@ -183,6 +183,11 @@ def _epoch(model: nn.Module, loader: DataLoader, optimizers: tuple, step: Step, 
     return float(total) / n, m.compute()
 
 
+def batch_norms(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 def recompute_bn_stats(model: nn.Module, data: Dataset | DataLoader, *, batch_size: int = 256, device=None) -> int:
     """Set every BatchNorm layer's running mean and variance to its input's statistics over ``data``
     with the current weights; returns how many layers were set (0 without BatchNorm).
@@ -198,7 +203,7 @@ def recompute_bn_stats(model: nn.Module, data: Dataset | DataLoader, *, batch_si
     batch size (as with ``torch.optim.swa_utils.update_bn``). No random number of the caller's is
     drawn. The model keeps its weights, flags and hooks; only those buffers change.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = batch_norms(model)
     if not norms:
         return 0
     stats: dict[nn.Module, list] = {}

@@ -78,11 +78,9 @@ def register(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
     from ..checkpoint import save_checkpoint
     from ..core.metrics import get_metric
-    from ..training import evaluate, fit
+    from ..training import batch_norms, evaluate, fit
 
     if args.split == "test":
         raise ValueError("train --split test would train on the test split and then score the model on it: use "
@@ -100,10 +98,9 @@ def _train(args: argparse.Namespace) -> int:
                seed=args.seed, val=test, metric=metric, checkpoint=out / "model.pt", device=args.device,
                recompute_bn=args.recompute_bn)  # fmt: skip
     score = evaluate(model, test, metric, device=args.device)
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    bn_stats = "recomputed on the training data" if args.recompute_bn else "running averages"
     info = {"history": hist, f"test_{name}": score, "test_held_out": held_out, "train_samples": len(train),
-            "test_samples": len(test),
-            "bn_stats": None if not has_bn else "recomputed on the training data" if args.recompute_bn else "running averages"}  # fmt: skip
+            "test_samples": len(test), "bn_stats": bn_stats if batch_norms(model) else None}  # fmt: skip
     save_checkpoint(model, out / "model.pt", extra=info)
     atomic_write(out / "train.json", json.dumps(info, indent=1))
     print(f"test {name} {score:.4f}{'' if held_out else ' (not held out: trained on it)'}; checkpoint {out / 'model.pt'}")
