@@ -40,9 +40,9 @@ def per_layer_boxes(layers: Sequence[str], values: Sequence[Sequence[float]], *,
         ax.set_xlim(*xlim)
     if line is not None:
         ax.axvline(line, color="tab:red", ls=":", lw=1, label=line_label or f"{line:g}")
-        x0, x1 = ax.get_xlim()
-        # on the side away from the reference line: the values crowd around a threshold, not far from it
-        ax.legend(fontsize=7, loc="lower left" if line > (x0 + x1) / 2 else "lower right")
+        # where it covers the fewest boxes, whiskers and outliers (matplotlib weighs every drawn line): the
+        # values may crowd on either side of the threshold, and in any rows
+        ax.legend(fontsize=7, loc="best")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("layer (forward order)")
     ax.set_title(title, fontsize=9)
