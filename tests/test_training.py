@@ -145,6 +145,38 @@ def test_fit_recomputing_bn_trains_the_same_weights_and_evaluates_as_it_learned(
     assert all(torch.allclose(u, v) for u, v in zip(c.buffers(), b.buffers()))  # the last epoch's weights
 
 
+
+def test_input_shift_measures_the_first_batchnorm_against_its_running_statistics():
+    from cnn_redundancy import input_shift, recompute_bn_stats
+    from cnn_redundancy.core.hooks import hook_count
+
+    m = _bn_net()
+    x = torch.rand(50, 1, 10, 10)  # images in [0, 1], as trained
+    labels = torch.zeros(50, dtype=torch.long)
+    assert input_shift(m, torch.utils.data.TensorDataset(x, labels)) is None  # untrained statistics: nothing to compare
+    recompute_bn_stats(m, torch.utils.data.TensorDataset(x, labels))
+    m.train()
+    calls = []
+    m[4].register_forward_hook(lambda *_: calls.append(1))  # the user's own hook, after the first BatchNorm
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    same = input_shift(m, torch.utils.data.TensorDataset(x, labels), batch_size=16)
+    n = 50 * 8 * 8  # values per channel: the running variance is unbiased, the measured one not
+    assert same.layer == "1" and same.samples == 50 and not same.far
+    assert same.mean_shift < 1e-4 and same.variance_ratio == pytest.approx((n - 1) / n, rel=1e-4)
+    # the same images scaled as (x - 0.5) / 0.5: conv1's output is 2 y + a constant per channel, 4x the variance
+    scaled = input_shift(m, torch.utils.data.TensorDataset(2 * x - 1, labels), batch_size=16)
+    assert scaled.far and scaled.variance_ratio == pytest.approx(4 * (n - 1) / n, rel=1e-3)  # eps 1e-5 aside
+    assert "the images reach 1 (the model's first BatchNorm) far from its training statistics" in scaled.describe()
+    shifted = input_shift(m, torch.utils.data.TensorDataset(x + 3, labels))  # a mean moved, the variance kept
+    assert shifted.far and shifted.mean_shift > 1 and shifted.variance_ratio == pytest.approx((n - 1) / n, rel=1e-3)
+    # the pass stops at that layer; the model is left as found
+    assert calls == [] and m.training and hook_count(m) == 1
+    assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
+    assert input_shift(get_model("lenet5"), load_dataset("mnist5k", "test")) is None  # no BatchNorm
+    sampled = input_shift(m, torch.utils.data.TensorDataset(torch.rand(500, 1, 10, 10), torch.zeros(500)), samples=64)
+    assert sampled.samples == 64 and not sampled.far
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_recomputing_bn_on_the_gpu_gives_the_cpu_statistics_and_leaves_the_model_on_the_cpu():
     from cnn_redundancy import recompute_bn_stats

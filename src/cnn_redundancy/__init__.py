@@ -40,7 +40,7 @@ from .data import DatasetNotFoundError, load_dataset, subset
 from .experiments.layer_skipping import LayerSkippingResult, layer_skipping_experiment
 from .models import get_model, list_models, register_model
 from .survey import AnalysisResult, analyze
-from .training import evaluate, fit, recompute_bn_stats, seed_everything
+from .training import InputShift, evaluate, fit, input_shift, recompute_bn_stats, seed_everything
 
 __version__ = "0.1.0"
 
@@ -75,6 +75,8 @@ __all__ = [
     "HeadToHeadResult",
     "impulse_response",
     "ImpulseResult",
+    "InputShift",
+    "input_shift",
     "kernel_scores",
     "KernelScoresResult",
     "LabelResult",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ __all__ = [
     "seed_everything",
     "fit",
     "recompute_bn_stats",
+    "InputShift",
+    "input_shift",
     "evaluate",
     "predict_batches",
     "forward_checked",
@@ -244,6 +247,105 @@ def recompute_bn_stats(model: nn.Module, data: Dataset | DataLoader, *, batch_si
                 m.running_var.copy_((m2 / (n - 1)).to(m.running_var))
                 done += 1
     return done
+
+
+
+class _Seen(Exception):
+    """Raised by the first BatchNorm's hook once its input is measured: the rest of the pass is not needed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputShift:
+    """How the data reaches the model's first BatchNorm, against the running statistics it holds.
+
+    Attributes:
+        layer: the first BatchNorm layer the inputs reach. samples: images measured.
+        mean_shift: the median over channels of ``|input mean - running mean| / running std``.
+        variance_ratio: the median over channels of ``input variance / running variance``.
+    """
+
+    layer: str
+    samples: int
+    mean_shift: float
+    variance_ratio: float
+
+    MEAN_SHIFT_ABOVE: ClassVar[float] = 0.5
+    VARIANCE_RATIO_OUTSIDE: ClassVar[tuple[float, float]] = (0.4, 2.5)
+
+    @property
+    def far(self) -> bool:
+        """Whether the inputs are far from what the layer saw in training (the model then computes
+        something else than it learned; input scaling or stale running statistics are the usual causes)."""
+        lo, hi = self.VARIANCE_RATIO_OUTSIDE
+        return self.mean_shift > self.MEAN_SHIFT_ABOVE or not lo <= self.variance_ratio <= hi
+
+    def describe(self) -> str:
+        return (f"the images reach {self.layer} (the model's first BatchNorm) far from its training statistics "
+                f"(channel means {self.mean_shift:.2g} standard deviations off, variances {self.variance_ratio:.2g}x; "
+                f"medians over channels, {self.samples} images)")
+
+
+def input_shift(model: nn.Module, data: Dataset | DataLoader, *, samples: int = 128, batch_size: int = 32,
+                device=None) -> InputShift | None:
+    """Compare the input of the model's first BatchNorm over up to ``samples`` evenly spaced images of
+    ``data`` with that layer's running mean and variance (see :class:`InputShift`; ``.far`` says
+    whether they disagree).
+
+    A model trained on images scaled otherwise (``[0, 1]`` against ``(x - 0.5) / 0.5``, or another
+    mean and std) gives such a shift, and scores near chance while nothing fails; so do running
+    statistics that are stale after a short training (:func:`recompute_bn_stats`). The pass stops
+    at that layer. ``None`` when the model has no BatchNorm with running statistics, or holds the
+    initial ones (mean 0, variance 1: untrained). The model is left as found.
+
+    Example:
+        >>> from cnn_redundancy.testing import random_images
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+        >>> _ = recompute_bn_stats(net, random_images(32))
+        >>> input_shift(net, random_images(32)).far
+        False
+    """
+    norms = batch_norms(model)
+    trained = [m for m in norms if not (bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all()))]
+    if not trained:
+        return None
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    n = len(dataset) if hasattr(dataset, "__len__") else 0  # a stream without a length: not sampled
+    if n == 0:
+        return None
+    picked = torch.linspace(0, n - 1, min(n, samples)).round().long().unique().tolist()
+    names = {m: name for name, m in model.named_modules()}
+    sums: dict[str, Any] = {}
+
+    def measure(mod: nn.Module, args: tuple) -> None:
+        x = full_precision(args[0].detach())
+        dims = [0, *range(2, x.dim())]
+        first = sums.setdefault("layer", mod)
+        if first is mod:
+            sums["n"] = sums.get("n", 0) + x.numel() // x.shape[1]
+            sums["s"] = sums.get("s", 0) + x.sum(dims, dtype=torch.float64)
+            sums["ss"] = sums.get("ss", 0) + (x.double() ** 2).sum(dims)
+        raise _Seen
+
+    dev = resolve_device(device, model)
+    loader = as_loader(torch.utils.data.Subset(dataset, picked), batch_size)
+    with preserved(model), placed(model, dev), torch.no_grad():
+        model.eval()
+        for m in norms:
+            m.register_forward_pre_hook(measure)
+        for b in batches(loader, dev, model):
+            try:
+                forward_checked(model, b.x)
+            except _Seen:
+                pass
+    bn = sums.get("layer")
+    if bn is None or bn not in trained:
+        return None
+    mean = sums["s"] / sums["n"]
+    var = (sums["ss"] / sums["n"] - mean**2).clamp_min(0.0)
+    run_mean, run_var = bn.running_mean.double().cpu(), bn.running_var.double().cpu()
+    shift = ((mean.cpu() - run_mean).abs() / (run_var + bn.eps).sqrt()).median()
+    ratio = ((var.cpu() + bn.eps) / (run_var + bn.eps)).median()
+    return InputShift(names[bn], len(picked), float(shift), float(ratio))
 
 
 def fit(

@@ -252,3 +252,44 @@ def test_an_interrupted_prune_keeps_its_steps_and_says_so(lenet, tmp_path, capsy
     assert f"interrupted; files already written to {tmp_path} are kept" in capsys.readouterr().err
     kept = cr.Result.load(tmp_path / "prune.json")
     assert len(kept.history) == 1 and kept.meta["complete"] is False and not (tmp_path / "model.pt").exists()
+
+
+BN_MODEL = """import torch.nn as nn
+def build(in_channels=3, num_classes=2):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+"""
+
+
+def test_images_scaled_otherwise_than_in_training_get_one_warning(pngs, tmp_path, capsys):
+    f = tmp_path / "bn_model.py"
+    f.write_text(BN_MODEL)
+    net = cr.get_model(f"{f}:build")
+    cr.recompute_bn_stats(net, cr.load_dataset("imagefolder", "all", root=pngs, normalize="none"))  # trained on [0, 1]
+    import torch
+
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    base = ["evaluate", "-m", f"{f}:build", "-c", str(tmp_path / "weights.pt"), "--root", str(pngs), "--split", "all"]
+    assert main(base) == 0  # read as (x - 0.5) / 0.5, the image folder's default
+    err = capsys.readouterr().err
+    warned = [ln for ln in err.splitlines() if ln.startswith("warning: ")]
+    assert len(warned) == 1 and "the images reach 1 (the model's first BatchNorm) far from its training statistics" in \
+        warned[0] and "(the data set's default scaling)? Give its training's --normalize" in warned[0]  # fmt: skip
+    assert main([*base, "--normalize", "imagenet"]) == 0
+    assert "than here (--normalize imagenet)?" in capsys.readouterr().err
+    assert main([*base, "--normalize", "none"]) == 0  # as trained: nothing to say
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_folder_given_as_the_dataset_is_read_as_the_root(pngs, tmp_path, capsys):
+    out = tmp_path / "t"
+    args = ["-q", "train", "-m", "lenet5", "--dataset", str(pngs), "--split", "all", "--image-size", "28",
+            "--grayscale", "--epochs", "1", "-o", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert f"--dataset {pngs} is a folder: read as --root {pngs} --dataset imagefolder" in capsys.readouterr().err
+    recorded = json.loads((out / "runs.json").read_text())["train"]
+    assert recorded["dataset"] == "imagefolder" and recorded["root"] == str(pngs)
+    assert main([*args[:-2], "--root", str(tmp_path), "-o", str(tmp_path / "u")]) == 2
+    said = _error(capsys)
+    assert "--dataset takes a data set's name" in said and f"{pngs} is a folder" in said
+    assert f"give the files' folder once, as --root (--root is {tmp_path})" in said

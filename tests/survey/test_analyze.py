@@ -227,3 +227,24 @@ def test_long_lists_in_the_answer_say_how_many_more():
     assert lines[0].endswith(": " + ", ".join(layers[:12]) + " and 3 more (analysis.json lists them all).")
     assert lines[0].startswith("Trivial layers (zeroing one drops the metric by <= 0.01): 15 of 20")
     assert lines[1].endswith(": features.0, features.1, features.2.")
+
+
+def test_images_far_from_the_first_batchnorms_statistics_open_the_answer_with_a_warning():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).eval()  # fmt: skip
+    x = torch.rand(60, 1, 12, 12)
+    cr.recompute_bn_stats(m, torch.utils.data.TensorDataset(x, torch.zeros(60, dtype=torch.long)))  # trained on [0, 1]
+    with torch.no_grad():
+        labels = m(x).argmax(1)
+    as_trained = analyze(m, torch.utils.data.TensorDataset(x, labels), lenses=["dead"], progress=False)
+    assert as_trained.data["input_shift"]["layer"] == "1" and not as_trained.data["input_shift"]["far"]
+    assert not answer_lines(as_trained)[0].startswith("Warning")
+    scaled = 2 * x - 1  # read as (x - 0.5) / 0.5
+    res = analyze(m, torch.utils.data.TensorDataset(scaled, labels), lenses=["dead"], progress=False)
+    shift = res.data["input_shift"]
+    assert shift["far"] and shift["variance_ratio"] == pytest.approx(4.0, rel=0.01)
+    first = answer_lines(res)[0]
+    assert first.startswith("Warning: The images reach 1 (the model's first BatchNorm) far from its training statistics")
+    assert "every metric and data-driven lens below may mean little" in first
+    assert json.loads(json.dumps(res.to_dict()))["data"]["input_shift"]["far"] is True

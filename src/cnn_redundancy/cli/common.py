@@ -50,7 +50,8 @@ def add_data_args(p: argparse.ArgumentParser, *, split: str = "test", required: 
     g = p.add_argument_group("data")
     names = "mnist5k, digits, mnist, cifar10, cifar100, imagefolder, shapes"
     g.add_argument("--dataset", "-d", default=None,
-                   help=f"{names} (default: what --root holds, else {'mnist5k' if required else 'none: not needed'})")
+                   help=f"{names}, or a folder (read as --root) (default: what --root holds, else "
+                        f"{'mnist5k' if required else 'none: not needed'})")  # fmt: skip
     p.set_defaults(dataset_default="mnist5k" if required else None)
     g.add_argument("--root", help="folder with the data set's files (mnist, cifar*: the python batches, read without "
                                   "running code; imagefolder: root/<class>/<image> or root/<split>/<class>/<image>)")
@@ -113,7 +114,10 @@ def model_from_args(args: argparse.Namespace, data=None, *, training: bool = Fal
 
     kw = parse_kw(args.model_kw)
     if getattr(args, "checkpoint", None):
-        return load_checkpoint(args.checkpoint, model=args.model, model_kw=kw or None)
+        model = load_checkpoint(args.checkpoint, model=args.model, model_kw=kw or None)
+        if data is not None:
+            _warn_input_shift(args, model, data)
+        return model
     name = args.model or args.model_default
     seed = getattr(args, "seed", 0)
     fitted = _fitted_kwargs(name, data, kw)
@@ -123,12 +127,33 @@ def model_from_args(args: argparse.Namespace, data=None, *, training: bool = Fal
     return get_model(name, seed=seed, **fitted, **kw).eval()
 
 
+
+def _warn_input_shift(args: argparse.Namespace, model, data) -> None:
+    """One line when the data reaches the model's first BatchNorm far from its training statistics."""
+    from ..training import input_shift
+
+    shift = input_shift(model, data, device=getattr(args, "device", None))
+    if shift is not None and shift.far:
+        scaling = f"--normalize {args.normalize}" if getattr(args, "normalize", None) else "the data set's default scaling"
+        say(f"warning: {shift.describe()}: were its training images scaled otherwise than here ({scaling})? Give its "
+            "training's --normalize (imagenet, none or MEAN,STD), or recompute stale running statistics "
+            "(cnn_redundancy.recompute_bn_stats); until then its metric on these images may mean little")
+
+
 def dataset_from_args(args: argparse.Namespace) -> str | None:
     """``--dataset``; without it, the data set ``--root`` holds (said once), else the command's default.
     The answer is written back to ``args.dataset``, so what is recorded is what was read."""
-    from ..data import guess_dataset
+    from ..data import DATASETS, guess_dataset
 
-    if args.dataset is None and getattr(args, "root", None) is not None:
+    given = args.dataset
+    if given is not None and given not in DATASETS and Path(given).expanduser().is_dir():  # a folder, not a name
+        root = getattr(args, "root", None)
+        if root is not None and Path(root).expanduser().resolve() != Path(given).expanduser().resolve():
+            raise ValueError(f"--dataset takes a data set's name ({', '.join(DATASETS)}), and {given} is a folder: "
+                             f"give the files' folder once, as --root (--root is {root})")
+        args.root, args.dataset = given, guess_dataset(given)
+        say(f"--dataset {given} is a folder: read as --root {given} --dataset {args.dataset}")
+    elif args.dataset is None and getattr(args, "root", None) is not None:
         args.dataset = guess_dataset(args.root)
         say(f"--root {args.root}: read as --dataset {args.dataset} (name --dataset to read it otherwise)")
     elif args.dataset is None:

@@ -32,6 +32,7 @@ from ..core.progress import progress_bar
 from ..core.results import Result, make_meta
 from ..core.structure import residual_adds
 from ..data import split, subset
+from ..training import input_shift
 from .estimate import SCORE_SIGNS, consensus_order, removable_macs
 from .lenses import HIGH_NCC, LENSES, NEAR_ANGLE, RUNNERS, SHUFFLE_COSINE, Context
 from .plan import make_plan, time_one_pass
@@ -45,7 +46,9 @@ class AnalysisResult(Result):
 
     Attributes:
         model: the model's name. layers: conv layers in forward order. kernels / macs: per layer.
-        data: how many images were used for what (``analysis``, ``validation``) and how they were chosen.
+        data: how many images were used for what (``analysis``, ``validation``) and how they were chosen;
+            ``input_shift``: how they reach the first BatchNorm against its training statistics
+            (:func:`cnn_redundancy.input_shift`; ``far``: the answer opens with a warning).
         lenses: lens -> ``{"status": "ran" | "skipped" | "failed", "note", "sampled", "passes"}``
             (``passes``: the planned cost in plain inference passes; measured times are in ``meta``).
         per_kernel: layer -> field -> one value per kernel. per_layer: layer -> measure -> value.
@@ -224,6 +227,9 @@ def analyze(
     names = conv_layers(model) if layers is None else resolve_layers(model, layers)
     traced = Traced.maybe(model)
     res = _start(model, names, how, device, data, seed, metric, max_drop, budget_minutes)
+    shift = input_shift(model, data, batch_size=min(batch_size, 32), device=device)
+    if shift is not None:
+        res.data["input_shift"] = {**dataclasses.asdict(shift), "far": shift.far}
     ctx = Context(model, data, names, resolve_observe(model, names, traced=traced), traced, metric, max_drop, None,
                   {"batch_size": batch_size, "seed": seed, "device": device, "progress": False},
                   res.per_kernel, res.per_layer, res.blocks, res.depth)  # type: ignore[arg-type]  # fmt: skip

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..report import Figure, Section, Table, save_figure, write_report
+from ..training import InputShift
 
 __all__ = ["answer_lines", "lens_map", "write_analysis_report", "COLUMNS"]
 
@@ -41,6 +42,12 @@ def answer_lines(res) -> list[str]:
     a, out = res.answer, []
     if not a:
         return out
+    shift = (getattr(res, "data", None) or {}).get("input_shift") or {}
+    if shift.get("far"):
+        described = InputShift(**{k: v for k, v in shift.items() if k != "far"}).describe()
+        out.append(f"Warning: {described[0].upper()}{described[1:]}: the model computes something else here than it "
+                   "learned, so every metric and data-driven lens below may mean little. Were its training images "
+                   "scaled otherwise (--normalize), or are its running statistics stale (recompute_bn_stats)?")
     if a.get("dead") is not None:
         out.append(f"Dead kernels: {a['dead']} of {a['kernels']} ({_pct(a['dead'] / a['kernels'])}) are zero on every "
                    f"analysed image" + (f"; {a['constant']} more are constant" if a.get("constant") else "") + ".")
