@@ -191,6 +191,27 @@ def batch_norms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
+_Moments = tuple[int, torch.Tensor, torch.Tensor]  # (count, mean, sum of squared deviations) per channel
+
+
+def _channel_moments(x: torch.Tensor) -> _Moments:
+    """Per-channel count, mean and sum of squared deviations of ``x`` ``[B, C, ...]`` (float64 results)."""
+    x = full_precision(x.detach())  # float32 at least: half-precision squares overflow
+    dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
+    n = x.numel() // x.shape[1]
+    mean = x.sum(dims, dtype=torch.float64) / n  # sums in float64, no float64 copy of the activation
+    c = mean.to(x.dtype)
+    # squared deviations from c (the mean in x's precision), then exactly from the mean
+    return n, mean, ((x - c.view(shape)) ** 2).sum(dims, dtype=torch.float64) - n * (mean - c.double()) ** 2
+
+
+def _merged(a: _Moments, b: _Moments) -> _Moments:
+    """Chan et al.'s merge of two :data:`_Moments` into those of both."""
+    (na, ma, sa), (nb, mb, sb) = a, b
+    delta = mb - ma
+    return na + nb, ma + delta * (nb / (na + nb)), sa + sb + delta**2 * (na * nb / (na + nb))
+
+
 def recompute_bn_stats(model: nn.Module, data: Dataset | DataLoader, *, batch_size: int = 256, device=None) -> int:
     """Set every BatchNorm layer's running mean and variance to its input's statistics over ``data``
     with the current weights; returns how many layers were set (0 without BatchNorm).
@@ -209,22 +230,11 @@ def recompute_bn_stats(model: nn.Module, data: Dataset | DataLoader, *, batch_si
     norms = batch_norms(model)
     if not norms:
         return 0
-    stats: dict[nn.Module, list] = {}
+    stats: dict[nn.Module, _Moments] = {}
 
     def measure(mod: nn.Module, args: tuple) -> None:
-        x = full_precision(args[0].detach())  # float32 at least: half-precision squares overflow
-        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
-        n = x.numel() // x.shape[1]
-        mean = x.sum(dims, dtype=torch.float64) / n  # sums in float64, no float64 copy of the activation
-        c = mean.to(x.dtype)
-        # squared deviations from c (the mean in x's precision), then exactly from the mean
-        m2 = ((x - c.view(shape)) ** 2).sum(dims, dtype=torch.float64) - n * (mean - c.double()) ** 2
-        if mod not in stats:
-            stats[mod] = [n, mean, m2]
-            return
-        total, avg, acc = stats[mod]  # Chan et al.'s merge of two (count, mean, sum of squared deviations)
-        delta = mean - avg
-        stats[mod] = [total + n, avg + delta * (n / (total + n)), acc + m2 + delta**2 * (total * n / (total + n))]
+        got = _channel_moments(args[0])
+        stats[mod] = _merged(stats[mod], got) if mod in stats else got
 
     dev = resolve_device(device, model)
     counts = [m.num_batches_tracked.clone() for m in norms]
@@ -247,7 +257,6 @@ def recompute_bn_stats(model: nn.Module, data: Dataset | DataLoader, *, batch_si
                 m.running_var.copy_((m2 / (n - 1)).to(m.running_var))
                 done += 1
     return done
-
 
 
 class _Seen(Exception):
@@ -313,17 +322,12 @@ def input_shift(model: nn.Module, data: Dataset | DataLoader, *, samples: int = 
     if n == 0:
         return None
     picked = torch.linspace(0, n - 1, min(n, samples)).round().long().unique().tolist()
-    names = {m: name for name, m in model.named_modules()}
-    sums: dict[str, Any] = {}
+    seen: dict[str, Any] = {}  # the first BatchNorm reached and the moments of its input
 
     def measure(mod: nn.Module, args: tuple) -> None:
-        x = full_precision(args[0].detach())
-        dims = [0, *range(2, x.dim())]
-        first = sums.setdefault("layer", mod)
-        if first is mod:
-            sums["n"] = sums.get("n", 0) + x.numel() // x.shape[1]
-            sums["s"] = sums.get("s", 0) + x.sum(dims, dtype=torch.float64)
-            sums["ss"] = sums.get("ss", 0) + (x.double() ** 2).sum(dims)
+        if seen.setdefault("layer", mod) is mod:
+            got = _channel_moments(args[0])
+            seen["moments"] = _merged(seen["moments"], got) if "moments" in seen else got
         raise _Seen
 
     dev = resolve_device(device, model)
@@ -337,15 +341,15 @@ def input_shift(model: nn.Module, data: Dataset | DataLoader, *, samples: int = 
                 forward_checked(model, b.x)
             except _Seen:
                 pass
-    bn = sums.get("layer")
+    bn = seen.get("layer")
     if bn is None or bn not in trained:
         return None
-    mean = sums["s"] / sums["n"]
-    var = (sums["ss"] / sums["n"] - mean**2).clamp_min(0.0)
+    count, mean, m2 = seen["moments"]
     run_mean, run_var = bn.running_mean.double().cpu(), bn.running_var.double().cpu()
     shift = ((mean.cpu() - run_mean).abs() / (run_var + bn.eps).sqrt()).median()
-    ratio = ((var.cpu() + bn.eps) / (run_var + bn.eps)).median()
-    return InputShift(names[bn], len(picked), float(shift), float(ratio))
+    ratio = ((m2.cpu() / count + bn.eps) / (run_var + bn.eps)).median()
+    name = next(n for n, m in model.named_modules() if m is bn)
+    return InputShift(name, len(picked), float(shift), float(ratio))
 
 
 def fit(
