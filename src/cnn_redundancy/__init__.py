@@ -25,7 +25,13 @@ from .analyses.scores import KernelScoresResult, kernel_scores
 from .analyses.shuffle import ShuffleResult, channel_shuffle, pixel_shuffle
 from .checkpoint import CheckpointError, load_checkpoint, register_surgery, save_checkpoint
 from .compression.compress import CompressResult, compress
-from .compression.pruning import DistinctivenessImportance, PruneResult, SeededRandomImportance, prune
+from .compression.pruning import (
+    DistinctivenessImportance,
+    FPGMImportance,
+    PruneResult,
+    SeededRandomImportance,
+    prune,
+)
 from .compression.pruning.trials import HeadToHeadResult, TrialsResult, head_to_head, pruning_trials
 from .compression.removal import BranchRemoved, RemovalResult, remove_branches, remove_trivial
 from .compression.skipnet import RouterResult, SkipNetwork, predict_exits, train_router, train_skip_network
@@ -69,6 +75,7 @@ __all__ = [
     "DistinctivenessResult",
     "evaluate",
     "fit",
+    "FPGMImportance",
     "get_analysis",
     "get_model",
     "head_to_head",

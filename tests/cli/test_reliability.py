@@ -293,3 +293,16 @@ def test_a_folder_given_as_the_dataset_is_read_as_the_root(pngs, tmp_path, capsy
     said = _error(capsys)
     assert "--dataset takes a data set's name" in said and f"{pngs} is a folder" in said
     assert f"give the files' folder once, as --root (--root is {tmp_path})" in said
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_silences_the_bar_before_or_after_the_command(where, monkeypatch, capsys):
+    from cnn_redundancy.core import progress
+
+    monkeypatch.setattr(progress, "_enabled", True)
+    args = ["evaluate", "-m", "lenet5", "--limit", "64"]
+    assert main(args) == 0
+    assert "evaluate:" in capsys.readouterr().err  # the bar, without --quiet
+    assert main(["--quiet", *args] if where == "before" else [*args, "--quiet"]) == 0
+    said = capsys.readouterr()
+    assert "evaluate:" not in said.err and "accuracy" in said.out

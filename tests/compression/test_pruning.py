@@ -7,8 +7,9 @@ import torch
 
 import cnn_redundancy as cr
 import cnn_redundancy.testing as T
+from cnn_redundancy.compression.pruning.importance import FPGMImportance, input_rows
 from cnn_redundancy.core.hooks import hook_count
-from cnn_redundancy.testing import TinyCNN, duplicated_kernels_net, random_images
+from cnn_redundancy.testing import TinyCNN, duplicated_kernels_net, grouped_conv_net, random_images
 
 
 def _state(m):
@@ -257,3 +258,44 @@ def test_pruning_trials_write_partial_results_as_they_go(tmp_path, monkeypatch):
     tr = cr.subset(cr.load_dataset("mnist5k", "train"), 64)
     cr.pruning_trials("lenet5", tr, tr, trials=1, steps=1, epochs=1, partial=tmp_path / "t.json")
     assert on_disk == [None, 1]
+
+
+def test_fpgm_ranks_as_torch_pruning_where_torch_pruning_runs():
+    import torch_pruning as tp
+    import torchvision
+
+    for m, x in [(TinyCNN().eval(), torch.zeros(1, 1, 12, 12)),
+                 (torchvision.models.resnet18(num_classes=10).eval(), torch.zeros(1, 3, 32, 32))]:
+        dg = tp.DependencyGraph().build_dependency(m, x)
+        for conv in [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]:
+            group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, list(range(conv.out_channels)))
+            assert torch.equal(FPGMImportance(p=2)(group), tp.importance.FPGMImportance(p=2)(group))
+
+
+def test_fpgm_reads_a_grouped_conv_input_channel_from_its_own_group():
+    conv = torch.nn.Conv2d(6, 4, 1, groups=2)  # input channels 0-2 read by kernels 0-1, channels 3-5 by kernels 2-3
+    with torch.no_grad():
+        for o in range(4):
+            for p in range(3):
+                conv.weight[o, p] = 100 * o + (o // 2) * 3 + p  # encodes the kernel and the input channel it reads
+    rows = input_rows(conv)
+    assert rows.shape == (6, 2)
+    for c in range(6):
+        assert sorted((rows[c] % 100).long().tolist()) == [c, c]
+        assert sorted((rows[c] // 100).long().tolist()) == ([0, 1] if c < 3 else [2, 3])
+
+
+@pytest.mark.parametrize("criterion", ["fpgm", "auto"])
+def test_a_model_with_a_grouped_conv_prunes_and_compresses_by_every_criterion(criterion):
+    data = random_images(40, seed=2)
+    if criterion == "fpgm":  # Torch-Pruning 1.6.1's own FPGM raised here
+        res = cr.prune(grouped_conv_net(), data, criterion="fpgm", steps=2)
+        assert len(res.history) == 2
+        assert all(len(v) % 2 == 0 for h in res.history for k, v in h["removed"].items() if k in ("conv1", "conv2"))
+        return
+    from cnn_redundancy.compression.compress import compress
+
+    r = compress(grouped_conv_net(), data, target_macs=0.8, max_drop=None, stages=("channels",), finetune_epochs=0,
+                 baselines=(), progress=False)  # fmt: skip
+    assert set(r.candidates) >= {"fpgm", "l1", "taylor", "distinctiveness"}
+    assert r.final["macs"] < r.original["macs"]

@@ -42,7 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
         mod.register(sub)
         if hasattr(mod, "register_reproduce"):
             mod.register_reproduce(rsub)
+    _quiet_anywhere(parser)
     return parser
+
+
+def _quiet_anywhere(parser: argparse.ArgumentParser) -> None:
+    """``--quiet`` after the command too (``cnn-redundancy analyze ... --quiet``), not only before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():  # aliases share a parser
+                if not any("--quiet" in a.option_strings for a in sub._actions):
+                    sub.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+                                     help="no progress bars (also before the command)")  # fmt: skip
+                _quiet_anywhere(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from ...core.observe import ObserveSpec, resolve_observe
 from ...core.progress import progress_bar
 from ...core.results import Partials, Result, make_meta
 from ...models import append_surgery
-from .importance import DistinctivenessImportance, SeededRandomImportance
+from .importance import DistinctivenessImportance, FPGMImportance, SeededRandomImportance
 from .rules import by_importance, gedeon_harris, least_distinct
 from .surgeon import SURGERY_KIND, Surgeon, kernels
 
@@ -49,6 +49,7 @@ __all__ = [
     "PruneResult",
     "prune",
     "DistinctivenessImportance",
+    "FPGMImportance",
     "SeededRandomImportance",
 ]
 

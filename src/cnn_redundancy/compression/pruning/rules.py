@@ -19,6 +19,7 @@ from torch import nn
 
 from ...core.batches import as_loader, batches, resolve_device
 from ...core.device import placed
+from .importance import FPGMImportance
 from .surgeon import Surgeon, trainable
 
 __all__ = ["least_distinct", "gedeon_harris", "by_importance"]
@@ -153,7 +154,7 @@ def _importance(criterion: str):
     return {
         "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
         "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
-        "fpgm": lambda: tp.importance.FPGMImportance(p=2),
+        "fpgm": lambda: FPGMImportance(p=2),  # Torch-Pruning's ranking; its own raises on grouped convs
         "taylor": lambda: tp.importance.GroupTaylorImportance(),
     }[criterion]()
 
