@@ -51,6 +51,40 @@ def test_merging_exact_duplicates_leaves_the_output_unchanged():
         assert torch.allclose(sh.model(x), before, atol=1e-5)
 
 
+def _transposed_consumer_net():
+    """conv1 (kernels 0 and 1 the same) -> ReLU -> ConvTranspose2d -> ReLU -> pool -> linear: conv1's channels are
+    read by a transposed conv, whose weight is [in, out, kh, kw], not [out, in, kh, kw]."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.ConvTranspose2d(4, 3, 2, stride=2),
+                            torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10)).eval()  # fmt: skip
+    with torch.no_grad():
+        m[0].weight[1], m[0].bias[1] = m[0].weight[0], m[0].bias[0]
+    return m
+
+
+def test_merging_a_duplicate_read_by_a_transposed_conv_leaves_the_output_unchanged():
+    m = _transposed_consumer_net()
+    data = random_images(32, seed=6)
+    x = data.tensors[0]
+    with torch.no_grad():
+        before = m(x)
+    sh, obs = _shrinker(m, x)
+    rec = merge_duplicates(sh, data, obs, lambda model: 1.0, base=1.0, budget=0.0, angle=1e-3, batch_size=32,
+                           device="cpu")  # fmt: skip
+    assert rec["kernels"] == 1 and sh.model[0].out_channels == 3 and sh.model[2].in_channels == 3
+    with torch.no_grad():
+        assert torch.allclose(sh.model(x), before, atol=1e-5)
+
+
+def test_compress_prunes_channels_read_by_a_transposed_conv():
+    m = _transposed_consumer_net()
+    r = compress(m, random_images(60, seed=7), target_macs=0.8, max_drop=None, stages=("channels",), criterion="l1",
+                 finetune_epochs=0, baselines=(), progress=False)  # fmt: skip
+    # the transposed conv costs 4 x 3 x 2 x 2 MACs per input pixel (of 12 x 12): it is counted, and loses an input
+    assert r.original["macs"] == 144 * 4 * 9 + 144 * 4 * 3 * 4 + 3 * 10
+    assert r.model[2].in_channels < 4 and r.final["macs"] <= 0.8 * r.original["macs"]
+
+
 @pytest.fixture(scope="module")
 def trained():
     train = cr.subset(cr.load_dataset("mnist5k", "train"), 1200, seed=0)

@@ -1,8 +1,9 @@
 """What a model costs: parameters, MACs and measured latency (CPU, and CUDA with synchronisation).
 
-MACs are the multiply-accumulates of the ``Conv2d`` and ``Linear`` layers that
-a forward pass actually calls (output elements x input channels per group x kernel size; biases,
-normalization and activations are not counted), per input sample.
+MACs are the multiply-accumulates of the ``Conv2d``, ``ConvTranspose2d`` and ``Linear`` layers that
+a forward pass actually calls (output elements x input channels per group x kernel size; for a
+transposed conv, input elements x output channels per group x kernel size, as fvcore counts it;
+biases, normalization and activations are not counted), per input sample.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .hooks import capture, preserved
 
 __all__ = ["count_macs", "count_macs_params", "measure_latency", "cpu_latency", "model_cost", "MAC_LAYERS"]
 
-MAC_LAYERS = (nn.Conv2d, nn.Linear)
+MAC_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
 
 def count_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
@@ -32,14 +33,21 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
         28224
     """
     names = [n for n, m in model.named_modules() if isinstance(m, MAC_LAYERS)]
+    transposed = [n for n in names if isinstance(model.get_submodule(n), nn.ConvTranspose2d)]
     out: dict[str, int] = {}
 
     def add(name: str, t: torch.Tensor) -> None:  # every call counts (a layer used twice costs twice)
         m = model.get_submodule(name)
-        per_output = m.in_features if isinstance(m, nn.Linear) else (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        out[name] = out.get(name, 0) + t[:1].numel() * per_output
+        if isinstance(m, nn.Linear):
+            per = m.in_features
+        elif isinstance(m, nn.ConvTranspose2d):  # t is the input: each element meets out/groups kernels' taps
+            per = (m.out_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            per = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        out[name] = out.get(name, 0) + t[:1].numel() * per
 
-    with preserved(model), torch.no_grad(), capture(model, names, fn=add):
+    with preserved(model), torch.no_grad(), capture(model, [n for n in names if n not in transposed], fn=add), \
+            capture(model, transposed, what="input", fn=add):  # fmt: skip
         model.eval()
         model(example_input[:1])
     return {n: out[n] for n in names if n in out}

@@ -71,6 +71,9 @@ def _fold_mean(surgeon: Surgeon, layer: str, idx: int, value: float) -> list[str
         if isinstance(m, nn.Conv2d) and m.groups != 1:
             notes.append(f"{surgeon.dg._module2name[m]} is grouped: constant part dropped")
             continue
+        if isinstance(m, nn.ConvTranspose2d):  # a constant input reaches each output through a varying set of taps
+            notes.append(f"{surgeon.dg._module2name[m]} is a transposed conv: constant part dropped")
+            continue
         contrib = w[:, ix].reshape(w.shape[0], -1).sum(1) * value
         m.bias.data += contrib.to(m.bias.dtype)
     return notes
@@ -82,14 +85,15 @@ def _merge(surgeon: Surgeon, layer: str, r: int, k: int, scale: float) -> list[s
     kept = {id(m): ix for m, ix in surgeon.consumers(layer, k)}
     for m, ix in surgeon.consumers(layer, r):
         name = surgeon.dg._module2name[m]
-        if isinstance(m, nn.Conv2d) and m.groups != 1:
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and m.groups != 1:
             notes.append(f"{name} is grouped: not merged")
             continue
         ik = kept.get(id(m))
         if ik is None or len(ik) != len(ix):
             notes.append(f"{name}: no matching input for the kept kernel: not merged")
             continue
-        m.weight.data[:, ik] += scale * m.weight.data[:, ix]
+        w = m.weight.data.transpose(0, 1) if isinstance(m, nn.Conv2d | nn.Linear) else m.weight.data  # [in, ...] view
+        w[ik] += scale * w[ix]  # a transposed conv's weight is [in, out / groups, kh, kw] already
     return notes
 
 

@@ -75,12 +75,13 @@ def mac_share(surgeon: Surgeon, layer: str, macs: dict[str, int]) -> tuple[float
             continue
         seen.add((name, dep.handler))
         n = len(surgeon.aligned(layer, 0))
-        if isinstance(m, nn.Conv2d) and dg.is_out_channel_pruning_fn(dep.handler):
+        conv = isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
+        if conv and dg.is_out_channel_pruning_fn(dep.handler):
             share += macs.get(name, 0) * len(idxs) / m.out_channels / n
             if name != layer:
                 coupled.append(name)
         elif dep.handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
-            width = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
+            width = m.in_channels if conv else m.in_features
             share += macs.get(name, 0) * len(idxs) / width / n
     return share, coupled
 
