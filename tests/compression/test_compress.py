@@ -36,19 +36,23 @@ def test_removing_every_dead_kernel_leaves_the_output_unchanged():
         assert torch.allclose(sh.model(x), before, atol=1e-5)
 
 
-def test_merging_exact_duplicates_leaves_the_output_unchanged():
-    m = duplicated_kernels_net()
-    data = random_images(64, seed=4)
+def _merge_exact(m, data):
+    """merge_duplicates of pairs at angle 0 with no budget: ``(shrinker, record)``; asserts the output is unchanged."""
     x = data.tensors[0]
     with torch.no_grad():
         before = m(x)
     sh, obs = _shrinker(m, x)
     rec = merge_duplicates(sh, data, obs, lambda model: 1.0, base=1.0, budget=0.0, angle=1e-3, batch_size=32,
                            device="cpu")  # fmt: skip
-    assert rec["kernels"] == 2 and sorted(rec["removed"]) == ["conv1", "conv2"]
-    assert sh.model.conv1.out_channels == 3 and sh.model.conv2.out_channels == 5
     with torch.no_grad():
         assert torch.allclose(sh.model(x), before, atol=1e-5)
+    return sh, rec
+
+
+def test_merging_exact_duplicates_leaves_the_output_unchanged():
+    sh, rec = _merge_exact(duplicated_kernels_net(), random_images(64, seed=4))
+    assert rec["kernels"] == 2 and sorted(rec["removed"]) == ["conv1", "conv2"]
+    assert sh.model.conv1.out_channels == 3 and sh.model.conv2.out_channels == 5
 
 
 def _transposed_consumer_net():
@@ -63,17 +67,8 @@ def _transposed_consumer_net():
 
 
 def test_merging_a_duplicate_read_by_a_transposed_conv_leaves_the_output_unchanged():
-    m = _transposed_consumer_net()
-    data = random_images(32, seed=6)
-    x = data.tensors[0]
-    with torch.no_grad():
-        before = m(x)
-    sh, obs = _shrinker(m, x)
-    rec = merge_duplicates(sh, data, obs, lambda model: 1.0, base=1.0, budget=0.0, angle=1e-3, batch_size=32,
-                           device="cpu")  # fmt: skip
+    sh, rec = _merge_exact(_transposed_consumer_net(), random_images(32, seed=6))
     assert rec["kernels"] == 1 and sh.model[0].out_channels == 3 and sh.model[2].in_channels == 3
-    with torch.no_grad():
-        assert torch.allclose(sh.model(x), before, atol=1e-5)
 
 
 def test_compress_prunes_channels_read_by_a_transposed_conv():
