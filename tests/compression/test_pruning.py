@@ -299,3 +299,16 @@ def test_a_model_with_a_grouped_conv_prunes_and_compresses_by_every_criterion(cr
                  baselines=(), progress=False)  # fmt: skip
     assert set(r.candidates) >= {"fpgm", "l1", "taylor", "distinctiveness"}
     assert r.final["macs"] < r.original["macs"]
+
+
+@pytest.mark.parametrize("weaker", [0, 1])
+def test_the_reason_names_the_weaker_kernel_whichever_its_index(weaker):
+    m = duplicated_kernels_net()
+    with torch.no_grad():  # the same direction (ReLU(z / 2) = ReLU(z) / 2), half the norm
+        m.conv1.weight[weaker] = m.conv1.weight[1 - weaker] / 2
+        m.conv1.bias[weaker] = m.conv1.bias[1 - weaker] / 2
+    step = cr.prune(m, random_images(32), layers="conv1", steps=1).history[0]
+    assert (step["kernel"], step["partner"]) == (weaker, 1 - weaker)
+    assert step["reason"] == "the weaker of the pair (smaller mean activation norm)"
+    tie = cr.prune(duplicated_kernels_net(), random_images(32), layers="conv1", steps=1).history[0]
+    assert (tie["kernel"], tie["reason"]) == (1, "the higher index of the pair (equal mean activation norms)")

@@ -85,7 +85,7 @@ def _pairs(stats, angle: float) -> dict[str, list[tuple[int, int, float]]]:
         for _, i, j in cands:
             if i in used or j in used or len(used) + 2 > k:
                 continue
-            r, kept = _pick_weaker(norm, i, j, "weaker")
+            r, kept, _ = _pick_weaker(norm, i, j, "weaker")
             pairs.append((r, kept, float(norm[r] / norm[kept]) if norm[kept] > 0 else 1.0))
             used |= {i, j}
         if pairs:

@@ -25,11 +25,13 @@ from .surgeon import Surgeon, trainable
 __all__ = ["least_distinct", "gedeon_harris", "by_importance"]
 
 
-def _pick_weaker(mean_norm: torch.Tensor, i: int, j: int, remove: str) -> tuple[int, int]:
-    """``(removed, kept)`` of a pair."""
-    if remove == "second" or math.isclose(float(mean_norm[i]), float(mean_norm[j]), rel_tol=1e-9, abs_tol=1e-12):
-        return max(i, j), min(i, j)
-    return (i, j) if mean_norm[i] < mean_norm[j] else (j, i)
+def _pick_weaker(mean_norm: torch.Tensor, i: int, j: int, remove: str) -> tuple[int, int, str]:
+    """``(removed, kept, why)`` of a pair."""
+    if remove == "second":
+        return max(i, j), min(i, j), "the higher index of the pair"
+    if math.isclose(float(mean_norm[i]), float(mean_norm[j]), rel_tol=1e-9, abs_tol=1e-12):
+        return max(i, j), min(i, j), "the higher index of the pair (equal mean activation norms)"
+    return (*((i, j) if mean_norm[i] < mean_norm[j] else (j, i)), "the weaker of the pair (smaller mean activation norm)")
 
 
 def least_distinct(surgeon: Surgeon, stats, center, remove) -> dict[str, Any]:
@@ -46,9 +48,7 @@ def least_distinct(surgeon: Surgeon, stats, center, remove) -> dict[str, Any]:
         pair = st.least_distinct(center)
         if pair is not None and (best is None or pair[0] < best[0]):
             a, i, j = pair
-            r, kept = _pick_weaker(st.sums / st.n, i, j, remove)
-            why = ("the weaker of the pair (smaller mean activation norm)" if remove == "weaker" and r != max(i, j)
-                   else "the higher index of the pair" + (" (equal mean activation norms)" if remove == "weaker" else ""))
+            r, kept, why = _pick_weaker(st.sums / st.n, i, j, remove)
             best = (a, layer, r, kept, why)
     if best is None:
         raise ValueError("No removable kernel pair left (every candidate layer has one kernel)")
@@ -136,7 +136,7 @@ def gedeon_harris(surgeon: Surgeon, stats, center, thresholds, merge_scale) -> d
                      notes=_fold_mean(surgeon, layer, i, float(mean_act[i])))
         entry["removed"] = surgeon.remove(layer, [i])
     elif action == "merge":
-        r, k = _pick_weaker(mean_norm, i, j, "weaker")
+        r, k, _ = _pick_weaker(mean_norm, i, j, "weaker")
         scale = float(mean_norm[r] / mean_norm[k]) if merge_scale and mean_norm[k] > 0 else 1.0
         entry.update(kernel=orig[r], partner=orig[k], scale=scale,
                      reason=f"angle < {lo}: the weaker kernel removed, its outgoing weights (x{scale:.4g}) added to the kept one's",
