@@ -166,7 +166,7 @@ def test_input_shift_measures_the_first_batchnorm_against_its_running_statistics
     # the same images scaled as (x - 0.5) / 0.5: conv1's output is 2 y + a constant per channel, 4x the variance
     scaled = input_shift(m, torch.utils.data.TensorDataset(2 * x - 1, labels), batch_size=16)
     assert scaled.far and scaled.variance_ratio == pytest.approx(4 * (n - 1) / n, rel=1e-3)  # eps 1e-5 aside
-    assert "the images reach 1 (the model's first BatchNorm) far from its training statistics" in scaled.describe()
+    assert "the images reach '1' (the model's first BatchNorm) far from its training statistics" in scaled.describe()
     shifted = input_shift(m, torch.utils.data.TensorDataset(x + 3, labels))  # a mean moved, the variance kept
     assert shifted.far and shifted.mean_shift > 1 and shifted.variance_ratio == pytest.approx((n - 1) / n, rel=1e-3)
     # the pass stops at that layer; the model is left as found

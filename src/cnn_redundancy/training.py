@@ -289,7 +289,7 @@ class InputShift:
         return self.mean_shift > self.MEAN_SHIFT_ABOVE or not lo <= self.variance_ratio <= hi
 
     def describe(self) -> str:
-        return (f"the images reach {self.layer} (the model's first BatchNorm) far from its training statistics "
+        return (f"the images reach '{self.layer}' (the model's first BatchNorm) far from its training statistics "
                 f"(channel means {self.mean_shift:.2g} standard deviations off, variances {self.variance_ratio:.2g}x; "
                 f"medians over channels, {self.samples} images)")
 

@@ -273,7 +273,7 @@ def test_images_scaled_otherwise_than_in_training_get_one_warning(pngs, tmp_path
     assert main(base) == 0  # read as (x - 0.5) / 0.5, the image folder's default
     err = capsys.readouterr().err
     warned = [ln for ln in err.splitlines() if ln.startswith("warning: ")]
-    assert len(warned) == 1 and "the images reach 1 (the model's first BatchNorm) far from its training statistics" in \
+    assert len(warned) == 1 and "the images reach '1' (the model's first BatchNorm) far from its training statistics" in \
         warned[0] and "(the data set's default scaling)? Give its training's --normalize" in warned[0]  # fmt: skip
     assert main([*base, "--normalize", "imagenet"]) == 0
     assert "than here (--normalize imagenet)?" in capsys.readouterr().err

@@ -245,6 +245,6 @@ def test_images_far_from_the_first_batchnorms_statistics_open_the_answer_with_a_
     shift = res.data["input_shift"]
     assert shift["far"] and shift["variance_ratio"] == pytest.approx(4.0, rel=0.01)
     first = answer_lines(res)[0]
-    assert first.startswith("Warning: The images reach 1 (the model's first BatchNorm) far from its training statistics")
+    assert first.startswith("Warning: The images reach '1' (the model's first BatchNorm) far from its training statistics")
     assert "every metric and data-driven lens below may mean little" in first
     assert json.loads(json.dumps(res.to_dict()))["data"]["input_shift"]["far"] is True
