@@ -2,8 +2,9 @@
 
 MACs are the multiply-accumulates of the ``Conv2d``, ``ConvTranspose2d`` and ``Linear`` layers that
 a forward pass actually calls (output elements x input channels per group x kernel size; for a
-transposed conv, input elements x output channels per group x kernel size, as fvcore counts it;
-biases, normalization and activations are not counted), per input sample.
+transposed conv, input elements x output channels per group x kernel size: half of what
+``torch.utils.flop_counter`` counts, tested; biases, normalization and activations are not counted),
+per input sample.
 """
 
 from __future__ import annotations
