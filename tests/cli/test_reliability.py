@@ -306,3 +306,13 @@ def test_quiet_silences_the_bar_before_or_after_the_command(where, monkeypatch, 
     assert main(["--quiet", *args] if where == "before" else [*args, "--quiet"]) == 0
     said = capsys.readouterr()
     assert "evaluate:" not in said.err and "accuracy" in said.out
+
+
+def test_a_torchvision_model_without_weights_is_built_for_the_data_classes(pngs, tmp_path, capsys):
+    out = tmp_path / "layers"
+    args = ["-q", "distinctiveness", "-m", "torchvision:squeezenet1_1", "--root", str(pngs), "--split", "all",
+            "--layers", "features.0", "-o", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "built for the data: num_classes=2" in capsys.readouterr().err  # two classes in the folder, not 1,000
+    assert main([*args[:-2], "--model-kw", "num_classes=5", "-o", str(tmp_path / "given")]) == 0
+    assert "built for the data" not in capsys.readouterr().err  # what the user gives wins

@@ -96,11 +96,11 @@ def _data_classes(data) -> int | None:
 def _fitted_kwargs(name: str, data, given: dict[str, Any]) -> dict[str, Any]:
     """``in_channels``, ``num_classes``, ``input_size`` from the data, where the factory takes them and they are not given."""
     from ..core.batches import sample_shape
-    from ..models import model_parameters
+    from ..models import data_fitted_parameters
 
     if data is None:
         return {}
-    params = model_parameters(name)
+    params = data_fitted_parameters(name)
     c, h, w = (sample_shape(data) + (None, None, None))[:3]
     found = {"in_channels": c, "num_classes": _data_classes(data), "input_size": h if h == w else None}
     return {k: v for k, v in found.items() if k in params and k not in given and v is not None}

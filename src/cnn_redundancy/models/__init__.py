@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 __all__ = ["get_model", "register_model", "list_models", "model_spec", "set_model_spec", "copy_spec", "append_surgery",
-           "is_file_spec", "model_parameters"]  # fmt: skip
+           "is_file_spec", "model_parameters", "data_fitted_parameters"]  # fmt: skip
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 SPEC_ATTR = "cnn_redundancy_spec"
@@ -158,6 +158,16 @@ def model_parameters(name: str) -> dict[str, inspect.Parameter]:
     if name.startswith("torchvision:"):
         return {}
     return dict(inspect.signature(_factory(name)).parameters)
+
+
+def data_fitted_parameters(name: str) -> set[str]:
+    """Which of ``in_channels``, ``num_classes``, ``input_size`` the model ``name`` can be built for the data
+    with: those its factory takes; ``num_classes`` for a torchvision classification model (all of them take it)."""
+    if name.startswith("torchvision:"):
+        import torchvision
+
+        return {"num_classes"} if name.split(":", 1)[1] in torchvision.models.list_models(module=torchvision.models) else set()
+    return set(model_parameters(name)) & {"in_channels", "num_classes", "input_size"}
 
 
 def _kind(default: Any) -> tuple[tuple[type, ...], str] | None:
