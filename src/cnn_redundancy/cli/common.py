@@ -127,7 +127,6 @@ def model_from_args(args: argparse.Namespace, data=None, *, training: bool = Fal
     return get_model(name, seed=seed, **fitted, **kw).eval()
 
 
-
 def _warn_input_shift(args: argparse.Namespace, model, data) -> None:
     """One line when the data reaches the model's first BatchNorm far from its training statistics."""
     from ..training import input_shift
