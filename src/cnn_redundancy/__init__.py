@@ -37,7 +37,7 @@ from .compression.removal import BranchRemoved, RemovalResult, remove_branches, 
 from .compression.skipnet import RouterResult, SkipNetwork, predict_exits, train_router, train_skip_network
 from .core.cost import count_macs, count_macs_params, measure_latency
 from .core.layers import conv_layers
-from .core.metrics import Accuracy, Dice, Metric
+from .core.metrics import Accuracy, Dice, Metric, get_metric
 from .core.progress import set_progress
 from .core.registry import get_analysis, list_analyses
 from .core.results import Result
@@ -77,6 +77,7 @@ __all__ = [
     "fit",
     "FPGMImportance",
     "get_analysis",
+    "get_metric",
     "get_model",
     "head_to_head",
     "HeadToHeadResult",

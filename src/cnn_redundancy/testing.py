@@ -10,7 +10,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["TinyCNN", "single_conv", "duplicated_kernels_net", "ignored_channel_net", "cascade_net", "random_images"]
+__all__ = ["TinyCNN", "DictTinyCNN", "single_conv", "duplicated_kernels_net", "ignored_channel_net", "cascade_net", "random_images"]
 
 
 class TinyCNN(nn.Module):
@@ -32,6 +32,15 @@ class TinyCNN(nn.Module):
         x = self.pool1(self.act1(self.conv1(x)))
         x = self.pool2(self.act2(self.conv2(x)))
         return self.fc(self.flatten(x))
+
+
+class DictTinyCNN(TinyCNN):
+    """A :class:`TinyCNN` returning ``{"logits": ..., "aux": ...}``, as models with an auxiliary head do: its
+    weights load from a TinyCNN's, and ``logits`` is that TinyCNN's output."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        logits = super().forward(x)
+        return {"logits": logits, "aux": logits.flip(1)}
 
 
 def _seeded(seed: int):

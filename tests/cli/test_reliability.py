@@ -193,10 +193,12 @@ def test_segmentation_end_to_end(tmp_path, capsys):
 
 def test_every_command_that_evaluates_takes_metric_and_output_key():
     parser = build_parser()
-    for cmd in ("train", "evaluate", "prune", "remove-trivial", "channel-shuffle", "pixel-shuffle", "zero-ablation"):
+    for cmd in ("train", "evaluate", "prune", "remove-trivial", "channel-shuffle", "pixel-shuffle", "zero-ablation",
+                "analyze", "compress"):  # fmt: skip
         args = parser.parse_args([cmd, "--metric", "dice", "--output-key", "out"])
         assert args.metric == "dice" and args.output_key == "out", cmd
-    assert parser.parse_args(["analyze"]).metric == "auto" and parser.parse_args(["analyze", "--metric", "dice"]).metric == "dice"
+    assert parser.parse_args(["analyze"]).metric == "auto" and parser.parse_args(["analyze"]).output_key is None
+    assert parser.parse_args(["kernel-scores", "--output-key", "1"]).output_key == "1"
 
 
 def test_random_models_are_seeded(tmp_path):

@@ -191,3 +191,39 @@ def test_torch_pruning_baseline_lands_at_the_target_even_far_down(kind, width, t
         if width > 1:  # (LeNet-5's six conv1 channels are 13% of its MACs each: it lands a channel below)
             assert got >= 0.85 * target, (target, got)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # the original is untouched
+
+
+def _dict_twin(m: TinyCNN) -> torch.nn.Module:
+    from cnn_redundancy.testing import DictTinyCNN
+
+    twin = DictTinyCNN(c1=m.conv1.out_channels, c2=m.conv2.out_channels).eval()
+    twin.load_state_dict(m.state_dict())
+    return twin
+
+
+def test_a_dict_output_model_compresses_as_its_plain_twin():
+    """With the metric naming the output, every stage, the Taylor gradients and Torch-Pruning's Taylor baseline
+    read it: the result is the plain model's. Before, compress dropped the metric's output key and raised."""
+    torch.manual_seed(0)
+    m = TinyCNN(c1=6, c2=8).eval()
+    with torch.no_grad():
+        m.conv2.bias[[1, 6]] = -100.0  # dead: the dead stage checks the whole dict output is unchanged
+    data = random_images(100, seed=8)
+    kw = dict(target_macs=0.6, max_drop=None, stages=("dead", "channels"), criterion="taylor", baselines=("taylor",),
+              progress=False)  # fmt: skip
+    plain = compress(m, data, **kw)
+    twin = compress(_dict_twin(m), data, metric=cr.get_metric("accuracy", output="logits"), **kw)
+    assert twin.stages[0]["kernels"] == plain.stages[0]["kernels"] == 2 and "output unchanged" in twin.stages[0]["note"]
+    assert twin.final == plain.final and twin.steps == plain.steps and twin.baselines == plain.baselines
+    assert twin.meta["params"]["output"] == "logits" and "output" not in plain.meta["params"]
+    with pytest.raises(TypeError, match=r"output='logits'"):
+        compress(_dict_twin(m), data, **kw)
+
+
+def test_prune_by_taylor_reads_the_output_it_is_told():
+    m = TinyCNN(c1=6, c2=8).eval()
+    data = random_images(48, seed=9)
+    plain = cr.prune(m, data, criterion="taylor", steps=3, progress=False)
+    twin = cr.prune(_dict_twin(m), data, criterion="taylor", steps=3, output="logits", progress=False)
+    assert [h["removed"] for h in twin.history] == [h["removed"] for h in plain.history]
+    assert [h["score"] for h in twin.history] == [h["score"] for h in plain.history]

@@ -225,8 +225,9 @@ class DictCNN(CachingCNN):
 @pytest.mark.parametrize("a", ANALYSES, ids=IDS)
 def test_a_dict_output_gives_the_plain_answer_with_an_output_selector(a, data):
     """Where the analysis evaluates, ``metric=get_metric(..., output=key)`` reads a dict output and gives the
-    plain model's answer (without it: an error naming ``output=``); elsewhere the dict is either not read
-    (the plain answer) or refused with a typed error, the model left as found."""
+    plain model's answer (without it: an error naming ``output=``); where it reads the output itself (the
+    Taylor scores), ``output=key`` does; elsewhere the dict is either not read (the plain answer) or
+    refused with a typed error, the model left as found."""
     from cnn_redundancy.core.metrics import get_metric
 
     plain = _run(a, _model(), data)
@@ -234,6 +235,12 @@ def test_a_dict_output_gives_the_plain_answer_with_an_output_selector(a, data):
     model = DictCNN().eval()
     if a.evaluates:
         assert _run(a, model, data, metric=get_metric("accuracy", output="out")) == plain
+        with pytest.raises(TypeError, match=r"output='out'"):
+            _run(a, model, data)
+        return
+    if a.reads_output:
+        got = _run(a, model, data, output="out")
+        assert got.meta["params"].pop("output") == "out" and got == plain
         with pytest.raises(TypeError, match=r"output='out'"):
             _run(a, model, data)
         return

@@ -58,3 +58,28 @@ def test_module_outside_model():
 def test_one_layer_expected():
     with pytest.raises(ValueError, match="Expected one layer"):
         resolve_layer(get_model("lenet5"), "conv*")
+
+
+def _signal_net() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv1d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+def test_model_without_2d_convs_names_what_it_has():
+    with pytest.raises(ValueError, match=r"no layers of type Conv2d: it has 2 Conv1d, and the toolkit analyses 2-D"):
+        resolve_layers(_signal_net())
+    with pytest.raises(ValueError, match=r"^Sequential has no layers of type Conv2d$"):
+        resolve_layers(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+
+
+@pytest.mark.parametrize("entry", ["analyze", "compress"])
+def test_analyze_and_compress_refuse_a_model_without_2d_convs(entry):
+    """They ran on without any layer: analyze failed on an empty max(), compress divided by zero."""
+    from torch.utils.data import TensorDataset
+
+    import cnn_redundancy as cr
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.rand(60, 1, 20, generator=g), torch.randint(0, 3, (60,), generator=g))
+    with pytest.raises(ValueError, match="it has 2 Conv1d"):
+        getattr(cr, entry)(_signal_net(), data, progress=False)

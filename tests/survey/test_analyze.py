@@ -248,3 +248,22 @@ def test_images_far_from_the_first_batchnorms_statistics_open_the_answer_with_a_
     assert first.startswith("Warning: The images reach '1' (the model's first BatchNorm) far from its training statistics")
     assert "every metric and data-driven lens below may mean little" in first
     assert json.loads(json.dumps(res.to_dict()))["data"]["input_shift"]["far"] is True
+
+
+def test_a_dict_output_model_gets_its_plain_twins_analysis():
+    """``metric`` naming the output is read by every lens that evaluates, by the Taylor scores and by the
+    held-out estimate: the answer is the plain model's. Before, analyze kept only the metric's name and raised."""
+    from cnn_redundancy.testing import DictTinyCNN
+
+    m = _planted()
+    twin = DictTinyCNN(c1=6, c2=8).eval()
+    twin.load_state_dict(m.state_dict())
+    data = _labelled(m, n=60)
+    lenses = ["dead", "distinctiveness", "scores", "ablation"]
+    plain = analyze(m, data, lenses=lenses, progress=False, seed=2)
+    got = analyze(twin, data, lenses=lenses, metric=cr.get_metric("accuracy", output="logits"), progress=False, seed=2)
+    assert got.meta["params"].pop("output") == "logits" and got.meta["params"] == plain.meta["params"]
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("meta", "model")}  # noqa: E731
+    assert json.dumps(strip(got.to_dict())) == json.dumps(strip(plain.to_dict()))
+    assert got.answer["removable"]["evaluations"][0] == 1.0 and got.answer["removable"]["kernels"] >= 2
+    assert any(v > 0 for v in got.per_kernel["conv2"]["taylor"])

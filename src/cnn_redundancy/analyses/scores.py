@@ -24,6 +24,7 @@ from ..core.batches import BatchLoop, as_loader, forward_checked, resolve_device
 from ..core.device import placed
 from ..core.hooks import capture, preserved
 from ..core.layers import LayerSpec, resolve_layers
+from ..core.metrics import select_output
 from ..core.plotting import height_for, per_layer_boxes
 from ..core.progress import progress_bar
 from ..core.registry import analysis, option
@@ -71,10 +72,11 @@ class KernelScoresResult(Result):
         return fig
 
 
-def _taylor_batch(model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def _taylor_batch(model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor,
+                  output: str | int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Per layer, the sum over the batch of ``|mean over positions of a * dL/da|`` per channel."""
     with torch.enable_grad(), capture(model, names, detach=False) as acts:
-        out = forward_checked(model, x.detach().requires_grad_(True))
+        out = select_output(forward_checked(model, x.detach().requires_grad_(True)), output, "taylor scores")
         if not isinstance(out, torch.Tensor) or out.dim() < 2:
             raise ValueError("taylor scores need class logits [batch, classes, ...] (or pass scores=('l1',))")
         loss = F.cross_entropy(out, y.long(), reduction="sum")
@@ -96,6 +98,7 @@ def kernel_scores(
     layers: LayerSpec = None,
     *,
     scores: tuple[str, ...] | list[str] = SCORES,
+    output: str | int | None = None,
     batch_size: int = 256,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -108,6 +111,8 @@ def kernel_scores(
         data: ``(input, label)`` pairs for the Taylor scores (class labels, or per-pixel labels of a
             segmentation model); not needed for ``scores=("l1",)``.
         scores: ``"l1"`` and/or ``"taylor"``.
+        output: for a model returning a dict or tuple, the key or index of the output the Taylor loss
+            reads (the class logits).
 
     Example:
         >>> import torch
@@ -124,7 +129,8 @@ def kernel_scores(
     if bad or not scores:
         raise ValueError(f"scores must be among {', '.join(SCORES)}, not {list(scores)}")
     names = resolve_layers(model, layers)
-    res = KernelScoresResult(meta={**make_meta("kernel_scores", {"layers": names, "scores": list(scores)}, seed),
+    params = {"layers": names, "scores": list(scores), **({"output": output} if output is not None else {})}
+    res = KernelScoresResult(meta={**make_meta("kernel_scores", params, seed),
                                    "complete": False}, layers=names)  # fmt: skip
     for n in names:
         res.l1[n] = model.get_submodule(n).weight.detach().abs().flatten(1).sum(1).double().tolist()
@@ -133,14 +139,14 @@ def kernel_scores(
     if "taylor" in scores:
         if data is None:
             raise ValueError("taylor scores need data with labels")
-        _taylor(model, data, names, res, batch_size, device, progress, partial)
+        _taylor(model, data, names, res, batch_size, device, progress, partial, output)
     res.meta["complete"] = True
     if partial is not None and "taylor" not in scores:
         res.save(partial)
     return res
 
 
-def _taylor(model, data, names, res: KernelScoresResult, batch_size, device, progress, partial) -> None:
+def _taylor(model, data, names, res: KernelScoresResult, batch_size, device, progress, partial, output) -> None:
     loader = as_loader(data, batch_size)
     dev = resolve_device(device, model)
     sums: dict[str, torch.Tensor] = {}
@@ -161,7 +167,7 @@ def _taylor(model, data, names, res: KernelScoresResult, batch_size, device, pro
         for b in loop:
             if b.y is None:
                 raise ValueError("taylor scores need labels: the data gives inputs only")
-            loop.add({"sums": _taylor_batch(model, names, b.x, b.y), "n": len(b.x)})
+            loop.add({"sums": _taylor_batch(model, names, b.x, b.y, output), "n": len(b.x)})
             bar.update(1)
             partials.started = True
             partials.maybe()

@@ -14,10 +14,12 @@ from .common import (
     add_metric_args,
     add_model_args,
     add_out_arg,
+    add_output_key_arg,
     data_from_args,
     metric_from_args,
     model_from_args,
     out_dir,
+    output_key,
     say,
 )
 
@@ -76,6 +78,8 @@ def register(sub) -> None:
             p.add_argument("--observe", nargs="*", help="module whose output is read (one layer), or layer=module pairs")
         if a.evaluates:
             add_metric_args(p, none=True)
+        elif a.reads_output:
+            add_output_key_arg(p)
         _options(p, a.fn, a.options)
         p.set_defaults(func=_run_analysis, analysis=a)
 
@@ -93,6 +97,8 @@ def _run_analysis(args: argparse.Namespace) -> int:
         kw["observe"] = _observe(args.observe)
     if a.evaluates:
         kw["metric"] = metric_from_args(args, model, data)
+    elif a.reads_output:
+        kw["output"] = output_key(args)
     res = a.fn(model, data, args.layers or None, **kw)
     if not is_main():  # under torchrun every process holds the result; rank 0 writes it
         return 0

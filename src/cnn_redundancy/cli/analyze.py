@@ -33,7 +33,7 @@ def register(sub) -> None:
     add_out_arg(p, "runs/analysis")
     p.add_argument("--layers", "-l", nargs="*", help="conv layers (names or globs; default all)")
     p.add_argument("--lenses", nargs="*", choices=list(LENSES), help="lenses to run (default all that apply)")
-    add_metric_args(p, output_key=False)
+    add_metric_args(p)
     p.add_argument("--max-drop", type=float, default=0.01, help="metric drop that still counts as safe (default 0.01)")
     p.add_argument("--budget-minutes", type=float, help="fit the work into about this many minutes (samples fewer "
                    "images and channels; says what was sampled)")

@@ -73,14 +73,23 @@ def add_out_arg(p: argparse.ArgumentParser, default: str) -> None:
                         f"(recorded in <out>/{RUNS_FILE})")
 
 
-def add_metric_args(p: argparse.ArgumentParser, *, none: bool = False, output_key: bool = True) -> None:
+def add_metric_args(p: argparse.ArgumentParser, *, none: bool = False) -> None:
     choices = ["auto", "accuracy", "dice"] + (["none"] if none else [])
     p.add_argument("--metric", default="auto", choices=choices,
                    help="the model's metric; auto (default): dice for per-pixel outputs [N, C, H, W], else accuracy"
                         + ("; none: skip it where the analysis allows" if none else ""))
-    if output_key:
-        p.add_argument("--output-key", default=None, metavar="KEY|INDEX",
-                       help="for a model returning a dict or tuple: the output the metric reads (e.g. out, or 0)")
+    add_output_key_arg(p, "the metric")
+
+
+def add_output_key_arg(p: argparse.ArgumentParser, reader: str = "the analysis") -> None:
+    p.add_argument("--output-key", default=None, metavar="KEY|INDEX",
+                   help=f"for a model returning a dict or tuple: the output {reader} reads (e.g. out, or 0)")
+
+
+def output_key(args: argparse.Namespace) -> str | int | None:
+    """``--output-key``: a dict key, or an index (digits) into a tuple output; ``None`` where not given."""
+    key = getattr(args, "output_key", None)
+    return int(key) if key is not None and key.lstrip("-").isdigit() else key
 
 
 def _data_classes(data) -> int | None:
@@ -187,9 +196,7 @@ def metric_from_args(args: argparse.Namespace, model, data):
     """``--metric`` (``auto``: from the model's output shape on ``data``) and ``--output-key`` as a metric, or ``None``."""
     from ..core.metrics import get_metric, infer_metric
 
-    key = getattr(args, "output_key", None)
-    if key is not None and key.lstrip("-").isdigit():
-        key = int(key)
+    key = output_key(args)
     if args.metric == "none":
         return None
     name = args.metric

@@ -18,6 +18,7 @@ from .common import (
     metric_from_args,
     model_from_args,
     out_dir,
+    output_key,
     say,
 )
 
@@ -170,7 +171,7 @@ def _prune(args: argparse.Namespace) -> int:
     model = model_from_args(args, data)
     res = prune(model, data, criterion=args.criterion, steps=args.steps, rule=args.rule, center=args.center,
                 layers=args.layers or None, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                partial=out / "prune.json")
+                output=output_key(args), partial=out / "prune.json")
     extra = {}
     if not args.no_eval:
         test = data_from_args(args, "test")

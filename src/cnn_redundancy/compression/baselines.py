@@ -52,13 +52,14 @@ def _pruner(model: nn.Module, example, layers: set[str], kind: str, seed: int, r
 
 def torch_pruning_baseline(model: nn.Module, example: torch.Tensor, layers: list[str], target_macs: int, *,
                            kind: str, calib, batch_size: int, seed: int, device, steps: int = 30,
-                           on_step=None) -> nn.Module:  # fmt: skip
+                           on_step=None, output: str | int | None = None) -> nn.Module:  # fmt: skip
     """A copy of ``model`` pruned by Torch-Pruning's MetaPruner down to ``target_macs`` MACs per sample.
 
     Steps of 3% of the channels; a step that overshoots the target by more than 2% is redone from
     where it started in steps ten times smaller, so the baselines land at the MACs they are compared
     at; a pruner whose steps are spent is followed by a fresh one from where it stopped.
     ``on_step(model, macs)`` is called after every kept step (e.g. to record a metric curve).
+    ``output``: the model output the Taylor gradients read (a model returning a dict or tuple).
     """
     pruned = copy.deepcopy(model).eval()
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
@@ -81,7 +82,7 @@ def torch_pruning_baseline(model: nn.Module, example: torch.Tensor, layers: list
         if left == 0:  # this pruner's steps are spent: go on from here at the same pace
             pruner, left = fresh()
         before = None if fine else copy.deepcopy(pruned)  # only a coarse step is ever redone
-        _step(pruned, pruner, kind, calib, batch_size, device, frozen)
+        _step(pruned, pruner, kind, calib, batch_size, device, frozen, output)
         left -= 1
         after = sum(count_macs(pruned, example).values())
         if after < 0.98 * target_macs and not fine:  # overshot: redo this step finer
@@ -94,9 +95,9 @@ def torch_pruning_baseline(model: nn.Module, example: torch.Tensor, layers: list
     return pruned.eval()
 
 
-def _step(pruned: nn.Module, pruner, kind: str, calib, batch_size: int, device, frozen: set[str]) -> None:
+def _step(pruned: nn.Module, pruner, kind: str, calib, batch_size: int, device, frozen: set[str], output) -> None:
     if kind == "taylor":
-        _accumulate_gradients(pruned, calib, batch_size, device)
+        _accumulate_gradients(pruned, calib, batch_size, device, output)
     with torch.enable_grad():
         pruner.step()
     pruned.zero_grad(set_to_none=True)

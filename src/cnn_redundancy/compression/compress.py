@@ -32,8 +32,8 @@ from ..core.cost import count_macs, measure_latency
 from ..core.distributed import is_main
 from ..core.graph import Traced
 from ..core.hooks import preserved
-from ..core.layers import LayerSpec, conv_layers, resolve_layers
-from ..core.metrics import coarse, get_metric
+from ..core.layers import LayerSpec, resolve_layers
+from ..core.metrics import Metric, coarse, get_metric
 from ..core.observe import resolve_observe
 from ..core.progress import progress_bar
 from ..core.results import Result, make_meta
@@ -163,6 +163,8 @@ class _Run:
 
     def __init__(self, model, metric, batch_size, device, seed, train, calib, val, test, finetune):
         self.model, self.metric, self.batch_size, self.device, self.seed = model, metric, batch_size, device, seed
+        m = get_metric(metric)
+        self.name, self.output = m.name, m.output  # the metric's name (records) and the model output it reads
         self.train, self.calib, self.val, self.test, self.finetune = train, calib, val, test, finetune
 
     def on(self, model: nn.Module, data) -> float:
@@ -218,7 +220,7 @@ def _channels(sh: Shrinker, run: _Run, criteria: list[str], *, base, target, max
         def score(s: Shrinker, crit=crit, gen=gen) -> dict[str, torch.Tensor]:
             layers = [n for n in s.layers if s.surgeon.can_remove(n)]
             return kernel_ranking(s.surgeon, layers, crit, run.calib, observe=observe, center=center, gen=gen,
-                                  batch_size=run.batch_size, device=run.device)  # fmt: skip
+                                  batch_size=run.batch_size, device=run.device, output=run.output)  # fmt: skip
 
         stopped = cand.run(score, lambda m: run.on(m, run.val), target=target, base=base, max_drop=max_drop,
                            step_fraction=step_fraction, on_step=lambda m, macs, c=curve: c.append([macs, run.on(m, run.test)]))  # fmt: skip
@@ -244,7 +246,7 @@ def _verify_baselines(model, result: CompressResult, run: _Run, example, layers,
     for kind in kinds:
         curve = result.curves.setdefault(f"torch-pruning {kind}" if kind != "random" else "random", [])
         pruned = torch_pruning_baseline(model, example, layers, result.final["macs"], kind=kind, calib=run.calib,
-                                        batch_size=run.batch_size, seed=run.seed, device=run.device,
+                                        batch_size=run.batch_size, seed=run.seed, device=run.device, output=run.output,
                                         on_step=lambda m, macs, c=curve: c.append([macs, run.on(m, run.test)]))  # fmt: skip
         run.tune(pruned, finetune_epochs)
         d = run.describe(pruned, example)
@@ -274,7 +276,7 @@ def compress(
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-3,
     layers: LayerSpec = None,
-    metric: str = "accuracy",
+    metric: str | Metric = "accuracy",
     stages: tuple[str, ...] | list[str] = ("dead", "merge", "blocks", "channels"),
     merge_angle: float = 10.0,
     step_fraction: float = 0.05,
@@ -304,6 +306,9 @@ def compress(
         merge_angle: the mean-centered angle (degrees) under which two kernels are merged.
         step_fraction: the share of the original MACs a channel step removes (halved on a failed step).
         baselines: Torch-Pruning's pruners to compare at the same MACs (``"l1"``, ``"taylor"``, ``"random"``).
+        metric: ``"accuracy"``, ``"dice"`` or a Metric; for a model returning a dict or tuple, one that
+            names the output it reads (``get_metric("accuracy", output="logits")``), which the Taylor
+            gradients read too.
 
     Example:
         >>> import cnn_redundancy as cr
@@ -314,18 +319,20 @@ def compress(
         True
     """
     _check(target_macs, max_drop, criterion, stages, baselines)
+    names = resolve_layers(model, layers)
     train, calib, val, test, how = _splits(data, val, test, calibration, seed)
     dev = resolve_device(device, model)
     example = first_input(calib, model).to(dev)
-    names = conv_layers(model) if layers is None else resolve_layers(model, layers)
-    run = _Run(model, get_metric(metric).name, batch_size, dev, seed, train, calib, val, test,
+    run = _Run(model, metric, batch_size, dev, seed, train, calib, val, test,
                {"lr": finetune_lr, "batch_size": 64})  # fmt: skip
     with preserved(model):
         model.eval()
         res = CompressResult(meta={**make_meta("compress", {"target_macs": target_macs, "max_drop": max_drop,
                                                             "criterion": criterion, "finetune_epochs": finetune_epochs,
-                                                            "stages": list(stages), "layers": names}, seed),
-                                   "complete": False}, metric=run.metric, data=how)  # fmt: skip
+                                                            "stages": list(stages), "layers": names,
+                                                            **({"output": run.output} if run.output is not None else {})},
+                                                  seed),
+                                   "complete": False}, metric=run.name, data=how)  # fmt: skip
         res.original = run.describe(model, example)
         work = _compress_copy(model, example, names, res, run, target_macs, max_drop, criterion, stages,
                               merge_angle, step_fraction, finetune_epochs, progress, partial)  # fmt: skip
@@ -335,8 +342,8 @@ def compress(
         res.guarantee = {"max_drop": max_drop, "val_drop": res.original["val"] - res.final["val"],
                          "test_drop": res.original["test"] - res.final["test"],
                          "holds_on_test": res.original["test"] - res.final["test"] <= allowed}  # fmt: skip
-        caveats = [c for c in (coarse(len(run.val), run.metric, max_drop, "validation"),
-                               coarse(len(run.test), run.metric, max_drop, "test")) if c]  # fmt: skip
+        caveats = [c for c in (coarse(len(run.val), run.name, max_drop, "validation"),
+                               coarse(len(run.test), run.name, max_drop, "test")) if c]  # fmt: skip
         if caveats:
             res.guarantee["caveat"] = f"coarse: {'; '.join(caveats)}; more images give a finer guarantee"
         rows = _verify_baselines(model, res, run, example, names, list(baselines), finetune_epochs)

@@ -24,6 +24,7 @@ from torch import nn
 from ..analyses.dead import dead_kernels
 from ..analyses.distinctiveness import activation_stats
 from ..core.batches import as_loader
+from ..core.metrics import output_tensors
 from ..core.structure import residual_blocks
 from .pruning.rules import _merge, _pick_weaker
 from .pruning.schedule import Shrinker, mac_share
@@ -53,8 +54,10 @@ def remove_dead(sh: Shrinker, calib, observe: dict[str, str], *, batch_size: int
     snap = sh._snapshot()
     removed = sh.remove(picks)
     with torch.no_grad():
-        change = float((sh.model(x) - before).abs().max())
-    if change > 1e-5 * max(1.0, float(before.abs().max())):
+        after = sh.model(x)
+    pairs = list(zip(output_tensors(after), output_tensors(before), strict=True))
+    change = max((float((a - b).abs().max()) for a, b in pairs), default=math.inf)
+    if change > 1e-5 * max(1.0, *(float(b.abs().max()) for _, b in pairs)):
         sh._restore(snap)
         return {"stage": "dead", "kernels": 0, "note": f"undone: the output changed by {change:.2e}"}
     return {"stage": "dead", "kernels": len(picks), "removed": removed, "output_change": change,

@@ -82,6 +82,18 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
         raise _unknown(model, name) from None
 
 
+def _none_of(model: nn.Module, types: tuple[type[nn.Module], ...]) -> ValueError:
+    """The error for a model without a layer of ``types``, naming the other convolutions it has."""
+    kinds = " or ".join(t.__name__ for t in types)
+    others: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, types):
+            others[type(m).__name__] = others.get(type(m).__name__, 0) + 1
+    has = ", ".join(f"{n} {t}" for t, n in others.items())
+    why = f": it has {has}, and the toolkit analyses 2-D convolutions (nn.Conv2d) only" if others else ""
+    return ValueError(f"{type(model).__name__} has no layers of type {kinds}{why}")
+
+
 def resolve_layers(
     model: nn.Module,
     layers: LayerSpec = None,
@@ -110,8 +122,7 @@ def resolve_layers(
     typed = [n for n, m in model.named_modules() if n and (types is None or isinstance(m, types))]
     if layers is None:
         if not typed:
-            kinds = ", ".join(t.__name__ for t in types or ())
-            raise ValueError(f"{type(model).__name__} has no layers of type {kinds}")
+            raise _none_of(model, types or ())
         return typed
     specs = [layers] if isinstance(layers, str | nn.Module) else list(layers)
     out: list[str] = []

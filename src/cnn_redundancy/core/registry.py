@@ -107,6 +107,12 @@ class Analysis:
         """Whether it evaluates the model's metric (takes ``metric=``)."""
         return "metric" in self.parameters
 
+    @property
+    def reads_output(self) -> bool:
+        """Whether it reads the model's output itself, not through a metric (takes ``output=``: the key or
+        index of that output, for a model returning a dict or tuple)."""
+        return "output" in self.parameters
+
 
 def analysis(
     name: str,

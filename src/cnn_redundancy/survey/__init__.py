@@ -25,8 +25,8 @@ from ..core.batches import resolve_device
 from ..core.cost import count_macs
 from ..core.distributed import broadcast_object, is_main
 from ..core.graph import Traced
-from ..core.layers import LayerSpec, conv_layers, resolve_layers
-from ..core.metrics import coarse, get_metric
+from ..core.layers import LayerSpec, resolve_layers
+from ..core.metrics import Metric, coarse, get_metric
 from ..core.observe import resolve_observe
 from ..core.progress import progress_bar
 from ..core.results import Result, make_meta
@@ -182,7 +182,7 @@ def analyze(
     val: Dataset | DataLoader | None = None,
     lenses: str | list[str] | tuple[str, ...] = "all",
     layers: LayerSpec = None,
-    metric: str = "accuracy",
+    metric: str | Metric = "accuracy",
     max_drop: float = 0.01,
     budget_minutes: float | None = None,
     limit: int | None = None,
@@ -202,7 +202,9 @@ def analyze(
         lenses: ``"all"`` or a list of :data:`LENSES` (``dead``, ``distinctiveness``, ``impulse``,
             ``shuffle``, ``scores``, ``ablation``, ``blocks``, ``cka``, ``skipping``).
         layers: conv layers to analyse (default all).
-        metric: ``"accuracy"`` or ``"dice"``. max_drop: the metric drop that still counts as "safe"
+        metric: ``"accuracy"``, ``"dice"`` or a Metric; for a model returning a dict or tuple, one that
+            names the output it reads (``get_metric("accuracy", output="logits")``), which the Taylor
+            scores read too. max_drop: the metric drop that still counts as "safe"
             (trivial layers and blocks, the removable-MACs estimate).
         budget_minutes: fit the work into about this many minutes by sampling fewer images and
             channels (never below floors; see :mod:`.plan`); what was sampled is written in the result.
@@ -221,12 +223,13 @@ def analyze(
     unknown = [x for x in chosen if x not in LENSES]
     if unknown:
         raise ValueError(f"unknown lenses {unknown}; choose from {', '.join(LENSES)}")
-    metric = get_metric(metric).name
+    name, output = get_metric(metric).name, get_metric(metric).output
+    names = resolve_layers(model, layers)
     data, val, loader_batch, how = _prepare(model, data, val, limit, seed)
     batch_size = loader_batch or batch_size
-    names = conv_layers(model) if layers is None else resolve_layers(model, layers)
     traced = Traced.maybe(model)
-    res = _start(model, names, how, device, data, seed, metric, max_drop, budget_minutes)
+    res = _start(model, names, how, device, data, seed, {"metric": name, **({"output": output} if output is not None else {})},
+                 max_drop, budget_minutes)  # fmt: skip
     shift = input_shift(model, data, batch_size=min(batch_size, 32), device=device)
     if shift is not None:
         res.data["input_shift"] = {**dataclasses.asdict(shift), "far": shift.far}
@@ -242,7 +245,7 @@ def analyze(
         estimate["how"] = ("the k most redundant kernels by the lenses' consensus rank (dead first) zeroed in the "
                            f"traced forward pass, k found by binary search on the {len(val)} validation images; "
                            "no fine-tuning, coupled channels not accounted for")  # fmt: skip
-        caveat = coarse(len(val), metric, max_drop, "validation")
+        caveat = coarse(len(val), name, max_drop, "validation")
         if caveat:
             estimate["caveat"] = f"a coarse estimate: {caveat}; more validation images give a finer one"
     res.agreement = agreement(res.per_kernel)
@@ -262,10 +265,10 @@ def _model_name(model: nn.Module) -> str:
     return f"{spec['name']}({kw})" if kw else spec["name"]
 
 
-def _start(model, names, how, device, data, seed, metric, max_drop, budget) -> AnalysisResult:
+def _start(model, names, how, device, data, seed, metric: dict[str, Any], max_drop, budget) -> AnalysisResult:
     dev = resolve_device(device, model)
     x0 = data[0][0][None].to(dev)
-    params = {"layers": names, "metric": metric, "max_drop": max_drop, "budget_minutes": budget}
+    params = {"layers": names, **metric, "max_drop": max_drop, "budget_minutes": budget}
     res = AnalysisResult(meta={**make_meta("analyze", params, seed), "complete": False},
                          model=_model_name(model), layers=names, data=how,
                          kernels={n: model.get_submodule(n).out_channels for n in names},

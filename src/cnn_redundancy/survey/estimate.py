@@ -24,7 +24,7 @@ from torch import nn
 from ..core.batches import as_loader, batches, resolve_device
 from ..core.graph import Traced
 from ..core.hooks import preserved
-from ..core.metrics import get_metric
+from ..core.metrics import Metric, get_metric
 from ..core.structure import consumer
 
 __all__ = ["consensus_order", "removable_macs", "macs_saved", "SCORE_SIGNS"]
@@ -58,7 +58,7 @@ def consensus_order(per_kernel: dict[str, dict[str, list]]) -> list[tuple[str, i
     return sorted(out, key=lambda t: (-t[2], t[0], t[1]))
 
 
-def _evaluate(gm: nn.Module, val, metric: str, batch_size: int, device) -> float:
+def _evaluate(gm: nn.Module, val, metric: str | Metric, batch_size: int, device) -> float:
     m = get_metric(metric)
     with torch.no_grad():
         for b in batches(as_loader(val, batch_size), device, gm):
@@ -67,7 +67,7 @@ def _evaluate(gm: nn.Module, val, metric: str, batch_size: int, device) -> float
 
 
 def removable_macs(model: nn.Module, traced: Traced, val, order: list[tuple[str, int, float]], observed: dict[str, str],
-                   macs: dict[str, int], *, metric: str, max_drop: float, batch_size: int, device) -> dict[str, Any]:  # fmt: skip
+                   macs: dict[str, int], *, metric: str | Metric, max_drop: float, batch_size: int, device) -> dict[str, Any]:  # fmt: skip
     """The largest number of consensus-ranked kernels whose virtual removal keeps the metric on ``val``
     within ``max_drop``, and the MACs they account for (see the module docstring)."""
     dev = resolve_device(device, model)

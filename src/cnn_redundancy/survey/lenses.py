@@ -29,6 +29,7 @@ from ..analyses.scores import kernel_scores
 from ..analyses.shuffle import channel_shuffle
 from ..compression.skipnet import check_same_spatial_size
 from ..core.graph import Traced
+from ..core.metrics import Metric, get_metric
 from ..core.structure import consumer, residual_adds
 from ..data import subset
 from .plan import Plan
@@ -49,7 +50,7 @@ class Context:
     layers: list[str]
     observed: dict[str, str]
     traced: Traced | None
-    metric: str
+    metric: str | Metric
     max_drop: float
     plan: Plan
     common: dict[str, Any]
@@ -156,7 +157,7 @@ def run_shuffle(ctx: Context) -> str | None:
 
 
 def run_scores(ctx: Context) -> str | None:
-    r = kernel_scores(ctx.model, ctx.data, ctx.layers, **ctx.common)
+    r = kernel_scores(ctx.model, ctx.data, ctx.layers, output=get_metric(ctx.metric).output, **ctx.common)
     for layer in ctx.layers:
         ctx.file(layer, l1=r.l1[layer], taylor=r.taylor[layer])
         top = max(r.taylor[layer]) if r.taylor[layer] else 0.0

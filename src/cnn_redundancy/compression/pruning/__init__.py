@@ -164,6 +164,7 @@ def prune(
     batch_size: int = 256,
     callback: Callable[[dict[str, Any], nn.Module], bool | None] | None = None,
     track_macs: bool = False,
+    output: str | int | None = None,
     device: str | torch.device | None = None,
     progress: bool | None = None,
     partial: str | os.PathLike | None = None,
@@ -192,6 +193,8 @@ def prune(
             fine-tune the pruned model in place); returning ``True`` stops pruning.
         track_macs: count MACs and parameters after every step (``entry["macs"]``, ``entry["params"]``);
             otherwise only before and after.
+        output: for a model returning a dict or tuple, the key or index of the output the ``taylor``
+            gradients read (the class logits).
         device: where the activation vectors and gradients are computed (default: the model's device).
         partial: a JSON path rewritten with the steps done so far (after a step when 30 s of work
             have passed since the last write, on an error or interrupt, and at the end).
@@ -222,11 +225,12 @@ def prune(
     macs0, params0 = count_macs_params(pruned, x)
     res = PruneResult(meta=make_meta("prune", {"criterion": criterion, "rule": rule, "steps": steps, "layers": names,
                                                "center": center, "thresholds": list(thresholds), "remove": remove,
-                                               "merge_scale": merge_scale, "example_shape": list(x.shape)}, seed),
+                                               "merge_scale": merge_scale, "example_shape": list(x.shape),
+                                               **({"output": output} if output is not None else {})}, seed),
                       criterion=criterion, rule=rule, layers=names, kernels_before=kernels(pruned),
                       macs_before=macs0, params_before=params0)
     choose = _chooser(surgeon, data, criterion, rule, obs, center, remove, thresholds, merge_scale, batch_size,
-                      device, seed)  # fmt: skip
+                      device, seed, output)  # fmt: skip
     res.meta["complete"] = False
     with Partials((lambda: res.save(partial)) if partial is not None else None) as partials:
         partials.started = True
@@ -260,13 +264,13 @@ def _step(res: PruneResult, surgeon: Surgeon, names: list[str], choose, step: in
 
 
 def _chooser(surgeon: Surgeon, data, criterion, rule, obs, center, remove, thresholds, merge_scale, batch_size, device,
-             seed) -> Callable[[list[str]], dict[str, Any] | None]:  # fmt: skip
+             seed, output) -> Callable[[list[str]], dict[str, Any] | None]:  # fmt: skip
     """The step: remove (or merge) by the criterion among the prunable layers; ``None`` when no pair qualifies."""
     gen = torch.Generator().manual_seed(seed)
 
     def choose(prunable: list[str]) -> dict[str, Any] | None:
         if criterion != "distinctiveness":
-            return by_importance(surgeon, prunable, criterion, data, gen, batch_size, device)
+            return by_importance(surgeon, prunable, criterion, data, gen, batch_size, device, output)
         stats = activation_stats(surgeon.model, data, prunable, observe={n: obs[n] for n in prunable},
                                  means=rule == "gedeon-harris", batch_size=batch_size, device=device, progress=False)
         if rule == "least-distinct":

@@ -19,6 +19,7 @@ from torch import nn
 
 from ...core.batches import as_loader, batches, resolve_device
 from ...core.device import placed
+from ...core.metrics import select_output
 from .importance import FPGMImportance
 from .surgeon import Surgeon, trainable
 
@@ -163,18 +164,20 @@ def _importance(criterion: str):
     }[criterion]()
 
 
-def _accumulate_gradients(model: nn.Module, data, batch_size: int, device) -> None:
-    """Summed loss gradients over the data, computed on ``device``; left in ``.grad`` where the model lives."""
+def _accumulate_gradients(model: nn.Module, data, batch_size: int, device, output: str | int | None = None) -> None:
+    """Summed loss gradients over the data, computed on ``device``; left in ``.grad`` where the model lives.
+    ``output``: the key or index of the model output the loss reads (a model returning a dict or tuple)."""
     model.zero_grad(set_to_none=True)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     dev = resolve_device(device, model)
     # frozen layers get a gradient too: every kernel is scored
     with torch.enable_grad(), trainable(model), placed(model, dev, keep=True):
         for b in batches(as_loader(data, batch_size), dev, model):
-            loss_fn(model(b.x), b.y).backward()
+            loss_fn(select_output(model(b.x), output, "the Taylor gradients"), b.y).backward()
 
 
-def by_importance(surgeon: Surgeon, prunable: list[str], criterion: str, data, gen, batch_size, device=None) -> dict[str, Any]:
+def by_importance(surgeon: Surgeon, prunable: list[str], criterion: str, data, gen, batch_size, device=None,
+                  output: str | int | None = None) -> dict[str, Any]:  # fmt: skip
     """Remove the least important kernel of the network by ``criterion`` (random: a seeded draw)."""
     if criterion == "random":
         cands = [(n, i) for n in prunable for i in range(surgeon.module(n).out_channels)]
@@ -183,7 +186,7 @@ def by_importance(surgeon: Surgeon, prunable: list[str], criterion: str, data, g
     else:
         imp = _importance(criterion)
         if criterion == "taylor":
-            _accumulate_gradients(surgeon.model, data, batch_size, device)
+            _accumulate_gradients(surgeon.model, data, batch_size, device, output)
         best = None
         for n in prunable:
             k = surgeon.module(n).out_channels

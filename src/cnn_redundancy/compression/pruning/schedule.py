@@ -29,7 +29,8 @@ __all__ = ["Shrinker", "kernel_ranking"]
 
 
 def kernel_ranking(surgeon: Surgeon, layers: list[str], criterion: str, data, *, observe: dict[str, str],
-                   center: str | None, gen: torch.Generator, batch_size: int, device) -> dict[str, torch.Tensor]:  # fmt: skip
+                   center: str | None, gen: torch.Generator, batch_size: int, device,
+                   output: str | int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Per layer, one score per current kernel: lower goes first.
 
     ``distinctiveness``: the angle to the nearest other kernel (a dead or degenerate kernel scores -1, and
@@ -55,7 +56,7 @@ def kernel_ranking(surgeon: Surgeon, layers: list[str], criterion: str, data, *,
         return out
     imp = _importance(criterion)
     if criterion == "taylor":
-        _accumulate_gradients(surgeon.model, data, batch_size, device)
+        _accumulate_gradients(surgeon.model, data, batch_size, device, output)
     out = {n: imp(surgeon.group(n, list(range(surgeon.module(n).out_channels)))) for n in layers}
     if criterion == "taylor":
         surgeon.model.zero_grad(set_to_none=True)
