@@ -25,6 +25,25 @@ def test_torchvision_and_user_file_models(tmp_path):
     assert u[0].out_channels == 5 and model_spec(u)["name"] == f"{f}:make"
 
 
+def test_a_torchvision_segmentation_model_is_built_without_downloading_its_backbone(monkeypatch):
+    """Segmentation builders default to ImageNet weights for the backbone: building one tried the network."""
+    import torchvision.models._api as api
+
+    from cnn_redundancy.models import data_fitted_parameters
+
+    def no_network(*a, **k):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", no_network)  # what torchvision's weights call
+    m = get_model("torchvision:lraspp_mobilenet_v3_large", num_classes=3, seed=0).eval()
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 32, 32))["out"].shape == (1, 3, 32, 32)
+    assert data_fitted_parameters("torchvision:deeplabv3_resnet50") == {"num_classes"}
+    assert data_fitted_parameters("torchvision:fasterrcnn_resnet50_fpn") == set()
+    with pytest.raises(AssertionError, match="download"):  # the guard itself works: asked for, it would download
+        get_model("torchvision:lraspp_mobilenet_v3_large", weights_backbone="DEFAULT")
+
+
 def test_bad_model_names():
     with pytest.raises(ValueError, match="Unknown model 'lenet6'.*lenet5"):
         get_model("lenet6")

@@ -3,8 +3,8 @@
 ``get_model(name, **kw)`` builds:
 
 - a registered model (``lenet5``, ... see :func:`list_models`);
-- ``torchvision:<name>``: any torchvision classification model, random weights
-  (``num_classes`` etc. passed on);
+- ``torchvision:<name>``: any torchvision classification or segmentation model, random weights (its
+  backbone's too: nothing is downloaded; ``num_classes`` etc. passed on);
 - ``path/to/file.py:factory``: a user's own model, ``factory(**kw)`` from that file.
 
 Every model built here carries ``model.cnn_redundancy_spec`` (name, kwargs and any structural
@@ -126,14 +126,27 @@ def _in_file(e: BaseException, file: Path) -> str:
 
 
 def _torchvision(name: str, kw: dict) -> nn.Module:
+    """torchvision's ``name`` with random weights; a backbone too (segmentation and detection models would
+    otherwise download ImageNet weights for it)."""
     import torchvision
 
     try:
-        return torchvision.models.get_model(name, weights=None, **kw)
+        builder = torchvision.models.get_model_builder(name)
     except ValueError:
         avail = torchvision.models.list_models(module=torchvision.models)
         close = difflib.get_close_matches(name, avail, n=5)
         raise ValueError(f"Unknown torchvision model {name!r}. Closest: {', '.join(close) or ', '.join(avail[:20])}") from None
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        kw = {"weights_backbone": None, **kw}
+    return builder(weights=None, **kw)
+
+
+def _torchvision_fitted(name: str) -> bool:
+    """Whether torchvision's ``name`` is a classification or segmentation model (their builders take ``num_classes``)."""
+    import torchvision
+
+    return any(name in torchvision.models.list_models(module=m)
+               for m in (torchvision.models, torchvision.models.segmentation))  # fmt: skip
 
 
 def _factory(name: str) -> Callable[..., nn.Module]:
@@ -162,11 +175,9 @@ def model_parameters(name: str) -> dict[str, inspect.Parameter]:
 
 def data_fitted_parameters(name: str) -> set[str]:
     """Which of ``in_channels``, ``num_classes``, ``input_size`` the model ``name`` can be built for the data
-    with: those its factory takes; ``num_classes`` for a torchvision classification model (all of them take it)."""
+    with: those its factory takes; ``num_classes`` for a torchvision classification or segmentation model."""
     if name.startswith("torchvision:"):
-        import torchvision
-
-        return {"num_classes"} if name.split(":", 1)[1] in torchvision.models.list_models(module=torchvision.models) else set()
+        return {"num_classes"} if _torchvision_fitted(name.split(":", 1)[1]) else set()
     return set(model_parameters(name)) & {"in_channels", "num_classes", "input_size"}
 
 
