@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import cnn_redundancy as cr
+import cnn_redundancy.cli  # noqa: F401  (cr.cli.main below)
 from cnn_redundancy import CheckpointError, get_model, load_checkpoint, save_checkpoint
 from cnn_redundancy.checkpoint import read_checkpoint
 from cnn_redundancy.testing import TinyCNN, random_images
@@ -129,7 +130,7 @@ def _outputs_equal(a: nn.Module, b: nn.Module) -> bool:
         return torch.equal(a.eval()(x), b.eval()(x))
 
 
-@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module.", "model.", "lightning"])
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module.", "model.", "lightning", "torch.compile"])
 def test_user_weights_files_load(user_file, tmp_path, wrap):
     spec = f"{user_file}:build"
     m = get_model(spec, seed=3)
@@ -138,11 +139,22 @@ def test_user_weights_files_load(user_file, tmp_path, wrap):
         "plain": sd, "state_dict": {"state_dict": sd, "epoch": 3}, "model": {"model": sd},
         "module.": {f"module.{k}": v for k, v in sd.items()}, "model.": {f"model.{k}": v for k, v in sd.items()},
         "lightning": {"state_dict": {f"model.{k}": v for k, v in sd.items()}, "global_step": 10},
+        "torch.compile": {f"_orig_mod.{k}": v for k, v in sd.items()},
     }[wrap]  # fmt: skip
     torch.save(payload, tmp_path / "w.pth")
     back = load_checkpoint(tmp_path / "w.pth", model=spec)
     assert _outputs_equal(back, m)
     assert cr.cli.main(["-q", "layers", "-m", spec, "-c", str(tmp_path / "w.pth")]) == 0
+
+
+def test_weights_under_an_unknown_key_say_how_to_take_them_out(user_file, tmp_path, capsys):
+    sd = get_model(f"{user_file}:build").state_dict()
+    torch.save({"epoch": 3, "model_ema": sd, "optimizer": {"state": {}}}, tmp_path / "ema.pt")
+    assert cr.cli.main(["-q", "layers", "-m", f"{user_file}:build", "-c", str(tmp_path / "ema.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "found: epoch, model_ema, optimizer" in err[0]
+    assert err[0].endswith(f"it holds weights under 'model_ema': save the ones you mean alone, e.g. "
+                           f"torch.save(torch.load({str(tmp_path / 'ema.pt')!r})['model_ema'], 'weights.pt')")
 
 
 def test_weights_that_do_not_fit_are_named_in_one_line(user_file, tmp_path, capsys):

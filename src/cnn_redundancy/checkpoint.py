@@ -185,8 +185,11 @@ def _foreign_state_dict(path: Path, payload: Any) -> dict[str, torch.Tensor]:
             if _tensors(payload.get(key)):
                 return payload[key]
     keys = ", ".join(map(str, list(payload)[:8])) if isinstance(payload, dict) else type(payload).__name__
+    held = [k for k, v in payload.items() if _tensors(v)] if isinstance(payload, dict) else []
+    fix = (f"; it holds weights under {', '.join(map(repr, held))}: save the ones you mean alone, e.g. "
+           f"torch.save(torch.load({str(path)!r})[{held[0]!r}], 'weights.pt')") if held else ""
     raise CheckpointError(f"{path} holds no state_dict (found: {keys}); expected a state_dict of tensors, or a dict "
-                          f"with one under {', '.join(repr(k) for k in STATE_KEYS)}")
+                          f"with one under {', '.join(repr(k) for k in STATE_KEYS)}{fix}")
 
 
 def _is_int(v: Any, lo: int = 0) -> bool:
