@@ -50,3 +50,18 @@ def test_no_responses_and_symmetry():
     assert ncc_matrix(torch.randn(0, 1, 4, 4), torch.randn(3, 1, 4, 4)).shape == (0, 3)
     m = ncc_matrix(torch.randn(300, 2, 3, 3, generator=torch.Generator().manual_seed(1)))  # several row blocks
     assert torch.equal(m, m.T) and torch.allclose(m.diagonal(), torch.ones(300, dtype=torch.float64), atol=1e-6)
+
+
+@pytest.mark.parametrize(("k", "c", "side", "path"), [
+    (8, 3, 24, "fourier"),  # few kernels, many shifts: the direct path's cost per shift dominates (10x slower)
+    (6, 1, 28, "fourier"),  # LeNet-5's conv1 (20x slower direct)
+    (64, 3, 16, "direct"),  # resnet's layer1 at 64x64 (2x faster direct)
+    (256, 3, 8, "direct"),  # many kernels on small maps (8x faster direct)
+    (64, 3, 32, "fourier"),  # resnet's conv1 at 64x64
+])  # fmt: skip
+def test_the_path_is_chosen_with_the_direct_paths_cost_per_shift(k, c, side, path):
+    """The choice the speed depends on, at the sizes it was fitted on (the times are ``make bench``'s and the
+    fit's, not this test's): a cost model of multiply-adds alone sent the first two the direct way."""
+    ys = metrics._shift_range(side, side, "max", None, 0.5)
+    pairs = k * (k + 1) // 2
+    assert metrics._fourier_is_cheaper(c, (side, side), ys, ys, (2 * side - 1, 2 * side - 1), pairs) == (path == "fourier")
