@@ -213,6 +213,7 @@ def test_impulse_paper_settings_quick(tmp_path, monkeypatch):
     assert 1 <= extra["best_epoch"] <= extra["epochs_run"] <= 2
     md = (tmp_path / "paper_comparison.md").read_text()
     assert "at most 2, early stopping with patience 5" in md and md.count("(fig. ") == 5
+    assert f"| torch CPU threads | {torch.get_num_threads()} |" in md  # a CPU trains the same only on as many
 
 
 def test_overparameterization_trend_and_measures():

@@ -44,8 +44,10 @@ def holds(ok: bool | None, partly: bool = False) -> str:
 
 
 def settings_table(settings: dict[str, Any], title: str = "Settings run") -> Table:
-    """A two-column table of the settings actually run."""
-    return Table(title, ["setting", "value"], [[k, _cell(v)] for k, v in settings.items()])
+    """A two-column table of the settings actually run, and the CPU threads torch used: on a CPU the same
+    seed trains the same network only with the same number of threads (float sums run in another order)."""
+    rows = {**settings, "torch CPU threads": torch.get_num_threads()}
+    return Table(title, ["setting", "value"], [[k, _cell(v)] for k, v in rows.items()])
 
 
 def comparison_table(rows: list[list[Any]], title: str = "The paper's figures beside ours", note: str = "") -> Table:
