@@ -239,7 +239,7 @@ def test_images_far_from_the_first_batchnorms_statistics_open_the_answer_with_a_
         labels = m(x).argmax(1)
     as_trained = analyze(m, torch.utils.data.TensorDataset(x, labels), lenses=["dead"], progress=False)
     assert as_trained.data["input_shift"]["layer"] == "1" and not as_trained.data["input_shift"]["far"]
-    assert not answer_lines(as_trained)[0].startswith("Warning")
+    assert not any(x.startswith("Warning: The images reach") for x in answer_lines(as_trained))
     scaled = 2 * x - 1  # read as (x - 0.5) / 0.5
     res = analyze(m, torch.utils.data.TensorDataset(scaled, labels), lenses=["dead"], progress=False)
     shift = res.data["input_shift"]
@@ -267,3 +267,27 @@ def test_a_dict_output_model_gets_its_plain_twins_analysis():
     assert json.dumps(strip(got.to_dict())) == json.dumps(strip(plain.to_dict()))
     assert got.answer["removable"]["evaluations"][0] == 1.0 and got.answer["removable"]["kernels"] >= 2
     assert any(v > 0 for v in got.per_kernel["conv2"]["taylor"])
+
+
+def test_a_model_no_better_than_the_most_frequent_class_opens_the_answer_with_a_warning():
+    m = _planted()
+    with torch.no_grad():  # always class 9, which no image is
+        m.fc.weight.zero_()
+        m.fc.bias.zero_()
+        m.fc.bias[9] = 1.0
+    x = random_images(60, seed=5).tensors[0]
+    y = torch.tensor([0, 0, 1] * 20)
+    data, val = (torch.utils.data.TensorDataset(x[s], y[s]) for s in (slice(0, 30), slice(30, 60)))
+    res = analyze(m, data, val=val, lenses=["dead"], progress=False)
+    est = res.answer["removable"]
+    assert est["baseline"] == 0.0 and est["chance"] == 2 / 3  # 20 of the 30 validation images are class 0
+    assert answer_lines(res)[0] == (
+        "Warning: on the validation images the model's accuracy (0.0000) is no better than always answering their "
+        "most frequent class (0.6667): it has not learned what these images ask (untrained weights, labels in another "
+        "order, other images), so the trivial layers and the removable MACs below say nothing about it.")
+
+
+def test_a_learned_model_gets_no_chance_warning(planted):
+    _, res = planted
+    assert res.answer["removable"]["chance"] < res.answer["removable"]["baseline"] == 1.0
+    assert not any(x.startswith("Warning") for x in answer_lines(res))

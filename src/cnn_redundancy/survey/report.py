@@ -48,6 +48,12 @@ def answer_lines(res) -> list[str]:
         out.append(f"Warning: {described[0].upper()}{described[1:]}: the model computes something else here than it "
                    "learned, so every metric and data-driven lens below may mean little. Were its training images "
                    "scaled otherwise (--normalize), or are its running statistics stale (recompute_bn_stats)?")
+    est = a.get("removable")
+    if est and est.get("chance") is not None and est["baseline"] <= est["chance"]:
+        out.append(f"Warning: on the validation images the model's accuracy ({est['baseline']:.4f}) is no "
+                   f"better than always answering their most frequent class ({est['chance']:.4f}): it has not learned "
+                   "what these images ask (untrained weights, labels in another order, other images), so the trivial "
+                   "layers and the removable MACs below say nothing about it.")
     if a.get("dead") is not None:
         out.append(f"Dead kernels: {a['dead']} of {a['kernels']} ({_pct(a['dead'] / a['kernels'])}) are zero on every "
                    f"analysed image" + (f"; {a['constant']} more are constant" if a.get("constant") else "") + ".")
