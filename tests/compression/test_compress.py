@@ -97,6 +97,24 @@ def test_the_guarantee_holds_on_the_test_split(trained):
     assert r.final["macs"] < r.original["macs"] and r.stopped
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is never pruned
     assert "caveat" not in r.guarantee  # 240 images each: enough
+    assert "warning" not in r.guarantee  # it learned: far above always answering the most frequent class
+
+
+def test_a_model_no_better_than_the_most_frequent_class_is_warned_about():
+    m = TinyCNN().eval()
+    with torch.no_grad():  # always class 9, which no image is
+        m.fc.weight.zero_()
+        m.fc.bias.zero_()
+        m.fc.bias[9] = 1.0
+    x, y = random_images(90, seed=6).tensors[0], torch.tensor([0, 0, 1] * 30)
+    train, val, test = (torch.utils.data.TensorDataset(x[s], y[s]) for s in (slice(0, 30), slice(30, 60), slice(60, 90)))
+    r = compress(m, train, val=val, test=test, target_macs=0.9, max_drop=0.01, stages=("channels",), criterion="l1",
+                 baselines=(), progress=False)  # fmt: skip
+    assert r.guarantee["holds_on_test"]  # true, and empty: there was nothing to keep
+    assert r.headline()[0] == (
+        "warning: on the validation images the model's accuracy (0.0000) is no better than always answering their most "
+        "frequent class (0.6667): it has not learned what these images ask (untrained weights, labels in another order, "
+        "other images), so keeping its accuracy keeps nothing")
 
 
 def test_a_guarantee_on_few_images_says_how_coarse_it_is():

@@ -220,3 +220,23 @@ def test_normalize_options(tmp_path):
     x = load_dataset("imagefolder", "all", root=tmp_path / "imgs", normalize="imagenet", image_size=6)[0][0]
     assert x.shape == (3, 6, 6)  # one number: square
     assert torch.allclose(x[:, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+
+
+def test_majority_rate_reads_the_labels_through_subsets_without_loading_images(tmp_path, monkeypatch):
+    from cnn_redundancy.data import majority_rate
+
+    digits = subset(load_dataset("digits", "test"), 50, seed=2)
+    assert majority_rate(digits) == float(torch.bincount(digits.labels).max()) / 50
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+    for i in range(5):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / ("a" if i < 4 else "b") / f"{i}.png")
+    folder = load_dataset("imagefolder", root=str(tmp_path), split="all")
+
+    def no_image(*a):
+        raise AssertionError("an image was loaded")
+
+    monkeypatch.setattr(type(folder), "__getitem__", no_image)
+    inner = torch.utils.data.Subset(folder, [0, 3, 4])
+    assert majority_rate(folder) == 0.8 and majority_rate(torch.utils.data.Subset(inner, [1, 2])) == 0.5
+    assert majority_rate(torch.utils.data.TensorDataset(torch.zeros(3, 1), torch.zeros(3, 2, 2).long())) is None

@@ -37,7 +37,7 @@ from ..core.metrics import Metric, coarse, get_metric
 from ..core.observe import resolve_observe
 from ..core.progress import progress_bar
 from ..core.results import Result, make_meta
-from ..data import split, subset
+from ..data import majority_rate, split, subset
 from ..models import append_surgery
 from ..training import evaluate, fit
 from .baselines import BASELINES, torch_pruning_baseline
@@ -107,6 +107,8 @@ class CompressResult(Result):
                          f"drop {g['test_drop']:+.4f} ({'holds' if g['holds_on_test'] else 'does not hold'} on the test split)")
         if g.get("caveat"):
             lines.append(f"note: the guarantee is {g['caveat']}")
+        if g.get("warning"):
+            lines.insert(0, f"warning: {g['warning']}")
         lines += [f"{s['stage']}: {s['note']}" for s in self.stages]
         lines += [f"{b['method']} at the same MACs: test {b['test']:.4f}" for b in self.baselines]
         return lines
@@ -346,6 +348,12 @@ def compress(
                                coarse(len(run.test), run.name, max_drop, "test")) if c]  # fmt: skip
         if caveats:
             res.guarantee["caveat"] = f"coarse: {'; '.join(caveats)}; more images give a finer guarantee"
+        chance = majority_rate(run.val) if run.name == "accuracy" else None
+        if chance is not None and res.original["val"] <= chance:
+            res.guarantee["warning"] = (
+                f"on the validation images the model's accuracy ({res.original['val']:.4f}) is no better than always "
+                f"answering their most frequent class ({chance:.4f}): it has not learned what these images ask "
+                "(untrained weights, labels in another order, other images), so keeping its accuracy keeps nothing")
         rows = _verify_baselines(model, res, run, example, names, list(baselines), finetune_epochs)
         res.meta["latency_ms"] = _latencies({"original": model, "compress": work, **{r["method"]: r["model"] for r in rows}},
                                             example)  # fmt: skip

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = [
+    "majority_rate",
     "ArrayDataset",
     "DatasetNotFoundError",
     "DATASETS",
@@ -420,6 +421,32 @@ def subset(data: Dataset, n: int | None, *, seed: int = 0) -> Dataset:
         return data
     g = torch.Generator().manual_seed(seed)
     return _take(data, torch.randperm(len(data), generator=g)[:n].sort().values)  # type: ignore[arg-type]
+
+
+def majority_rate(data: Dataset) -> float | None:
+    """The share of ``data``'s most frequent class: the accuracy of always answering it. Read from the labels
+    a data set holds (``labels``, ``targets``, a TensorDataset's second tensor; through Subsets) without
+    loading an image; ``None`` where it holds none, or per-pixel labels.
+
+    Example:
+        >>> majority_rate(torch.utils.data.TensorDataset(torch.zeros(4, 1), torch.tensor([2, 0, 2, 2])))
+        0.75
+    """
+    idx = None
+    while isinstance(data, torch.utils.data.Subset):
+        idx = [data.indices[i] for i in idx] if idx is not None else list(data.indices)
+        data = data.dataset
+    labels = getattr(data, "labels", None)
+    labels = getattr(data, "targets", None) if labels is None else labels
+    if labels is None and isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) > 1:
+        labels = data.tensors[1]
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels)
+    labels = labels[idx] if idx is not None else labels
+    if labels.dim() != 1 or labels.is_floating_point() or not len(labels):
+        return None
+    return float(torch.unique(labels, return_counts=True)[1].max()) / len(labels)
 
 
 def split(data: Dataset, n_second: int, *, seed: int = 0) -> tuple[Dataset, Dataset]:
