@@ -35,12 +35,14 @@ class TinyCNN(nn.Module):
 
 
 class DictTinyCNN(TinyCNN):
-    """A :class:`TinyCNN` returning ``{"logits": ..., "aux": ...}``, as models with an auxiliary head do: its
-    weights load from a TinyCNN's, and ``logits`` is that TinyCNN's output."""
+    """A :class:`TinyCNN` returning ``{"logits": ..., "features": ...}``, as models that hand back their
+    embedding do: its weights load from a TinyCNN's, ``logits`` is that TinyCNN's output and ``features``
+    the flattened input of its ``fc`` (conv2's channels: removing one of them changes its shape)."""
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        logits = super().forward(x)
-        return {"logits": logits, "aux": logits.flip(1)}
+        x = self.pool1(self.act1(self.conv1(x)))
+        features = self.flatten(self.pool2(self.act2(self.conv2(x))))
+        return {"logits": self.fc(features), "features": features}
 
 
 def _seeded(seed: int):

@@ -221,11 +221,12 @@ def _dict_twin(m: TinyCNN) -> torch.nn.Module:
 
 def test_a_dict_output_model_compresses_as_its_plain_twin():
     """With the metric naming the output, every stage, the Taylor gradients and Torch-Pruning's Taylor baseline
-    read it: the result is the plain model's. Before, compress dropped the metric's output key and raised."""
+    read it: the result is the plain model's (the dead stage checks the logits, not the features, whose shape
+    its removals change). Before, compress dropped the metric's output key and raised."""
     torch.manual_seed(0)
     m = TinyCNN(c1=6, c2=8).eval()
     with torch.no_grad():
-        m.conv2.bias[[1, 6]] = -100.0  # dead: the dead stage checks the whole dict output is unchanged
+        m.conv2.bias[[1, 6]] = -100.0  # dead: removed, the logits unchanged, the features two channels narrower
     data = random_images(100, seed=8)
     kw = dict(target_macs=0.6, max_drop=None, stages=("dead", "channels"), criterion="taylor", baselines=("taylor",),
               progress=False)  # fmt: skip

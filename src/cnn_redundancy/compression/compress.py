@@ -394,7 +394,7 @@ def _compress_copy(model, example, names, res: CompressResult, run: _Run, target
         for stage in todo:
             bar.set_postfix_str(stage)
             if stage == "dead":
-                rec = remove_dead(sh, run.calib, observe, **common)
+                rec = remove_dead(sh, run.calib, observe, output=run.output, **common)
             elif stage == "merge":
                 rec = merge_duplicates(sh, run.calib, observe, lambda m: run.on(m, run.val), base=base,
                                        budget=max_drop, angle=merge_angle, **common)  # fmt: skip

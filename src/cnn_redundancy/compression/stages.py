@@ -24,7 +24,7 @@ from torch import nn
 from ..analyses.dead import dead_kernels
 from ..analyses.distinctiveness import activation_stats
 from ..core.batches import as_loader
-from ..core.metrics import output_tensors
+from ..core.metrics import select_output
 from ..core.structure import residual_blocks
 from .pruning.rules import _merge, _pick_weaker
 from .pruning.schedule import Shrinker, mac_share
@@ -32,8 +32,10 @@ from .pruning.schedule import Shrinker, mac_share
 __all__ = ["remove_dead", "merge_duplicates"]
 
 
-def remove_dead(sh: Shrinker, calib, observe: dict[str, str], *, batch_size: int, device) -> dict[str, Any]:
-    """Remove every uncoupled dead kernel; the output must not change."""
+def remove_dead(sh: Shrinker, calib, observe: dict[str, str], *, batch_size: int, device,
+                output: str | int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Remove every uncoupled dead kernel; the output (``output``: the key or index of the one the metric reads,
+    for a model returning a dict or tuple) must not change."""
     dead = dead_kernels(sh.model, calib, sh.layers, observe=observe, batch_size=batch_size, device=device,
                         progress=False).dead  # fmt: skip
     x = next(iter(as_loader(calib, min(64, len(calib)))))[0].to(sh.example.device)
@@ -50,14 +52,13 @@ def remove_dead(sh: Shrinker, calib, observe: dict[str, str], *, batch_size: int
     if not picks:
         return {"stage": "dead", "kernels": 0, "note": "no uncoupled dead kernel" + _coupled_note(coupled)}
     with torch.no_grad():
-        before = sh.model(x)
+        before = select_output(sh.model(x), output, "the dead-kernel check")
     snap = sh._snapshot()
     removed = sh.remove(picks)
     with torch.no_grad():
-        after = sh.model(x)
-    pairs = list(zip(output_tensors(after), output_tensors(before), strict=True))
-    change = max((float((a - b).abs().max()) for a, b in pairs), default=math.inf)
-    if change > 1e-5 * max(1.0, *(float(b.abs().max()) for _, b in pairs)):
+        after = select_output(sh.model(x), output, "the dead-kernel check")
+    change = float((after - before).abs().max()) if after.shape == before.shape else math.inf
+    if change > 1e-5 * max(1.0, float(before.abs().max())):
         sh._restore(snap)
         return {"stage": "dead", "kernels": 0, "note": f"undone: the output changed by {change:.2e}"}
     return {"stage": "dead", "kernels": len(picks), "removed": removed, "output_change": change,

@@ -23,7 +23,6 @@ __all__ = [
     "get_metric",
     "infer_metric",
     "select_output",
-    "output_tensors",
     "check_max_lag",
     "COARSE_BELOW",
     "coarse",
@@ -54,21 +53,6 @@ def select_output(out: Any, key: str | int | None = None, what: str = "the metri
     except (KeyError, IndexError, TypeError):
         raise ValueError(f"output={key!r} is not an output of the model: it returns {kind}") from None
     return select_output(chosen, None, what)
-
-
-def output_tensors(out: Any) -> list[torch.Tensor]:
-    """Every tensor of a model's output (a tensor, or dicts, lists and tuples of them), in order.
-
-    >>> [tuple(t.shape) for t in output_tensors({"out": torch.zeros(2, 3), "aux": (torch.zeros(2),)})]
-    [(2, 3), (2,)]
-    """
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in output_tensors(v)]
-    if isinstance(out, list | tuple):
-        return [t for v in out for t in output_tensors(v)]
-    return []
 
 
 class Metric:
