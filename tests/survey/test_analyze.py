@@ -148,6 +148,27 @@ def test_budget_samples_and_says_so():
     assert res.meta["params"]["budget_minutes"] == 1e-4
 
 
+def test_the_impulse_lens_is_planned_by_its_ncc_work_not_by_the_data():
+    """Its NCC depends on the kernels and the map sizes, not on the images: in passes over n images it costs
+    1/n as much, and the planner counts it so (it counted half a pass whatever the model)."""
+    from cnn_redundancy.core.metrics import ncc_cost
+    from cnn_redundancy.survey.plan import impulse_passes
+
+    m = _planted()
+    x0 = torch.zeros(1, 1, 12, 12)
+    macs = sum(cr.count_macs(m, x0).values())
+    one, two = (impulse_passes(m, ["conv1", "conv2"], x0, macs, n) for n in (100, 200))
+    assert one == pytest.approx(2 * two) and one > 0
+    # conv1 responds in 12x12 maps, conv2 in 6x6 (after pool1): within each layer, and across the two
+    work = ncc_cost((6, 1, 12, 12)) + ncc_cost((8, 1, 6, 6)) + ncc_cost((6, 1, 12, 12), (8, 1, 6, 6))
+    assert one == pytest.approx(2.5 * work / macs / 100)
+    bigger = torch.zeros(1, 1, 24, 24)
+    wide = TinyCNN(c1=6, c2=8, input_size=24).eval()
+    assert impulse_passes(wide, ["conv1", "conv2"], bigger, sum(cr.count_macs(wide, bigger).values()), 100) > one
+    res = analyze(m, _labelled(m, 60), lenses=["impulse"], progress=False)
+    assert res.lenses["impulse"]["passes"] == pytest.approx(impulse_passes(m, ["conv1", "conv2"], x0, macs, 48))
+
+
 def test_bad_arguments():
     m = TinyCNN().eval()
     with pytest.raises(ValueError, match="unknown lenses"):

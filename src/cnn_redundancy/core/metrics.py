@@ -32,6 +32,7 @@ __all__ = [
     "squared_norms",
     "normalize_responses",
     "ncc_matrix",
+    "ncc_cost",
 ]
 
 
@@ -415,17 +416,38 @@ def _ncc_fourier(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ys, xs, sy
 _SHIFT_COST = 1.5e6
 
 
-def _fourier_is_cheaper(c: int, b_size: tuple[int, int], ys: tuple[int, int], xs: tuple[int, int],
-                        size: tuple[int, int], pairs: int) -> bool:  # fmt: skip
-    """For ``pairs`` pairs of responses: the direct products' multiply-adds (``C hb wb`` per pair and valid
-    shift) and fixed cost per shift, against the FFT's product and inverse per pair, weighted by how much
-    faster matrix products run. Fitted on a CPU core over 1-3 maps of 4x4 to 32x32 and 4-512 kernels: the
-    choice is never more than 1.7x slower than the faster path (without the cost per shift, a layer of 8
-    kernels on 24x24 maps took the direct path, 10x slower)."""
+def _path_costs(c: int, b_size: tuple[int, int], ys: tuple[int, int], xs: tuple[int, int], size: tuple[int, int],
+                pairs: int) -> tuple[float, float]:  # fmt: skip
+    """``(direct, fourier)`` costs of ``pairs`` pairs of responses, in multiply-adds of the direct path's
+    matrix products: its ``C hb wb`` per pair and valid shift and its fixed cost per shift, against the FFT's
+    product and inverse per pair, weighted by how much faster matrix products run."""
     v = (ys[1] - ys[0] + 1) * (xs[1] - xs[0] + 1)
     cells = size[0] * size[1]
     direct = pairs * c * b_size[0] * b_size[1] * v + v * _SHIFT_COST
-    return direct > pairs * 50 * (c * cells + cells * max(1.0, math.log2(cells)))
+    return direct, pairs * 50 * (c * cells + cells * max(1.0, math.log2(cells)))
+
+
+def _fourier_is_cheaper(c: int, b_size: tuple[int, int], ys: tuple[int, int], xs: tuple[int, int],
+                        size: tuple[int, int], pairs: int) -> bool:  # fmt: skip
+    """Whether the FFTs cost less (:func:`_path_costs`). Fitted on a CPU core over 1-3 maps of 4x4 to 32x32
+    and 4-512 kernels: the choice is never more than 1.7x slower than the faster path (without the cost per
+    shift, a layer of 8 kernels on 24x24 maps took the direct path, 10x slower)."""
+    direct, fourier = _path_costs(c, b_size, ys, xs, size, pairs)
+    return direct > fourier
+
+
+def ncc_cost(a_shape: tuple[int, ...], b_shape: tuple[int, ...] | None = None, *, lag: str = "max",
+             max_lag: int | None = None, min_overlap: float = 0.5) -> float:  # fmt: skip
+    """What :func:`ncc_matrix` of responses of these shapes (``[K, C, H, W]``; ``b_shape=None``: within
+    ``a``) costs on the path it takes, in multiply-adds of the direct path's matrix products (0 where no
+    shift is valid). Planning uses it: the work depends on the kernels and map sizes, not on any data."""
+    b = a_shape if b_shape is None else b_shape
+    ys = _shift_range(a_shape[2], b[2], lag, max_lag, min_overlap)
+    xs = _shift_range(a_shape[3], b[3], lag, max_lag, min_overlap)
+    if ys is None or xs is None:
+        return 0.0
+    pairs = a_shape[0] * (a_shape[0] + 1) // 2 if b_shape is None else a_shape[0] * b[0]
+    return min(_path_costs(a_shape[1], (b[2], b[3]), ys, xs, (a_shape[2] + b[2] - 1, a_shape[3] + b[3] - 1), pairs))
 
 
 def check_max_lag(max_lag: int | None) -> None:

@@ -35,7 +35,7 @@ from ..data import split, subset
 from ..training import input_shift
 from .estimate import SCORE_SIGNS, consensus_order, removable_macs
 from .lenses import HIGH_NCC, LENSES, NEAR_ANGLE, RUNNERS, SHUFFLE_COSINE, Context
-from .plan import make_plan, time_one_pass
+from .plan import impulse_passes, make_plan, time_one_pass
 
 __all__ = ["AnalysisResult", "analyze", "LENSES"]
 
@@ -236,7 +236,7 @@ def analyze(
     ctx = Context(model, data, names, resolve_observe(model, names, traced=traced), traced, metric, max_drop, None,
                   {"batch_size": batch_size, "seed": seed, "device": device, "progress": False},
                   res.per_kernel, res.per_layer, res.blocks, res.depth)  # type: ignore[arg-type]  # fmt: skip
-    ctx.plan = _plan(model, data, val, names, traced, chosen, budget_minutes, batch_size, device)
+    ctx.plan = _plan(model, data, val, names, traced, chosen, budget_minutes, batch_size, device, sum(res.macs.values()))
     _run_lenses(res, ctx, chosen, progress, partial)
     estimate = None
     if traced is not None and res.per_kernel:
@@ -278,11 +278,14 @@ def _start(model, names, how, device, data, seed, metric: dict[str, Any], max_dr
     return res
 
 
-def _plan(model, data, val, names, traced, chosen, budget, batch_size, device):
+def _plan(model, data, val, names, traced, chosen, budget, batch_size, device, macs_per_image):
     adds = residual_adds(traced) if traced is not None else []
     shape = {"layers": len(names), "blocks": len(adds), "consumers": len(names),
              "kernels_max": max(model.get_submodule(n).out_channels for n in names),
              "kernels": sum(model.get_submodule(n).out_channels for n in names)}  # fmt: skip
+    if "impulse" in chosen:
+        x0 = data[0][0][None].to(resolve_device(device, model))
+        shape["impulse_passes"] = impulse_passes(model, names, x0, macs_per_image, len(data))
     seconds = time_one_pass(model, data, batch_size, device, len(data)) if budget is not None else None
     # under torchrun every process must make the same plan: rank 0's timing decides
     return make_plan(len(data), len(val), shape, chosen, budget, broadcast_object(seconds))
