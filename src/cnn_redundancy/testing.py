@@ -35,14 +35,15 @@ class TinyCNN(nn.Module):
 
 
 class DictTinyCNN(TinyCNN):
-    """A :class:`TinyCNN` returning ``{"logits": ..., "features": ...}``, as models that hand back their
+    """A :class:`TinyCNN` returning ``{"features": ..., "logits": ...}``, as models that hand back their
     embedding do: its weights load from a TinyCNN's, ``logits`` is that TinyCNN's output and ``features``
-    the flattened input of its ``fc`` (conv2's channels: removing one of them changes its shape)."""
+    the flattened input of its ``fc`` (conv2's channels: removing one of them changes its shape; traced
+    first among the outputs, it misled Torch-Pruning's graph about ``fc``'s inputs)."""
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
         x = self.pool1(self.act1(self.conv1(x)))
         features = self.flatten(self.pool2(self.act2(self.conv2(x))))
-        return {"logits": self.fc(features), "features": features}
+        return {"features": features, "logits": self.fc(features)}
 
 
 def _seeded(seed: int):

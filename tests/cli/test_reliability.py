@@ -318,3 +318,19 @@ def test_a_torchvision_model_without_weights_is_built_for_the_data_classes(pngs,
     assert "built for the data: num_classes=2" in capsys.readouterr().err  # two classes in the folder, not 1,000
     assert main([*args[:-2], "--model-kw", "num_classes=5", "-o", str(tmp_path / "given")]) == 0
     assert "built for the data" not in capsys.readouterr().err  # what the user gives wins
+
+
+@pytest.mark.parametrize("cmd", ["analyze", "compress", "kernel-scores"])
+def test_analyze_compress_and_the_taylor_scores_read_the_output_key(cmd, pngs, tmp_path, capsys):
+    """On the command line too: without --output-key one line names it; with it the command runs and records it."""
+    f = tmp_path / "dict_model.py"
+    f.write_text(DICT_MODEL)
+    extra = {"analyze": ["--lenses", "dead", "scores"], "compress": ["--baselines", "--criterion", "taylor"],
+             "kernel-scores": []}[cmd]  # fmt: skip
+    base = ["-q", cmd, "-m", f"{f}:build", "--model-kw", "in_channels=3", "-d", "imagefolder", "--root", str(pngs),
+            "--split", "all", *extra]  # fmt: skip
+    assert main([*base, "-o", str(tmp_path / "a")]) == 2
+    assert "--output-key out" in _error(capsys)
+    assert main([*base, "--output-key", "out", "-o", str(tmp_path / "b")]) == 0
+    written = {"analyze": "analysis.json", "compress": "compress.json", "kernel-scores": "kernel-scores.json"}[cmd]
+    assert json.loads((tmp_path / "b" / written).read_text())["meta"]["params"]["output"] == "out"

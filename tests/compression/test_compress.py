@@ -246,3 +246,21 @@ def test_prune_by_taylor_reads_the_output_it_is_told():
     twin = cr.prune(_dict_twin(m), data, criterion="taylor", steps=3, output="logits", progress=False)
     assert [h["removed"] for h in twin.history] == [h["removed"] for h in plain.history]
     assert [h["score"] for h in twin.history] == [h["score"] for h in plain.history]
+
+
+DICT_FILE = """from cnn_redundancy.testing import DictTinyCNN
+def build(c1=6, c2=8):
+    return DictTinyCNN(c1=c1, c2=c2)
+"""
+
+
+def test_a_pruned_dict_output_model_reloads_from_its_checkpoint(tmp_path):
+    """The surgery record keeps the output key: the rebuilt graph is the one the pruning used."""
+    (tmp_path / "dictnet.py").write_text(DICT_FILE)
+    m = cr.get_model(f"{tmp_path / 'dictnet.py'}:build", seed=0).eval()
+    r = cr.prune(m, random_images(48, seed=9), criterion="l1", steps=3, output="logits", progress=False)
+    assert r.model.fc.in_features == 9 * r.model.conv2.out_channels  # 3x3 maps of each of conv2's channels
+    back = cr.load_checkpoint(cr.save_checkpoint(r.model, tmp_path / "small.pt"), model=f"{tmp_path / 'dictnet.py'}:build")
+    x = random_images(4, seed=1).tensors[0]
+    with torch.no_grad():
+        assert torch.equal(back(x)["logits"], r.model(x)["logits"])

@@ -240,3 +240,8 @@ def test_majority_rate_reads_the_labels_through_subsets_without_loading_images(t
     inner = torch.utils.data.Subset(folder, [0, 3, 4])
     assert majority_rate(folder) == 0.8 and majority_rate(torch.utils.data.Subset(inner, [1, 2])) == 0.5
     assert majority_rate(torch.utils.data.TensorDataset(torch.zeros(3, 1), torch.zeros(3, 2, 2).long())) is None
+    labelled = torch.utils.data.TensorDataset(torch.zeros(6, 1), torch.tensor([1, 1, 1, 0, 2, 2]))
+    assert majority_rate(torch.utils.data.Subset(labelled, torch.arange(2, 6))) == 0.5  # tensor indices
+    named = torch.utils.data.Subset(labelled, [0])
+    named.dataset.labels = ["cat"] * 6  # class names, not class indices
+    assert majority_rate(named) is None

@@ -312,3 +312,19 @@ def test_a_learned_model_gets_no_chance_warning(planted):
     _, res = planted
     assert res.answer["removable"]["chance"] < res.answer["removable"]["baseline"] == 1.0
     assert not any(x.startswith("Warning") for x in answer_lines(res))
+
+
+def test_a_conv_the_forward_pass_never_calls_is_named_by_the_impulse_lens_not_the_planner():
+    class Aux(TinyCNN):  # an auxiliary head used in training only
+        def __init__(self):
+            super().__init__()
+            self.aux = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            h = self.pool1(self.act1(self.conv1(x)))
+            if self.training:
+                self.aux(h)
+            return self.fc(self.flatten(self.pool2(self.act2(self.conv2(h)))))
+
+    with pytest.raises(ValueError, match="layers aux were not called in the forward pass"):
+        analyze(Aux().eval(), random_images(40, seed=1), lenses=["impulse"], progress=False)

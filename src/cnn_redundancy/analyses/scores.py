@@ -24,7 +24,7 @@ from ..core.batches import BatchLoop, as_loader, forward_checked, resolve_device
 from ..core.device import placed
 from ..core.hooks import capture, preserved
 from ..core.layers import LayerSpec, resolve_layers
-from ..core.metrics import select_output
+from ..core.metrics import output_param, select_output
 from ..core.plotting import height_for, per_layer_boxes
 from ..core.progress import progress_bar
 from ..core.registry import analysis, option
@@ -129,7 +129,7 @@ def kernel_scores(
     if bad or not scores:
         raise ValueError(f"scores must be among {', '.join(SCORES)}, not {list(scores)}")
     names = resolve_layers(model, layers)
-    params = {"layers": names, "scores": list(scores), **({"output": output} if output is not None else {})}
+    params = {"layers": names, "scores": list(scores), **output_param(output)}
     res = KernelScoresResult(meta={**make_meta("kernel_scores", params, seed),
                                    "complete": False}, layers=names)  # fmt: skip
     for n in names:

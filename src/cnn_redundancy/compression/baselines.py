@@ -20,7 +20,7 @@ from torch import nn
 from ..core.cost import count_macs
 from .pruning.importance import SeededRandomImportance
 from .pruning.rules import _accumulate_gradients
-from .pruning.surgeon import trainable
+from .pruning.surgeon import output_transform, trainable
 
 __all__ = ["torch_pruning_baseline", "BASELINES"]
 
@@ -39,7 +39,7 @@ def _importance(kind: str, seed: int):
     raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, not {kind!r}")
 
 
-def _pruner(model: nn.Module, example, layers: set[str], kind: str, seed: int, ratio: float, steps: int):
+def _pruner(model: nn.Module, example, layers: set[str], kind: str, seed: int, ratio: float, steps: int, output):
     import torch_pruning as tp
 
     ignored = [m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n not in layers]
@@ -47,7 +47,7 @@ def _pruner(model: nn.Module, example, layers: set[str], kind: str, seed: int, r
     with torch.enable_grad(), trainable(model):
         return tp.pruner.MetaPruner(model, example, importance=_importance(kind, seed), global_pruning=True,
                                     pruning_ratio=ratio, iterative_steps=steps, ignored_layers=ignored,
-                                    root_module_types=[nn.Conv2d])  # fmt: skip
+                                    root_module_types=[nn.Conv2d], output_transform=output_transform(output))  # fmt: skip
 
 
 def torch_pruning_baseline(model: nn.Module, example: torch.Tensor, layers: list[str], target_macs: int, *,
@@ -72,7 +72,7 @@ def torch_pruning_baseline(model: nn.Module, example: torch.Tensor, layers: list
         (once a step overshot: a tenth of that for ten steps)."""
         fraction, n = (per_step / 10, 10) if fine else (per_step, steps)
         kept = sum(pruned.get_submodule(name).out_channels for name in layers) / total
-        return _pruner(pruned, example, set(layers), kind, seed, min(0.9, n * fraction / kept), n), n
+        return _pruner(pruned, example, set(layers), kind, seed, min(0.9, n * fraction / kept), n, output), n
 
     pruner, left = fresh()
     macs = sum(count_macs(pruned, example).values())

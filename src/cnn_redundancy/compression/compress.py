@@ -33,7 +33,7 @@ from ..core.distributed import is_main
 from ..core.graph import Traced
 from ..core.hooks import preserved
 from ..core.layers import LayerSpec, resolve_layers
-from ..core.metrics import Metric, coarse, get_metric
+from ..core.metrics import Metric, coarse, get_metric, no_better_than_chance, output_param
 from ..core.observe import resolve_observe
 from ..core.progress import progress_bar
 from ..core.results import Result, make_meta
@@ -186,7 +186,7 @@ def _flush(sh: Shrinker) -> None:
     """Record the kernels removed so far as a surgery step (so the checkpoint rebuilds them)."""
     if sh.surgeon.removals:
         append_surgery(sh.model, {"kind": SURGERY_KIND, "input_shape": list(sh.example.shape),
-                                  "removals": [list(r) for r in sh.surgeon.removals]})  # fmt: skip
+                                  "removals": [list(r) for r in sh.surgeon.removals], **output_param(sh.surgeon.output)})  # fmt: skip
         sh.surgeon.removals = []
 
 
@@ -204,7 +204,7 @@ def _blocks(sh: Shrinker, run: _Run, base: float, max_drop: float | None) -> tup
     if not r.removed:
         return sh, {"stage": "blocks", "kernels": 0, "note": f"no branch removable within {left:.4f} of the metric"}
     layers = [n for n in sh.layers if n in kernels(r.model)]
-    new = Shrinker(r.model, sh.example, layers, sh.macs0)
+    new = Shrinker(r.model, sh.example, layers, sh.macs0, run.output)
     return new, {"stage": "blocks", "kernels": 0, "removed_blocks": r.removed,
                  "note": f"{len(r.removed)} residual branch(es) removed: {', '.join(r.removed)}"}  # fmt: skip
 
@@ -215,7 +215,7 @@ def _channels(sh: Shrinker, run: _Run, criteria: list[str], *, base, target, max
     _flush(sh)
     outcomes, shrinkers, curves = {}, {}, {}
     for crit in criteria:
-        cand = Shrinker(copy.deepcopy(sh.model), sh.example, sh.layers, sh.macs0)
+        cand = Shrinker(copy.deepcopy(sh.model), sh.example, sh.layers, sh.macs0, run.output)
         gen = torch.Generator().manual_seed(run.seed)
         curve = curves.setdefault(crit, [])
 
@@ -332,7 +332,7 @@ def compress(
         res = CompressResult(meta={**make_meta("compress", {"target_macs": target_macs, "max_drop": max_drop,
                                                             "criterion": criterion, "finetune_epochs": finetune_epochs,
                                                             "stages": list(stages), "layers": names,
-                                                            **({"output": run.output} if run.output is not None else {})},
+                                                            **output_param(run.output)},
                                                   seed),
                                    "complete": False}, metric=run.name, data=how)  # fmt: skip
         res.original = run.describe(model, example)
@@ -348,12 +348,10 @@ def compress(
                                coarse(len(run.test), run.name, max_drop, "test")) if c]  # fmt: skip
         if caveats:
             res.guarantee["caveat"] = f"coarse: {'; '.join(caveats)}; more images give a finer guarantee"
-        chance = majority_rate(run.val) if run.name == "accuracy" else None
-        if chance is not None and res.original["val"] <= chance:
-            res.guarantee["warning"] = (
-                f"on the validation images the model's accuracy ({res.original['val']:.4f}) is no better than always "
-                f"answering their most frequent class ({chance:.4f}): it has not learned what these images ask "
-                "(untrained weights, labels in another order, other images), so keeping its accuracy keeps nothing")
+        chance = no_better_than_chance(run.name, res.original["val"], majority_rate(run.val) if run.name == "accuracy" else None,
+                                       "keeping its accuracy keeps nothing")  # fmt: skip
+        if chance:
+            res.guarantee["warning"] = chance
         rows = _verify_baselines(model, res, run, example, names, list(baselines), finetune_epochs)
         res.meta["latency_ms"] = _latencies({"original": model, "compress": work, **{r["method"]: r["model"] for r in rows}},
                                             example)  # fmt: skip
@@ -386,7 +384,7 @@ def _compress_copy(model, example, names, res: CompressResult, run: _Run, target
     from .pruning import _copy
 
     base = res.original["val"]
-    sh = Shrinker(_copy(model), example, names, res.original["macs"])
+    sh = Shrinker(_copy(model), example, names, res.original["macs"], run.output)
     observe = resolve_observe(sh.model, names, traced=Traced.maybe(sh.model))
     common = {"batch_size": run.batch_size, "device": run.device}
     todo = [s for s in ("dead", "merge", "blocks", "channels") if s in stages] + (["finetune"] if finetune_epochs else [])

@@ -23,9 +23,11 @@ __all__ = [
     "get_metric",
     "infer_metric",
     "select_output",
+    "output_param",
     "check_max_lag",
     "COARSE_BELOW",
     "coarse",
+    "no_better_than_chance",
     "METRICS",
     "cosine_per_channel",
     "CleanNorms",
@@ -41,7 +43,8 @@ def select_output(out: Any, key: str | int | None = None, what: str = "the metri
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, dict):
-        example, kind = next(iter(out), "out"), f"a dict with keys {', '.join(map(repr, out))}"
+        usual = [k for k in ("logits", "out", "output", "pred", "preds", "prediction") if k in out]
+        example, kind = (usual or list(out) or ["out"])[0], f"a dict with keys {', '.join(map(repr, out))}"
     elif isinstance(out, list | tuple):
         example, kind = 0, f"a {type(out).__name__} of {len(out)} outputs"
     else:
@@ -54,6 +57,12 @@ def select_output(out: Any, key: str | int | None = None, what: str = "the metri
     except (KeyError, IndexError, TypeError):
         raise ValueError(f"output={key!r} is not an output of the model: it returns {kind}") from None
     return select_output(chosen, None, what)
+
+
+def output_param(output: str | int | None) -> dict[str, str | int]:
+    """``{"output": key}`` for a result's recorded parameters; nothing for a model whose output is one tensor
+    (so their records stay as they were)."""
+    return {} if output is None else {"output": output}
 
 
 class Metric:
@@ -232,6 +241,20 @@ def get_metric(metric: str | Metric | Callable[[], Metric], output: str | int | 
 
 
 COARSE_BELOW = 100  # images under which a drop measured on them is called coarse
+
+
+def no_better_than_chance(metric: str, value: float, chance: float | None, consequence: str) -> str | None:
+    """What a reader must know when a model's validation ``accuracy`` is no better than ``chance``, the share
+    of the most frequent validation class (``None`` otherwise, or for another metric).
+
+    >>> no_better_than_chance("accuracy", 0.5, 0.5, "nothing follows")[:57]
+    "on the validation images the model's accuracy (0.5000) is"
+    """
+    if metric != "accuracy" or chance is None or value > chance:
+        return None
+    return (f"on the validation images the model's accuracy ({value:.4f}) is no better than always answering their "
+            f"most frequent class ({chance:.4f}): it has not learned what these images ask (untrained weights, "
+            f"labels in another order, other images), so {consequence}")
 
 
 def coarse(n: int, metric: str, max_drop: float | None, split: str) -> str | None:
@@ -427,6 +450,11 @@ def _path_costs(c: int, b_size: tuple[int, int], ys: tuple[int, int], xs: tuple[
     return direct, pairs * 50 * (c * cells + cells * max(1.0, math.log2(cells)))
 
 
+def _pairs(ka: int, kb: int, symmetric: bool) -> int:
+    """Pairs of responses the NCC computes: the upper triangle with its diagonal within a layer."""
+    return ka * (ka + 1) // 2 if symmetric else ka * kb
+
+
 def _fourier_is_cheaper(c: int, b_size: tuple[int, int], ys: tuple[int, int], xs: tuple[int, int],
                         size: tuple[int, int], pairs: int) -> bool:  # fmt: skip
     """Whether the FFTs cost less (:func:`_path_costs`). Fitted on a CPU core over 1-3 maps of 4x4 to 32x32
@@ -446,7 +474,7 @@ def ncc_cost(a_shape: tuple[int, ...], b_shape: tuple[int, ...] | None = None, *
     xs = _shift_range(a_shape[3], b[3], lag, max_lag, min_overlap)
     if ys is None or xs is None:
         return 0.0
-    pairs = a_shape[0] * (a_shape[0] + 1) // 2 if b_shape is None else a_shape[0] * b[0]
+    pairs = _pairs(a_shape[0], b[0], b_shape is None)
     return min(_path_costs(a_shape[1], (b[2], b[3]), ys, xs, (a_shape[2] + b[2] - 1, a_shape[3] + b[3] - 1), pairs))
 
 
@@ -513,7 +541,7 @@ def ncc_matrix(
     out = torch.full((a.shape[0], b.shape[0]), -1.0, dtype=torch.float64, device=a.device)
     if ys is not None and xs is not None and a.shape[0] and b.shape[0]:
         size = (a.shape[2] + b.shape[2] - 1, a.shape[3] + b.shape[3] - 1)
-        pairs = a.shape[0] * (a.shape[0] + 1) // 2 if symmetric else a.shape[0] * b.shape[0]
+        pairs = _pairs(a.shape[0], b.shape[0], symmetric)
         fourier = _fourier_is_cheaper(a.shape[1], tuple(b.shape[2:]), ys, xs, size, pairs)
         (_ncc_fourier if fourier else _ncc_direct)(out, a, b, ys, xs, symmetric, chunk_elements)
     return out.clamp(-1.0, 1.0).cpu()

@@ -433,17 +433,18 @@ def majority_rate(data: Dataset) -> float | None:
         0.75
     """
     idx = None
-    while isinstance(data, torch.utils.data.Subset):
-        idx = [data.indices[i] for i in idx] if idx is not None else list(data.indices)
+    while isinstance(data, torch.utils.data.Subset):  # indices may be a list, a range or a tensor
+        idx = [int(data.indices[i]) for i in idx] if idx is not None else [int(i) for i in data.indices]
         data = data.dataset
     labels = getattr(data, "labels", None)
     labels = getattr(data, "targets", None) if labels is None else labels
     if labels is None and isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) > 1:
         labels = data.tensors[1]
-    if labels is None:
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):  # None, class names, ...
         return None
-    labels = torch.as_tensor(labels)
-    labels = labels[idx] if idx is not None else labels
+    labels = labels[torch.as_tensor(idx, dtype=torch.long)] if idx is not None else labels
     if labels.dim() != 1 or labels.is_floating_point() or not len(labels):
         return None
     return float(torch.unique(labels, return_counts=True)[1].max()) / len(labels)

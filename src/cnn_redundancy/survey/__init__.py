@@ -26,7 +26,7 @@ from ..core.cost import count_macs
 from ..core.distributed import broadcast_object, is_main
 from ..core.graph import Traced
 from ..core.layers import LayerSpec, resolve_layers
-from ..core.metrics import Metric, coarse, get_metric
+from ..core.metrics import Metric, coarse, get_metric, output_param
 from ..core.observe import resolve_observe
 from ..core.progress import progress_bar
 from ..core.results import Result, make_meta
@@ -228,7 +228,7 @@ def analyze(
     data, val, loader_batch, how = _prepare(model, data, val, limit, seed)
     batch_size = loader_batch or batch_size
     traced = Traced.maybe(model)
-    res = _start(model, names, how, device, data, seed, {"metric": name, **({"output": output} if output is not None else {})},
+    res = _start(model, names, how, device, data, seed, {"metric": name, **output_param(output)},
                  max_drop, budget_minutes)  # fmt: skip
     shift = input_shift(model, data, batch_size=min(batch_size, 32), device=device)
     if shift is not None:

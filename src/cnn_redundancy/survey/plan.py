@@ -80,7 +80,8 @@ def impulse_passes(model: nn.Module, layers: list[str], x0: torch.Tensor, macs_p
     with preserved(model), torch.no_grad(), capture(model, layers) as acts:
         model.eval()
         model(x0)
-    shapes = {n: (acts[n].shape[1], x0.shape[1], *acts[n].shape[2:]) for n in layers if acts[n].dim() == 4}
+    # a layer the forward pass does not call (an auxiliary head) costs nothing here: the lens says so itself
+    shapes = {n: (acts[n].shape[1], x0.shape[1], *acts[n].shape[2:]) for n in layers if n in acts and acts[n].dim() == 4}
     cost = sum(ncc_cost(s) for s in shapes.values())
     big = [n for n, s in shapes.items() if s[2] * s[3] > 16]  # what the lens compares across depth
     cost += sum(ncc_cost(shapes[a], shapes[b]) for a, b in zip(big, big[1:]))

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..core.metrics import no_better_than_chance
 from ..report import Figure, Section, Table, save_figure, write_report
 from ..training import InputShift
 
@@ -49,11 +50,10 @@ def answer_lines(res) -> list[str]:
                    "learned, so every metric and data-driven lens below may mean little. Were its training images "
                    "scaled otherwise (--normalize), or are its running statistics stale (recompute_bn_stats)?")
     est = a.get("removable")
-    if est and est.get("chance") is not None and est["baseline"] <= est["chance"]:
-        out.append(f"Warning: on the validation images the model's accuracy ({est['baseline']:.4f}) is no "
-                   f"better than always answering their most frequent class ({est['chance']:.4f}): it has not learned "
-                   "what these images ask (untrained weights, labels in another order, other images), so the trivial "
-                   "layers and the removable MACs below say nothing about it.")
+    chance = est and no_better_than_chance("accuracy", est["baseline"], est.get("chance"),  # set for accuracy only
+                                           "the trivial layers and the removable MACs below say nothing about it")
+    if chance:
+        out.append(f"Warning: {chance}.")
     if a.get("dead") is not None:
         out.append(f"Dead kernels: {a['dead']} of {a['kernels']} ({_pct(a['dead'] / a['kernels'])}) are zero on every "
                    f"analysed image" + (f"; {a['constant']} more are constant" if a.get("constant") else "") + ".")

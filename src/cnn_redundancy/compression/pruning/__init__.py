@@ -35,6 +35,7 @@ from ...core.batches import explained, first_input
 from ...core.cost import count_macs_params
 from ...core.hooks import preserved
 from ...core.layers import LayerSpec, resolve_layers
+from ...core.metrics import output_param
 from ...core.observe import ObserveSpec, resolve_observe
 from ...core.progress import progress_bar
 from ...core.results import Partials, Result, make_meta
@@ -219,14 +220,14 @@ def prune(
     x = example_input if example_input is not None else first_input(data, model)
     pruned = _copy(model)
     with explained(model, x):
-        surgeon = Surgeon(pruned, x)
+        surgeon = Surgeon(pruned, x, output)
     pruned.eval()
     _check_removable(surgeon, names, steps)
     macs0, params0 = count_macs_params(pruned, x)
     res = PruneResult(meta=make_meta("prune", {"criterion": criterion, "rule": rule, "steps": steps, "layers": names,
                                                "center": center, "thresholds": list(thresholds), "remove": remove,
                                                "merge_scale": merge_scale, "example_shape": list(x.shape),
-                                               **({"output": output} if output is not None else {})}, seed),
+                                               **output_param(output)}, seed),
                       criterion=criterion, rule=rule, layers=names, kernels_before=kernels(pruned),
                       macs_before=macs0, params_before=params0)
     choose = _chooser(surgeon, data, criterion, rule, obs, center, remove, thresholds, merge_scale, batch_size,
@@ -286,7 +287,8 @@ def _finish(res: PruneResult, surgeon: Surgeon, x: torch.Tensor) -> PruneResult:
     res.kernels_after = kernels(pruned)
     res.macs_after, res.params_after = count_macs_params(pruned, x)
     if surgeon.removals:
-        append_surgery(pruned, {"kind": SURGERY_KIND, "input_shape": list(x.shape), "removals": surgeon.removals})
+        append_surgery(pruned, {"kind": SURGERY_KIND, "input_shape": list(x.shape), "removals": surgeon.removals,
+                                **output_param(surgeon.output)})  # fmt: skip
     res.model = pruned.eval()
     res.meta["complete"] = True
     return res

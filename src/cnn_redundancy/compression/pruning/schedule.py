@@ -94,9 +94,10 @@ class Shrinker:
         model, surgeon: the current model and its dependency graph. steps: one record per kept step.
     """
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, layers: list[str], macs0: int) -> None:
+    def __init__(self, model: nn.Module, example: torch.Tensor, layers: list[str], macs0: int,
+                 output: str | int | None = None) -> None:  # fmt: skip
         self.model, self.example, self.layers, self.macs0 = model, example, layers, macs0
-        self.surgeon = Surgeon(model, example)
+        self.surgeon = Surgeon(model, example, output)
         self.steps: list[dict[str, Any]] = []
 
     def macs(self) -> int:
@@ -107,7 +108,7 @@ class Shrinker:
 
     def _restore(self, snap) -> None:
         self.model, original, removals = snap
-        self.surgeon = Surgeon(self.model, self.example)
+        self.surgeon = Surgeon(self.model, self.example, self.surgeon.output)
         self.surgeon.original, self.surgeon.removals = original, removals
 
     def pick(self, scores: dict[str, torch.Tensor], budget: float) -> list[tuple[str, int]]:

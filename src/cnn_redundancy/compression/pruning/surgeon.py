@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from ...checkpoint import CheckpointError, _is_int, check_input_shape, register_surgery
+from ...core.metrics import select_output
 
 __all__ = ["Surgeon", "SURGERY_KIND", "kernels", "trainable"]
 
@@ -34,14 +35,16 @@ class Surgeon:
         removals: ``[[layer, [indices]], ...]`` in the order applied (indices at that time).
     """
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, output: str | int | None = None) -> None:
         import torch_pruning as tp
 
         self.tp = tp
         self.model = model
+        self.output = output
         self.frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
         with torch.enable_grad(), trainable(model):  # the graph is traced through autograd: frozen layers too
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
+                                                            output_transform=output_transform(output))
         self.original = {n: list(range(m.out_channels)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         self.removals: list[list[Any]] = []
         self._groups: dict[str, int] = {}
@@ -112,6 +115,13 @@ class Surgeon:
         return [(dep.target.module, sorted(ix)) for dep, ix in self.group(layer, [idx]) if dep.handler in fns]
 
 
+def output_transform(output: str | int | None) -> Callable[[Any], torch.Tensor] | None:
+    """For Torch-Pruning's graph: the model output the metric reads (``output``: its key or index in a dict or
+    tuple output). Traced with every output, a tuple ``(features, logits)`` made it prune the classifier's
+    inputs wrongly; an embedding returned beside the logits is then pruned with its conv, as it should be."""
+    return None if output is None else (lambda out: select_output(out, output, "the dependency graph"))
+
+
 @contextlib.contextmanager
 def trainable(model: nn.Module) -> Iterator[None]:
     """Every parameter of ``model`` requires grad inside the block; the flags are restored after it."""
@@ -128,6 +138,9 @@ def trainable(model: nn.Module) -> Iterator[None]:
 def _check_step(step: dict[str, Any]) -> None:
     """A ``prune-channels`` record's fields, before any model is built."""
     check_input_shape(step.get("input_shape"))
+    out = step.get("output")
+    if out is not None and not isinstance(out, str) and not _is_int(out):
+        raise CheckpointError(f"output must be a key or an index of the model's output, not {out!r}")
     removals = step.get("removals")
     ok = isinstance(removals, list) and all(
         isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], list) and r[1]
@@ -143,7 +156,7 @@ def _replay(model: nn.Module, step: dict[str, Any]) -> nn.Module:
     unknown = [layer for layer, _ in step["removals"] if layer not in convs]
     if unknown:
         raise CheckpointError(f"the model has no conv layer {unknown[0]!r}")
-    surgeon = Surgeon(model, torch.zeros(step["input_shape"]))
+    surgeon = Surgeon(model, torch.zeros(step["input_shape"]), step.get("output"))
     for layer, idxs in step["removals"]:
         k = surgeon.module(layer).out_channels
         if len(set(idxs)) != len(idxs) or max(idxs) >= k or len(idxs) >= k:
