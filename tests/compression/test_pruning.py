@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import cnn_redundancy as cr
 import cnn_redundancy.testing as T
@@ -312,3 +313,48 @@ def test_the_reason_names_the_weaker_kernel_whichever_its_index(weaker):
     assert step["reason"] == "the weaker of the pair (smaller mean activation norm)"
     tie = cr.prune(duplicated_kernels_net(), random_images(32), layers="conv1", steps=1).history[0]
     assert (tie["kernel"], tie["reason"]) == (1, "the higher index of the pair (equal mean activation norms)")
+
+
+class _ChannelShuffle(nn.Module):
+    """conv1 -> ShuffleNet's channel shuffle (reshape, transpose, reshape) -> conv2: Torch-Pruning maps conv1's
+    channels through it wrongly, and the pruned model cannot run."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = self.conv1(x).relu()
+        b, c, h, w = x.shape
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.fc(self.conv2(x).relu().mean((2, 3)))
+
+
+def test_a_removal_torch_pruning_cannot_carry_is_one_clear_error():
+    """It surfaced as a reshape error from the user's forward pass, or a ZeroDivisionError inside Torch-Pruning."""
+    torch.manual_seed(0)
+    m = _ChannelShuffle().eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=r"removing kernels of 'conv1' left _ChannelShuffle unable to run .*compress "
+                                         r"and prune cannot run on this model"):  # fmt: skip
+        cr.prune(m, random_images(16), criterion="l1", steps=1, layers="conv1", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    shufflenet = cr.get_model("torchvision:shufflenet_v2_x0_5", num_classes=3, seed=0).eval()
+    with pytest.raises(ValueError, match=r"Torch-Pruning cannot trace which channels of ShuffleNetV2 depend on each other "
+                                         r"\(ZeroDivisionError in its index_mapping\.py"):  # fmt: skip
+        cr.prune(shufflenet, random_images(4, (3, 32, 32)), criterion="l1", steps=1, progress=False)
+
+
+def test_the_models_own_error_during_the_graph_trace_is_its_own():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            raise RuntimeError("boom in the user's forward")
+
+    with pytest.raises(RuntimeError, match="boom in the user's forward"):
+        cr.prune(Broken(), random_images(4), criterion="l1", steps=1, progress=False)

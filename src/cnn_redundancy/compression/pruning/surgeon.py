@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ...checkpoint import CheckpointError, _is_int, check_input_shape, register_surgery
+from ...core.hooks import preserved
 from ...core.metrics import select_output
 
 __all__ = ["Surgeon", "SURGERY_KIND", "kernels", "trainable"]
@@ -40,9 +43,10 @@ class Surgeon:
 
         self.tp = tp
         self.model = model
-        self.output = output
+        self.example, self.output = example_inputs, output
+        self._runs: set[str] = set()  # layers after whose first removal the model was seen to run
         self.frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-        with torch.enable_grad(), trainable(model):  # the graph is traced through autograd: frozen layers too
+        with torch.enable_grad(), trainable(model), torch_pruning_explained(model):  # traced through autograd: frozen layers too
             self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
                                                             output_transform=output_transform(output))
         self.original = {n: list(range(m.out_channels)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
@@ -107,12 +111,44 @@ class Surgeon:
                 p.requires_grad_(False)
         self._removable.clear()
         self.removals.append([layer, sorted(int(i) for i in idxs)])
+        if layer not in self._runs:
+            self._check_runs(layer)
         return removed
+
+    def _check_runs(self, layer: str) -> None:
+        """The model still runs after a removal in ``layer`` (checked once per layer: a channel mapping Torch-Pruning
+        got wrong, such as a channel shuffle's reshape, breaks it at the first removal)."""
+        try:
+            with preserved(self.model), torch.no_grad():  # in eval mode: batch norm statistics stay as they are
+                self.model.eval()
+                self.model(self.example)
+        except RuntimeError as e:
+            raise ValueError(f"removing kernels of {layer!r} left {type(self.model).__name__} unable to run ({e}): "
+                             "Torch-Pruning did not carry the removal through one of its operations (a reshape of "
+                             "channels, such as a channel shuffle?), so compress and prune cannot run on this model; "
+                             "analyze and every lens can") from e
+        self._runs.add(layer)
 
     def consumers(self, layer: str, idx: int) -> list[tuple[nn.Module, list[int]]]:
         """Modules reading channel ``idx`` of ``layer`` (conv / linear inputs) with the input indices it maps to."""
         fns = (self.tp.prune_conv_in_channels, self.tp.prune_linear_in_channels)
         return [(dep.target.module, sorted(ix)) for dep, ix in self.group(layer, [idx]) if dep.handler in fns]
+
+
+@contextlib.contextmanager
+def torch_pruning_explained(model: nn.Module) -> Iterator[None]:
+    """An error raised inside Torch-Pruning's tracing (an operation it cannot map, such as ShuffleNet's channel
+    shuffle: reshape, transpose, reshape) as one line that says what it stops; the model's own errors pass."""
+    try:
+        yield
+    except Exception as e:
+        frames = traceback.extract_tb(e.__traceback__)
+        if not frames or "torch_pruning" not in frames[-1].filename:
+            raise
+        where = f"{Path(frames[-1].filename).name}, {frames[-1].name}"
+        raise ValueError(f"Torch-Pruning cannot trace which channels of {type(model).__name__} depend on each other "
+                         f"({type(e).__name__} in its {where}: {e}): removing kernels needs that, so compress and "
+                         "prune cannot run on this model; analyze and every lens can") from e
 
 
 def output_transform(output: str | int | None) -> Callable[[Any], torch.Tensor] | None:
