@@ -264,3 +264,26 @@ def test_a_pruned_dict_output_model_reloads_from_its_checkpoint(tmp_path):
     x = random_images(4, seed=1).tensors[0]
     with torch.no_grad():
         assert torch.equal(back(x)["logits"], r.model(x)["logits"])
+
+
+def test_a_head_used_in_training_only_is_left_as_it_is():
+    """GoogLeNet's auxiliary classifiers run in training only: compress stopped on them; now it leaves them."""
+
+    class Aux(TinyCNN):
+        def __init__(self):
+            super().__init__()
+            self.aux = torch.nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            h = self.pool1(self.act1(self.conv1(x)))
+            if self.training:
+                self.aux(h)
+            return self.fc(self.flatten(self.pool2(self.act2(self.conv2(h)))))
+
+    torch.manual_seed(0)
+    r = compress(Aux().eval(), random_images(60, seed=3), target_macs=0.8, max_drop=None, criterion="l1",
+                 baselines=("l1",), progress=False)  # fmt: skip
+    assert r.data["not_called"] == ["aux"] and r.meta["params"]["layers"] == ["conv1", "conv2"]
+    assert r.model.aux.out_channels == 2 and r.final["macs_fraction"] <= 0.8
+    assert ("left as they are: 1 conv layer(s) a forward pass in eval mode never calls (heads used in training only): "
+            "aux") in r.headline()

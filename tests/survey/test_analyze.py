@@ -314,7 +314,7 @@ def test_a_learned_model_gets_no_chance_warning(planted):
     assert not any(x.startswith("Warning") for x in answer_lines(res))
 
 
-def test_a_conv_the_forward_pass_never_calls_is_named_by_the_impulse_lens_not_the_planner():
+def test_a_conv_the_forward_pass_never_calls_is_left_out_or_named():
     class Aux(TinyCNN):  # an auxiliary head used in training only
         def __init__(self):
             super().__init__()
@@ -326,5 +326,11 @@ def test_a_conv_the_forward_pass_never_calls_is_named_by_the_impulse_lens_not_th
                 self.aux(h)
             return self.fc(self.flatten(self.pool2(self.act2(self.conv2(h)))))
 
-    with pytest.raises(ValueError, match="layers aux were not called in the forward pass"):
-        analyze(Aux().eval(), random_images(40, seed=1), lenses=["impulse"], progress=False)
+    res = analyze(Aux().eval(), random_images(40, seed=1), lenses=["impulse", "dead"], progress=False)
+    assert res.layers == ["conv1", "conv2"] and res.data["not_called"] == ["aux"]  # left out by default, and said
+    assert ("Not analysed: 1 conv layer(s) a forward pass in eval mode never calls (heads used in training only): aux."
+            in answer_lines(res))  # fmt: skip
+    for lens in ("impulse", "dead"):  # named by the user, it is named back: by the lens, not the planner
+        with pytest.raises(ValueError, match=r"'aux': no activation in the forward pass\. A layer the forward pass in "
+                                             r"eval mode never calls \(a head used in training only"):  # fmt: skip
+            analyze(Aux().eval(), random_images(40, seed=1), layers=["conv1", "aux"], lenses=[lens], progress=False)

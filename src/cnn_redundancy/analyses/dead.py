@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.batches import BatchLoop, as_loader, forward_checked, resolve_device
 from ..core.device import placed
 from ..core.hooks import capture_after, preserved
-from ..core.layers import LayerSpec, resolve_layers
+from ..core.layers import LayerSpec, not_called, resolve_layers
 from ..core.observe import ObserveSpec, resolve_observe
 from ..core.plotting import height_for
 from ..core.progress import progress_bar
@@ -196,7 +196,7 @@ def dead_kernels(
             forward_checked(model, b.x)
             missing = [n for n in names if n not in store]
             if missing:
-                raise ValueError(f"observe={observed[missing[0]]!r} was not called after {missing[0]!r} in the forward pass")
+                raise not_called(missing, observed)
             loop.add({"extremes": {n: store[n] for n in names}, "n": len(b.x)})
             bar.update(1)
             partials.started = True

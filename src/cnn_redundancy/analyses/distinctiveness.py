@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.batches import BatchLoop, as_loader, forward_checked, resolve_device
 from ..core.device import AMP_CHOICES, autocast, check_amp, full_precision, placed, wants_channels_last
 from ..core.hooks import capture_after, preserved
-from ..core.layers import LayerSpec, resolve_layers
+from ..core.layers import LayerSpec, not_called, resolve_layers
 from ..core.observe import ObserveSpec, resolve_observe
 from ..core.plotting import height_for, per_layer_boxes
 from ..core.progress import progress_bar
@@ -215,7 +215,7 @@ def activation_stats(
                 forward_checked(model, b.x)
             missing = [layer for layer in names if layer not in results]
             if missing:
-                raise ValueError(f"observe={obs[missing[0]]!r} was not called after {missing[0]!r} in the forward pass")
+                raise not_called(missing, obs)
             loop.add({layer: results[layer] for layer in names})
             bar.update(1)
     return stats

@@ -30,7 +30,7 @@ from ..core.batches import expected_input_shape, forward_checked, model_dtype, r
 from ..core.device import placed
 from ..core.graph import ACTIVATIONS, SplitUnavailable, trace
 from ..core.hooks import capture, preserved
-from ..core.layers import LayerSpec, resolve_layers
+from ..core.layers import LayerSpec, not_called, resolve_layers
 from ..core.metrics import check_max_lag, ncc_matrix, normalize_responses
 from ..core.plotting import per_layer_boxes
 from ..core.progress import progress_bar
@@ -400,5 +400,5 @@ def _responses(model: nn.Module, names: list[str], impulses: torch.Tensor) -> di
         forward_checked(model, impulses)
     missing = [n for n in names if n not in store]
     if missing:
-        raise ValueError(f"layers {', '.join(missing)} were not called in the forward pass")
+        raise not_called(missing)
     return {n: store[n].detach().cpu().double().tolist() for n in names}

@@ -32,7 +32,7 @@ from ..core.cost import count_macs, measure_latency
 from ..core.distributed import is_main
 from ..core.graph import Traced
 from ..core.hooks import preserved
-from ..core.layers import LayerSpec, resolve_layers
+from ..core.layers import LayerSpec, resolve_layers, uncalled_layers
 from ..core.metrics import Metric, coarse, get_metric, no_better_than_chance, output_param
 from ..core.observe import resolve_observe
 from ..core.progress import progress_bar
@@ -109,6 +109,9 @@ class CompressResult(Result):
             lines.append(f"note: the guarantee is {g['caveat']}")
         if g.get("warning"):
             lines.insert(0, f"warning: {g['warning']}")
+        if self.data.get("not_called"):
+            lines.append(f"left as they are: {len(self.data['not_called'])} conv layer(s) a forward pass in eval mode "
+                         f"never calls (heads used in training only): {', '.join(self.data['not_called'])}")
         lines += [f"{s['stage']}: {s['note']}" for s in self.stages]
         lines += [f"{b['method']} at the same MACs: test {b['test']:.4f}" for b in self.baselines]
         return lines
@@ -325,6 +328,10 @@ def compress(
     train, calib, val, test, how = _splits(data, val, test, calibration, seed)
     dev = resolve_device(device, model)
     example = first_input(calib, model).to(dev)
+    not_called = uncalled_layers(model, names, example) if layers is None else []
+    if not_called:  # heads that run in training only: nothing to measure them on, and no kernel of theirs goes
+        names = [n for n in names if n not in not_called]
+        how["not_called"] = not_called
     run = _Run(model, metric, batch_size, dev, seed, train, calib, val, test,
                {"lr": finetune_lr, "batch_size": 64})  # fmt: skip
     with preserved(model):

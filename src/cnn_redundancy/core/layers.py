@@ -16,7 +16,7 @@ from torch import nn
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 
-__all__ = ["conv_layers", "resolve_layers", "resolve_layer", "get_module", "module_name"]
+__all__ = ["conv_layers", "resolve_layers", "resolve_layer", "get_module", "module_name", "uncalled_layers", "not_called"]
 
 _GLOB_CHARS = set("*?[")
 
@@ -56,6 +56,27 @@ def conv_layers(
     """
     names = [n for n, m in model.named_modules() if isinstance(m, types)]
     return _forward_order(model, names, example_input)
+
+
+def uncalled_layers(model: nn.Module, names: list[str], example_input: torch.Tensor) -> list[str]:
+    """Which of ``names`` a forward pass in eval mode never calls (auxiliary heads that run in training only,
+    as GoogLeNet's and Inception's); the model is left as found."""
+    from .hooks import count_calls, preserved
+
+    with preserved(model), torch.no_grad(), count_calls(model, names) as counts:
+        model.eval()
+        model(example_input)
+    return [n for n in names if not counts[n]]
+
+
+def not_called(layers: list[str], observed: dict[str, str] | None = None) -> ValueError:
+    """The error for layers whose activation a forward pass did not give: named, with the usual cause."""
+    first = layers[0]
+    via = f" (read at {observed[first]!r})" if observed and observed.get(first, first) != first else ""
+    return ValueError(f"{', '.join(map(repr, layers))}{via}: no activation in the forward pass. A layer the forward "
+                      "pass in eval mode never calls (a head used in training only, as GoogLeNet's and Inception's "
+                      "auxiliary classifiers) cannot be measured: leave it out with layers= (analyze and compress "
+                      "leave such layers out by themselves)")
 
 
 def module_name(model: nn.Module, module: nn.Module) -> str:

@@ -43,6 +43,7 @@ from .device import autocast, check_amp, full_precision, placed, wants_channels_
 from .distributed import rank, world_size
 from .graph import SplitState, SplitUnavailable, Traced
 from .hooks import capture_after, preserved, replacing
+from .layers import not_called
 from .metrics import Metric, get_metric
 from .progress import progress_bar
 from .results import PARTIAL_EVERY, Partials
@@ -225,7 +226,7 @@ class _Plan:
                 full = self.model(x)
             missing = [p for p in self.hook_observe if p not in store]
             if missing:
-                raise ValueError(f"observe={self.hook_observe[missing[0]]!r} was not called after {missing[0]!r}")
+                raise not_called(missing, self.hook_observe)
             observed = dict(store)  # type: ignore[arg-type]
             out = full if out is None else out
         return out, values, observed

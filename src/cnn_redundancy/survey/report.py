@@ -54,6 +54,10 @@ def answer_lines(res) -> list[str]:
                                            "the trivial layers and the removable MACs below say nothing about it")
     if chance:
         out.append(f"Warning: {chance}.")
+    gone = (getattr(res, "data", None) or {}).get("not_called")
+    if gone:
+        out.append(f"Not analysed: {len(gone)} conv layer(s) a forward pass in eval mode never calls (heads used in "
+                   f"training only): {_listed(gone)}.")
     if a.get("dead") is not None:
         out.append(f"Dead kernels: {a['dead']} of {a['kernels']} ({_pct(a['dead'] / a['kernels'])}) are zero on every "
                    f"analysed image" + (f"; {a['constant']} more are constant" if a.get("constant") else "") + ".")
