@@ -92,3 +92,14 @@ def test_model_arguments_of_the_wrong_type_are_one_clear_error():
     with pytest.raises(ValueError, match="argument depths must be a list"):
         get_model("pspnet_resnet", depths=3)
     assert get_model("pspnet_resnet", depths=[1, 1, 1, 1], width=4).encoder.layer1[0].conv1.out_channels == 4
+
+
+def test_googlenets_notice_of_a_future_default_is_not_passed_on():
+    """Built without weights, GoogLeNet warned about a torchvision default change: a `warning:` line a user can do
+    nothing about, on every command."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = get_model("torchvision:googlenet", num_classes=3, seed=0)
+    assert m.fc.out_features == 3

@@ -19,6 +19,7 @@ import copy
 import difflib
 import importlib.util
 import inspect
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,9 @@ def _torchvision(name: str, kw: dict) -> nn.Module:
         raise ValueError(f"Unknown torchvision model {name!r}. Closest: {', '.join(close) or ', '.join(avail[:20])}") from None
     if "weights_backbone" in inspect.signature(builder).parameters:
         kw = {"weights_backbone": None, **kw}
-    return builder(weights=None, **kw)
+    with warnings.catch_warnings():  # GoogLeNet's and Inception's notice of a future default, nothing a user can act on
+        warnings.filterwarnings("ignore", message="The default weight initialization", category=FutureWarning)
+        return builder(weights=None, **kw)
 
 
 def _torchvision_fitted(name: str) -> bool:
