@@ -358,3 +358,21 @@ def test_the_models_own_error_during_the_graph_trace_is_its_own():
 
     with pytest.raises(RuntimeError, match="boom in the user's forward"):
         cr.prune(Broken(), random_images(4), criterion="l1", steps=1, progress=False)
+
+
+def test_prune_leaves_a_head_used_in_training_only_as_it_is():
+    class Aux(TinyCNN):
+        def __init__(self):
+            super().__init__()
+            self.aux = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            h = self.pool1(self.act1(self.conv1(x)))
+            if self.training:
+                self.aux(h)
+            return self.fc(self.flatten(self.pool2(self.act2(self.conv2(h)))))
+
+    torch.manual_seed(0)
+    r = cr.prune(Aux().eval(), random_images(32), steps=2, progress=False)  # distinctiveness stopped on aux before
+    assert r.meta["not_called"] == ["aux"] and r.layers == ["conv1", "conv2"] and r.model.aux.out_channels == 2
+    assert sum(r.kernels_before.values()) - sum(r.kernels_after.values()) == 2

@@ -185,6 +185,8 @@ def _prune(args: argparse.Namespace) -> int:
     for h in res.history:
         print(f"step {h['step']}: {h['action']} {h['layer']} kernel {h['kernel']}: {h['reason']}")
     print(f"params {res.params_before} -> {res.params_after}; MACs {res.macs_before} -> {res.macs_after}")
+    if res.meta.get("not_called"):
+        say(f"note: left as they are: {', '.join(res.meta['not_called'])} (a forward pass in eval mode never calls them)")
     if extra:
         print(f"test {extra['metric']} {extra['test_before']:.4f} -> {extra['test_after']:.4f}")
     say(f"wrote {out / 'prune.json'} and {out / 'model.pt'}")

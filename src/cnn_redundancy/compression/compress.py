@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.batches import first_input, resolve_device
+from ..core.batches import explained, first_input, resolve_device
 from ..core.cost import count_macs, measure_latency
 from ..core.distributed import is_main
 from ..core.graph import Traced
@@ -328,7 +328,8 @@ def compress(
     train, calib, val, test, how = _splits(data, val, test, calibration, seed)
     dev = resolve_device(device, model)
     example = first_input(calib, model).to(dev)
-    not_called = uncalled_layers(model, names, example) if layers is None else []
+    with explained(model, example):  # a shape error says which input the model expects
+        not_called = uncalled_layers(model, names, example) if layers is None else []
     if not_called:  # heads that run in training only: nothing to measure them on, and no kernel of theirs goes
         names = [n for n in names if n not in not_called]
         how["not_called"] = not_called

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .device import placed
 from .hooks import capture, preserved
 
 __all__ = ["count_macs", "count_macs_params", "measure_latency", "cpu_latency", "model_cost", "MAC_LAYERS"]
@@ -47,8 +48,9 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
             per = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
         out[name] = out.get(name, 0) + t[:1].numel() * per
 
-    with preserved(model), torch.no_grad(), capture(model, [n for n in names if n not in transposed], fn=add), \
-            capture(model, transposed, what="input", fn=add):  # fmt: skip
+    with preserved(model), placed(model, example_input.device), torch.no_grad(), \
+            capture(model, [n for n in names if n not in transposed], fn=add), \
+            capture(model, transposed, what="input", fn=add):  # fmt: skip  (on the input's device: analyze(device=))
         model.eval()
         model(example_input[:1])
     return {n: out[n] for n in names if n in out}

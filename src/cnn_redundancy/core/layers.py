@@ -61,9 +61,10 @@ def conv_layers(
 def uncalled_layers(model: nn.Module, names: list[str], example_input: torch.Tensor) -> list[str]:
     """Which of ``names`` a forward pass in eval mode never calls (auxiliary heads that run in training only,
     as GoogLeNet's and Inception's); the model is left as found."""
+    from .device import placed
     from .hooks import count_calls, preserved
 
-    with preserved(model), torch.no_grad(), count_calls(model, names) as counts:
+    with preserved(model), placed(model, example_input.device), torch.no_grad(), count_calls(model, names) as counts:
         model.eval()
         model(example_input)
     return [n for n in names if not counts[n]]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.batches import resolve_device
+from ..core.batches import explained, resolve_device
 from ..core.cost import count_macs
 from ..core.distributed import broadcast_object, is_main
 from ..core.graph import Traced
@@ -263,7 +263,8 @@ def analyze(
 def _called(model: nn.Module, names: list[str], asked, x0: torch.Tensor) -> tuple[list[str], list[str]]:
     """By default (``asked`` is ``None``) every conv but those a forward pass in eval mode never calls (auxiliary
     heads that run in training only); those are returned apart. Layers named by the user stay."""
-    gone = uncalled_layers(model, names, x0) if asked is None else []
+    with explained(model, x0):  # the first forward pass: a shape error says which input the model expects
+        gone = uncalled_layers(model, names, x0) if asked is None else []
     if gone and len(gone) == len(names):
         raise ValueError(f"a forward pass in eval mode calls none of {type(model).__name__}'s conv layers")
     return [n for n in names if n not in gone], gone

@@ -34,7 +34,7 @@ from ...analyses.distinctiveness import CENTERINGS, activation_stats
 from ...core.batches import explained, first_input
 from ...core.cost import count_macs_params
 from ...core.hooks import preserved
-from ...core.layers import LayerSpec, resolve_layers
+from ...core.layers import LayerSpec, resolve_layers, uncalled_layers
 from ...core.metrics import output_param
 from ...core.observe import ObserveSpec, resolve_observe
 from ...core.progress import progress_bar
@@ -216,8 +216,11 @@ def prune(
     if remove not in ("weaker", "second"):
         raise ValueError(f"remove must be 'weaker' or 'second', not {remove!r}")
     names = resolve_layers(model, layers)
-    obs = resolve_observe(model, names, observe) if criterion == "distinctiveness" else {}
     x = example_input if example_input is not None else first_input(data, model)
+    with explained(model, x):  # the first forward pass: a shape error says which input the model expects
+        not_called = uncalled_layers(model, names, x) if layers is None else []  # heads run in training only: kept
+    names = [n for n in names if n not in not_called]
+    obs = resolve_observe(model, names, observe) if criterion == "distinctiveness" else {}
     pruned = _copy(model)
     with explained(model, x):
         surgeon = Surgeon(pruned, x, output)
@@ -233,6 +236,8 @@ def prune(
     choose = _chooser(surgeon, data, criterion, rule, obs, center, remove, thresholds, merge_scale, batch_size,
                       device, seed, output)  # fmt: skip
     res.meta["complete"] = False
+    if not_called:
+        res.meta["not_called"] = not_called
     with Partials((lambda: res.save(partial)) if partial is not None else None) as partials:
         partials.started = True
         with progress_bar(steps, f"prune ({criterion})", enabled=progress, unit="step") as bar:
