@@ -10,7 +10,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["TinyCNN", "DictTinyCNN", "single_conv", "duplicated_kernels_net", "ignored_channel_net", "cascade_net", "random_images"]
+__all__ = ["TinyCNN", "DictTinyCNN", "AuxHeadCNN", "single_conv", "duplicated_kernels_net", "ignored_channel_net", "cascade_net", "random_images"]
 
 
 class TinyCNN(nn.Module):
@@ -44,6 +44,21 @@ class DictTinyCNN(TinyCNN):
         x = self.pool1(self.act1(self.conv1(x)))
         features = self.flatten(self.pool2(self.act2(self.conv2(x))))
         return {"features": features, "logits": self.fc(features)}
+
+
+class AuxHeadCNN(TinyCNN):
+    """A :class:`TinyCNN` with a conv ``aux`` that only training runs, as GoogLeNet's and Inception's auxiliary
+    classifiers: a forward pass in eval mode never calls it."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.aux = nn.Conv2d(self.conv1.out_channels, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool1(self.act1(self.conv1(x)))
+        if self.training:
+            self.aux(h)
+        return self.fc(self.flatten(self.pool2(self.act2(self.conv2(h)))))
 
 
 def _seeded(seed: int):

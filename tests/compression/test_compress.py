@@ -269,16 +269,7 @@ def test_a_pruned_dict_output_model_reloads_from_its_checkpoint(tmp_path):
 def test_a_head_used_in_training_only_is_left_as_it_is():
     """GoogLeNet's auxiliary classifiers run in training only: compress stopped on them; now it leaves them."""
 
-    class Aux(TinyCNN):
-        def __init__(self):
-            super().__init__()
-            self.aux = torch.nn.Conv2d(4, 2, 1)
-
-        def forward(self, x):
-            h = self.pool1(self.act1(self.conv1(x)))
-            if self.training:
-                self.aux(h)
-            return self.fc(self.flatten(self.pool2(self.act2(self.conv2(h)))))
+    from cnn_redundancy.testing import AuxHeadCNN as Aux
 
     torch.manual_seed(0)
     r = compress(Aux().eval(), random_images(60, seed=3), target_macs=0.8, max_drop=None, criterion="l1",

@@ -361,16 +361,7 @@ def test_the_models_own_error_during_the_graph_trace_is_its_own():
 
 
 def test_prune_leaves_a_head_used_in_training_only_as_it_is():
-    class Aux(TinyCNN):
-        def __init__(self):
-            super().__init__()
-            self.aux = nn.Conv2d(4, 2, 1)
-
-        def forward(self, x):
-            h = self.pool1(self.act1(self.conv1(x)))
-            if self.training:
-                self.aux(h)
-            return self.fc(self.flatten(self.pool2(self.act2(self.conv2(h)))))
+    from cnn_redundancy.testing import AuxHeadCNN as Aux
 
     torch.manual_seed(0)
     r = cr.prune(Aux().eval(), random_images(32), steps=2, progress=False)  # distinctiveness stopped on aux before

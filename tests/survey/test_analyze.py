@@ -315,16 +315,7 @@ def test_a_learned_model_gets_no_chance_warning(planted):
 
 
 def test_a_conv_the_forward_pass_never_calls_is_left_out_or_named():
-    class Aux(TinyCNN):  # an auxiliary head used in training only
-        def __init__(self):
-            super().__init__()
-            self.aux = nn.Conv2d(4, 2, 1)
-
-        def forward(self, x):
-            h = self.pool1(self.act1(self.conv1(x)))
-            if self.training:
-                self.aux(h)
-            return self.fc(self.flatten(self.pool2(self.act2(self.conv2(h)))))
+    from cnn_redundancy.testing import AuxHeadCNN as Aux
 
     res = analyze(Aux().eval(), random_images(40, seed=1), lenses=["impulse", "dead"], progress=False)
     assert res.layers == ["conv1", "conv2"] and res.data["not_called"] == ["aux"]  # left out by default, and said
