@@ -76,7 +76,7 @@ def not_called(layers: list[str], observed: dict[str, str] | None = None) -> Val
     via = f" (read at {observed[first]!r})" if observed and observed.get(first, first) != first else ""
     return ValueError(f"{', '.join(map(repr, layers))}{via}: no activation in the forward pass. A layer the forward "
                       "pass in eval mode never calls (a head used in training only, as GoogLeNet's and Inception's "
-                      "auxiliary classifiers) cannot be measured: leave it out with layers= (analyze and compress "
+                      "auxiliary classifiers) cannot be measured: leave it out with layers= (analyze, compress and prune "
                       "leave such layers out by themselves)")
 
 
