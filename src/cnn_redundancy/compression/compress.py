@@ -27,12 +27,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.batches import explained, first_input, resolve_device
+from ..core.batches import first_input, resolve_device
 from ..core.cost import count_macs, measure_latency
 from ..core.distributed import is_main
 from ..core.graph import Traced
 from ..core.hooks import preserved
-from ..core.layers import LayerSpec, resolve_layers, uncalled_layers
+from ..core.layers import LayerSpec, called_by_default, resolve_layers
 from ..core.metrics import Metric, coarse, get_metric, no_better_than_chance, output_param
 from ..core.observe import resolve_observe
 from ..core.progress import progress_bar
@@ -328,10 +328,8 @@ def compress(
     train, calib, val, test, how = _splits(data, val, test, calibration, seed)
     dev = resolve_device(device, model)
     example = first_input(calib, model).to(dev)
-    with explained(model, example):  # a shape error says which input the model expects
-        not_called = uncalled_layers(model, names, example) if layers is None else []
-    if not_called:  # heads that run in training only: nothing to measure them on, and no kernel of theirs goes
-        names = [n for n in names if n not in not_called]
+    names, not_called = called_by_default(model, names, layers, example)  # no kernel of theirs goes
+    if not_called:
         how["not_called"] = not_called
     run = _Run(model, metric, batch_size, dev, seed, train, calib, val, test,
                {"lr": finetune_lr, "batch_size": 64})  # fmt: skip
@@ -356,7 +354,7 @@ def compress(
                                coarse(len(run.test), run.name, max_drop, "test")) if c]  # fmt: skip
         if caveats:
             res.guarantee["caveat"] = f"coarse: {'; '.join(caveats)}; more images give a finer guarantee"
-        chance = no_better_than_chance(run.name, res.original["val"], majority_rate(run.val) if run.name == "accuracy" else None,
+        chance = no_better_than_chance(run.name, res.original["val"], majority_rate(run.val),
                                        "keeping its accuracy keeps nothing")  # fmt: skip
         if chance:
             res.guarantee["warning"] = chance

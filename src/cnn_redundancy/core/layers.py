@@ -16,7 +16,8 @@ from torch import nn
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 
-__all__ = ["conv_layers", "resolve_layers", "resolve_layer", "get_module", "module_name", "uncalled_layers", "not_called"]
+__all__ = ["conv_layers", "resolve_layers", "resolve_layer", "get_module", "module_name", "uncalled_layers", "called_by_default",
+           "not_called"]  # fmt: skip
 
 _GLOB_CHARS = set("*?[")
 
@@ -60,14 +61,27 @@ def conv_layers(
 
 def uncalled_layers(model: nn.Module, names: list[str], example_input: torch.Tensor) -> list[str]:
     """Which of ``names`` a forward pass in eval mode never calls (auxiliary heads that run in training only,
-    as GoogLeNet's and Inception's); the model is left as found."""
-    from .device import placed
-    from .hooks import count_calls, preserved
+    as GoogLeNet's and Inception's): the conv layers without MACs (:func:`cnn_redundancy.core.cost.count_macs`
+    counts only what the pass calls); the model is left as found."""
+    from .cost import count_macs
 
-    with preserved(model), placed(model, example_input.device), torch.no_grad(), count_calls(model, names) as counts:
-        model.eval()
-        model(example_input)
-    return [n for n in names if not counts[n]]
+    macs = count_macs(model, example_input)
+    return [n for n in names if n not in macs]
+
+
+def called_by_default(model: nn.Module, names: list[str], asked: LayerSpec,
+                      example_input: torch.Tensor) -> tuple[list[str], list[str]]:  # fmt: skip
+    """``(names to work on, names left out)``: when the user named no layers (``asked`` is ``None``), the convs
+    a forward pass in eval mode never calls are left out (there is nothing to measure them on); layers the
+    user named all stay. The first forward pass of ``analyze``, ``compress`` and ``prune``: a shape error
+    says which input the model expects."""
+    from .batches import explained
+
+    with explained(model, example_input):
+        gone = uncalled_layers(model, names, example_input) if asked is None else []
+    if gone and len(gone) == len(names):
+        raise ValueError(f"a forward pass in eval mode calls none of {type(model).__name__}'s conv layers")
+    return [n for n in names if n not in gone], gone
 
 
 def not_called(layers: list[str], observed: dict[str, str] | None = None) -> ValueError:

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core.batches import explained, resolve_device
+from ..core.batches import resolve_device
 from ..core.cost import count_macs
 from ..core.distributed import broadcast_object, is_main
 from ..core.graph import Traced
-from ..core.layers import LayerSpec, resolve_layers, uncalled_layers
+from ..core.layers import LayerSpec, called_by_default, resolve_layers
 from ..core.metrics import Metric, coarse, get_metric, output_param
 from ..core.observe import resolve_observe
 from ..core.progress import progress_bar
@@ -227,7 +227,7 @@ def analyze(
     names = resolve_layers(model, layers)
     data, val, loader_batch, how = _prepare(model, data, val, limit, seed)
     batch_size = loader_batch or batch_size
-    names, not_called = _called(model, names, layers, data[0][0][None].to(resolve_device(device, model)))
+    names, not_called = called_by_default(model, names, layers, data[0][0][None].to(resolve_device(device, model)))
     traced = Traced.maybe(model)
     res = _start(model, names, how, device, data, seed, {"metric": name, **output_param(output)},
                  max_drop, budget_minutes)  # fmt: skip
@@ -258,16 +258,6 @@ def analyze(
     if partial is not None and is_main():
         res.save(partial)
     return res
-
-
-def _called(model: nn.Module, names: list[str], asked, x0: torch.Tensor) -> tuple[list[str], list[str]]:
-    """By default (``asked`` is ``None``) every conv but those a forward pass in eval mode never calls (auxiliary
-    heads that run in training only); those are returned apart. Layers named by the user stay."""
-    with explained(model, x0):  # the first forward pass: a shape error says which input the model expects
-        gone = uncalled_layers(model, names, x0) if asked is None else []
-    if gone and len(gone) == len(names):
-        raise ValueError(f"a forward pass in eval mode calls none of {type(model).__name__}'s conv layers")
-    return [n for n in names if n not in gone], gone
 
 
 def _model_name(model: nn.Module) -> str:

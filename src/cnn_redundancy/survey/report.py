@@ -43,7 +43,8 @@ def answer_lines(res) -> list[str]:
     a, out = res.answer, []
     if not a:
         return out
-    shift = (getattr(res, "data", None) or {}).get("input_shift") or {}
+    data = getattr(res, "data", None) or {}
+    shift = data.get("input_shift") or {}
     if shift.get("far"):
         described = InputShift(**{k: v for k, v in shift.items() if k != "far"}).describe()
         out.append(f"Warning: {described[0].upper()}{described[1:]}: the model computes something else here than it "
@@ -54,7 +55,7 @@ def answer_lines(res) -> list[str]:
                                            "the trivial layers and the removable MACs below say nothing about it")
     if chance:
         out.append(f"Warning: {chance}.")
-    gone = (getattr(res, "data", None) or {}).get("not_called")
+    gone = data.get("not_called")
     if gone:
         out.append(f"Not analysed: {len(gone)} conv layer(s) a forward pass in eval mode never calls (heads used in "
                    f"training only): {_listed(gone)}.")

@@ -34,7 +34,7 @@ from ...analyses.distinctiveness import CENTERINGS, activation_stats
 from ...core.batches import explained, first_input
 from ...core.cost import count_macs_params
 from ...core.hooks import preserved
-from ...core.layers import LayerSpec, resolve_layers, uncalled_layers
+from ...core.layers import LayerSpec, called_by_default, resolve_layers
 from ...core.metrics import output_param
 from ...core.observe import ObserveSpec, resolve_observe
 from ...core.progress import progress_bar
@@ -217,9 +217,7 @@ def prune(
         raise ValueError(f"remove must be 'weaker' or 'second', not {remove!r}")
     names = resolve_layers(model, layers)
     x = example_input if example_input is not None else first_input(data, model)
-    with explained(model, x):  # the first forward pass: a shape error says which input the model expects
-        not_called = uncalled_layers(model, names, x) if layers is None else []  # heads run in training only: kept
-    names = [n for n in names if n not in not_called]
+    names, not_called = called_by_default(model, names, layers, x)  # heads run in training only: kept as they are
     obs = resolve_observe(model, names, observe) if criterion == "distinctiveness" else {}
     pruned = _copy(model)
     with explained(model, x):
