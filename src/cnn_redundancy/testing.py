@@ -10,7 +10,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["TinyCNN", "DictTinyCNN", "AuxHeadCNN", "single_conv", "duplicated_kernels_net", "ignored_channel_net", "cascade_net", "random_images"]
+__all__ = ["TinyCNN", "DictTinyCNN", "AuxHeadCNN", "reparametrized_net", "single_conv", "duplicated_kernels_net", "ignored_channel_net", "cascade_net", "random_images"]
 
 
 class TinyCNN(nn.Module):
@@ -59,6 +59,29 @@ class AuxHeadCNN(TinyCNN):
         if self.training:
             self.aux(h)
         return self.fc(self.flatten(self.pool2(self.act2(self.conv2(h)))))
+
+
+def reparametrized_net(*, style: str = "parametrize", seed: int = 0, input_size: int = 12) -> TinyCNN:
+    """A :class:`TinyCNN` whose ``conv1`` is weight-normalized and ``conv2`` spectrally normalized, with
+    ``torch.nn.utils.parametrizations`` (``style="parametrize"``) or the older hooks of
+    ``torch.nn.utils.weight_norm`` and ``spectral_norm`` (``style="hooks"``). In eval mode, after one
+    forward pass with gradients on, as after training: the hooks then hold a weight computed in it."""
+    import warnings
+
+    from torch.nn.utils import parametrizations, spectral_norm, weight_norm
+
+    if style not in ("parametrize", "hooks"):
+        raise ValueError(f"style must be 'parametrize' or 'hooks', not {style!r}")
+    torch.manual_seed(seed)
+    m = TinyCNN(input_size=input_size)
+    with warnings.catch_warnings():  # the hooks are deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        wn, sn = (parametrizations.weight_norm, parametrizations.spectral_norm) if style == "parametrize" \
+            else (weight_norm, spectral_norm)  # fmt: skip
+        m.conv1, m.conv2 = wn(m.conv1), sn(m.conv2)
+    m.eval()
+    m(torch.randn(2, 1, input_size, input_size))
+    return m
 
 
 def _seeded(seed: int):

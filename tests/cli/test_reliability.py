@@ -310,6 +310,27 @@ def test_quiet_silences_the_bar_before_or_after_the_command(where, monkeypatch, 
     assert "evaluate:" not in said.err and "accuracy" in said.out
 
 
+def test_a_folder_without_split_folders_says_how_much_of_it_a_split_is(pngs, tmp_path, capsys):
+    args = ["-q", "distinctiveness", "-m", "torchvision:squeezenet1_1", "--root", str(pngs), "--layers", "features.0"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0  # the test split: 5 of the 24 images, by default
+    assert (f"note: {pngs} has no test/ folder: its test split is 5 of its 24 images, the same share of every class "
+            "(seed 0); --split all reads every image") in capsys.readouterr().err
+    assert main([*args, "--split", "all", "-o", str(tmp_path / "b")]) == 0
+    assert "has no" not in capsys.readouterr().err
+
+
+def test_the_analyze_bar_counts_passes_in_tenths(monkeypatch, capsys):
+    """The bar of analyze counts passes of the data, a fraction: tqdm printed them with every digit."""
+    from cnn_redundancy.core import progress
+
+    monkeypatch.setattr(progress, "_enabled", True)
+    with progress.progress_bar(151.9, "analyze", unit="pass") as bar:
+        bar.update(135.44718444661876)
+        bar.refresh()
+    err = capsys.readouterr().err
+    assert "135.4/151.9" in err and "135.447" not in err
+
+
 def test_a_torchvision_model_without_weights_is_built_for_the_data_classes(pngs, tmp_path, capsys):
     out = tmp_path / "layers"
     args = ["-q", "distinctiveness", "-m", "torchvision:squeezenet1_1", "--root", str(pngs), "--split", "all",

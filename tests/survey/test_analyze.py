@@ -308,6 +308,23 @@ def test_a_model_no_better_than_the_most_frequent_class_opens_the_answer_with_a_
         "order, other images), so the trivial layers and the removable MACs below say nothing about it.")
 
 
+def test_validation_images_of_one_class_are_said_to_show_nothing_even_at_accuracy_one():
+    m = _planted()
+    with torch.no_grad():  # always class 9, as every validation image is: accuracy 1, and nothing learned
+        m.fc.weight.zero_()
+        m.fc.bias.zero_()
+        m.fc.bias[9] = 1.0
+    x = random_images(40, seed=5).tensors[0]
+    data, val = torch.utils.data.TensorDataset(x[:30], torch.zeros(30, dtype=torch.long)), \
+        torch.utils.data.TensorDataset(x[30:], torch.full((10,), 9))  # fmt: skip
+    res = analyze(m, data, val=val, lenses=["dead"], progress=False)
+    assert res.answer["removable"]["baseline"] == res.answer["removable"]["chance"] == 1.0
+    assert answer_lines(res)[0] == (
+        "Warning: the validation images are all of one class, so their accuracy (1.0000) cannot tell this model from "
+        "one that always answers that class: the trivial layers and the removable MACs below say nothing about it; "
+        "validate on images of every class.")
+
+
 def test_a_learned_model_gets_no_chance_warning(planted):
     _, res = planted
     assert res.answer["removable"]["chance"] < res.answer["removable"]["baseline"] == 1.0

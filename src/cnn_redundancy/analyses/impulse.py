@@ -14,7 +14,6 @@ cascaded kernel of the convolutions up to that layer. ``mode="both"`` keeps both
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.batches import expected_input_shape, forward_checked, model_dtype, resolve_device, sample_shape
 from ..core.device import placed
 from ..core.graph import ACTIVATIONS, SplitUnavailable, trace
-from ..core.hooks import capture, preserved
+from ..core.hooks import capture, copy_of, preserved
 from ..core.layers import LayerSpec, not_called, resolve_layers
 from ..core.metrics import check_max_lag, ncc_matrix, normalize_responses
 from ..core.plotting import per_layer_boxes
@@ -232,7 +231,7 @@ def linearized(model: nn.Module) -> nn.Module:
     average pooling of the same size. Functional activations are removed too where the model is
     fx-traceable; otherwise only activation modules are replaced (with a warning).
     """
-    m = copy.deepcopy(model).eval()
+    m = copy_of(model, "the linearized model").eval()
     with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, nn.Conv2d | nn.Linear | nn.ConvTranspose2d) and mod.bias is not None:

@@ -170,6 +170,8 @@ def dataset_from_args(args: argparse.Namespace) -> str | None:
 
 
 def data_from_args(args: argparse.Namespace, split: str | None = None):
+    from torch.utils.data import Subset
+
     from ..data import load_dataset, subset
 
     dataset_from_args(args)  # set already by the command line's main; called directly, resolved here
@@ -180,7 +182,11 @@ def data_from_args(args: argparse.Namespace, split: str | None = None):
         kw.update(grayscale=args.grayscale, image_size=_image_size(args.image_size))
     elif args.image_size or args.grayscale:
         raise ValueError("--image-size and --grayscale apply to --dataset imagefolder")
-    ds = load_dataset(args.dataset, split or args.split, root=args.root, **kw)
+    split = split or args.split
+    ds = load_dataset(args.dataset, split, root=args.root, **kw)
+    if args.dataset == "imagefolder" and isinstance(ds, Subset):  # no <root>/<split> folder
+        say(f"note: {args.root} has no {split}/ folder: its {split} split is {len(ds)} of its {len(ds.dataset)} images, "
+            "the same share of every class (seed 0); --split all reads every image")
     return subset(ds, args.limit, seed=getattr(args, "seed", 0))
 
 

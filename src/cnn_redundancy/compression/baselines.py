@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from ..core.cost import count_macs
+from ..core.hooks import copy_of
 from .pruning.importance import SeededRandomImportance
 from .pruning.rules import _accumulate_gradients
-from .pruning.surgeon import output_transform, trainable
+from .pruning.surgeon import fold_parametrizations, output_transform, trainable
 
 __all__ = ["torch_pruning_baseline", "BASELINES"]
 
@@ -61,8 +62,9 @@ def torch_pruning_baseline(model: nn.Module, example: torch.Tensor, layers: list
     ``on_step(model, macs)`` is called after every kept step (e.g. to record a metric curve).
     ``output``: the model output the Taylor gradients read (a model returning a dict or tuple).
     """
-    pruned = copy.deepcopy(model).eval()
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    pruned = copy_of(model, "a Torch-Pruning baseline").eval()
+    fold_parametrizations(pruned)  # Torch-Pruning cannot cut a weight computed from others
+    frozen = {n for n, p in pruned.named_parameters() if not p.requires_grad}
     total = sum(model.get_submodule(n).out_channels for n in layers)
 
     per_step, fine = 0.9 / steps, False

@@ -31,7 +31,7 @@ from ..core.batches import first_input, resolve_device
 from ..core.cost import count_macs, measure_latency
 from ..core.distributed import is_main
 from ..core.graph import Traced
-from ..core.hooks import preserved
+from ..core.hooks import copy_of, preserved
 from ..core.layers import LayerSpec, called_by_default, resolve_layers
 from ..core.metrics import Metric, coarse, get_metric, no_better_than_chance, output_param
 from ..core.observe import resolve_observe
@@ -42,7 +42,7 @@ from ..models import append_surgery
 from ..training import evaluate, fit
 from .baselines import BASELINES, torch_pruning_baseline
 from .pruning.schedule import Shrinker, kernel_ranking
-from .pruning.surgeon import SURGERY_KIND, kernels
+from .pruning.surgeon import FOLDED, SURGERY_KIND, kernels
 from .removal import remove_trivial
 from .stages import merge_duplicates, remove_dead
 
@@ -112,6 +112,8 @@ class CompressResult(Result):
         if self.data.get("not_called"):
             lines.append(f"left as they are: {len(self.data['not_called'])} conv layer(s) a forward pass in eval mode "
                          f"never calls (heads used in training only): {', '.join(self.data['not_called'])}")
+        if self.data.get("folded"):
+            lines.append(f"{FOLDED}: {', '.join(self.data['folded'])}")
         lines += [f"{s['stage']}: {s['note']}" for s in self.stages]
         lines += [f"{b['method']} at the same MACs: test {b['test']:.4f}" for b in self.baselines]
         return lines
@@ -387,10 +389,11 @@ def _check(target_macs, max_drop, criterion, stages, baselines) -> None:
 def _compress_copy(model, example, names, res: CompressResult, run: _Run, target_macs, max_drop, criterion, stages,
                    merge_angle, step_fraction, finetune_epochs, progress, partial) -> nn.Module:  # fmt: skip
     """The plan's stages on a copy of ``model``; fills ``res.stages``, ``steps``, ``curves``; returns the copy."""
-    from .pruning import _copy
 
     base = res.original["val"]
-    sh = Shrinker(_copy(model), example, names, res.original["macs"], run.output)
+    sh = Shrinker(copy_of(model, "compress"), example, names, res.original["macs"], run.output)
+    if sh.surgeon.folded:
+        res.data["folded"] = sh.surgeon.folded
     observe = resolve_observe(sh.model, names, traced=Traced.maybe(sh.model))
     common = {"batch_size": run.batch_size, "device": run.device}
     todo = [s for s in ("dead", "merge", "blocks", "channels") if s in stages] + (["finetune"] if finetune_epochs else [])

@@ -23,6 +23,7 @@ from ..analyses.ablation import zero_ablation
 from ..checkpoint import CheckpointError, register_surgery
 from ..core.batches import first_input, resolve_device
 from ..core.cost import model_cost
+from ..core.hooks import copy_of
 from ..core.layers import get_module
 from ..core.metrics import Metric, get_metric
 from ..core.results import Partials, Result, make_meta
@@ -63,7 +64,7 @@ def remove_branches(model: nn.Module, blocks: list[str], *, copy_model: bool = T
         'BranchRemoved'
     """
     _check_blocks(model, blocks)
-    out = copy.deepcopy(model) if copy_model else model
+    out = copy_of(model, "removing branches") if copy_model else model
     _replay(out, {"blocks": blocks})
     return copy_spec(model, out, {"kind": "remove-branch", "blocks": list(blocks)})
 
@@ -182,7 +183,7 @@ def remove_trivial(
     sweep = zero_ablation(model, data, scope="layer", mode="remove-branch", metric=metric, tolerance=tolerance,
                           batch_size=batch_size, device=dev, progress=progress, partial=ranking)
     res = RemovalResult(metric=get_metric(metric).name, tolerance=float(tolerance), baseline=float(sweep.baseline),
-                        final=float(sweep.baseline), model=copy.deepcopy(model).eval(),
+                        final=float(sweep.baseline), model=copy_of(model, "remove_trivial").eval(),
                         meta={**make_meta("remove_trivial", {"tolerance": tolerance, "metric": get_metric(metric).name,
                                                              "measure": measure}), "complete": False})  # fmt: skip
     with Partials((lambda: res.save(partial)) if partial is not None else None) as partials:

@@ -9,13 +9,16 @@ the weights bit for bit, also when the block raises or is interrupted.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = [
     "preserved",
+    "copy_of",
     "eval_mode",
     "capture",
     "replace_output",
@@ -100,6 +103,28 @@ def preserved(model: nn.Module, *, weights: bool = False) -> Iterator[nn.Module]
                     else:  # a module was replaced: fall back to load_state_dict
                         model.load_state_dict(snapshot, strict=False)
                         break
+
+
+def copy_of(model: nn.Module, what: str = "this") -> nn.Module:
+    """A deep copy of ``model``, which is left as found; a clear error where none can be made.
+
+    A tensor that a forward pass computed and left on a module (the older hook-based
+    ``torch.nn.utils.weight_norm`` and ``spectral_norm`` keep their weight so, as part of the pass's
+    graph) cannot be deep-copied: the copy gets it detached, and recomputes it on its first pass.
+    ``what`` names the work that needs the copy, for the error.
+    """
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for v in vars(m).values():
+            if isinstance(v, torch.Tensor) and not v.is_leaf:
+                memo[id(v)] = v.detach().clone()
+    with preserved(model):
+        try:
+            return copy.deepcopy(model, memo)
+        except Exception as e:
+            raise ValueError(f"{type(model).__name__} cannot be copied (copy.deepcopy failed: {type(e).__name__}: {e}); "
+                             f"{what} works on a copy so that the original stays intact: make the model deep-copyable "
+                             "(no open files, locks or generators held as attributes)") from None
 
 
 @contextlib.contextmanager

@@ -245,13 +245,19 @@ COARSE_BELOW = 100  # images under which a drop measured on them is called coars
 
 def no_better_than_chance(metric: str, value: float, chance: float | None, consequence: str) -> str | None:
     """What a reader must know when a model's validation ``accuracy`` is no better than ``chance``, the share
-    of the most frequent validation class (``None`` otherwise, or for another metric).
+    of the most frequent validation class (``None`` otherwise, or for another metric). Validation images all
+    of one class (``chance`` 1) cannot show what a model has learned, even at accuracy 1.
 
     >>> no_better_than_chance("accuracy", 0.5, 0.5, "nothing follows")[:57]
     "on the validation images the model's accuracy (0.5000) is"
+    >>> no_better_than_chance("accuracy", 1.0, 1.0, "nothing follows")
+    'the validation images are all of one class, so their accuracy (1.0000) cannot tell this model from one that always answers that class: nothing follows; validate on images of every class'
     """
     if metric != "accuracy" or chance is None or value > chance:
         return None
+    if chance >= 1.0:
+        return (f"the validation images are all of one class, so their accuracy ({value:.4f}) cannot tell this model "
+                f"from one that always answers that class: {consequence}; validate on images of every class")
     return (f"on the validation images the model's accuracy ({value:.4f}) is no better than always answering their "
             f"most frequent class ({chance:.4f}): it has not learned what these images ask (untrained weights, "
             f"labels in another order, other images), so {consequence}")

@@ -22,6 +22,12 @@ def progress_enabled(override: bool | None = None) -> bool:
     return _enabled if override is None else bool(override)
 
 
-def progress_bar(total: int | None, desc: str, *, enabled: bool | None = None, unit: str = "it") -> tqdm:
-    """A tqdm bar with an ETA, disabled when progress is off."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress_enabled(enabled), leave=False, dynamic_ncols=True)
+FRACTIONAL = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+
+def progress_bar(total: float | None, desc: str, *, enabled: bool | None = None, unit: str = "it") -> tqdm:
+    """A tqdm bar with an ETA, disabled when progress is off; a fractional ``total`` (passes of the data)
+    counts in tenths."""
+    fmt = FRACTIONAL if isinstance(total, float) else None
+    return tqdm(total=total, desc=desc, unit=unit, disable=not progress_enabled(enabled), leave=False, dynamic_ncols=True,
+                bar_format=fmt)

@@ -296,8 +296,7 @@ def _plan(model, data, val, names, traced, chosen, budget, batch_size, device, m
 
 def _run_lenses(res: AnalysisResult, ctx: Context, chosen: list[str], progress, partial) -> None:
     total = sum(ctx.plan.passes.values())
-    with progress_bar(None, "analyze", enabled=progress, unit="pass") as bar:
-        bar.total = round(total, 1)
+    with progress_bar(float(total), "analyze", enabled=progress, unit="pass") as bar:
         for lens in chosen:
             if lens in ctx.plan.skip:
                 res.lenses[lens] = {"status": "skipped", "note": ctx.plan.skip[lens]}

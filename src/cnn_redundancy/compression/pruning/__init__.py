@@ -20,7 +20,6 @@ models save and load with :func:`cnn_redundancy.save_checkpoint` / :func:`cnn_re
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from ...analyses.distinctiveness import CENTERINGS, activation_stats
 from ...core.batches import explained, first_input
 from ...core.cost import count_macs_params
-from ...core.hooks import preserved
+from ...core.hooks import copy_of
 from ...core.layers import LayerSpec, called_by_default, resolve_layers
 from ...core.metrics import output_param
 from ...core.observe import ObserveSpec, resolve_observe
@@ -56,17 +55,6 @@ __all__ = [
 
 CRITERIA = ("distinctiveness", "random", "l1", "l2", "fpgm", "taylor")
 RULES = ("least-distinct", "gedeon-harris")
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` (the original is never pruned), with a clear error where one cannot be made."""
-    with preserved(model):
-        try:
-            return copy.deepcopy(model)
-        except Exception as e:
-            raise ValueError(f"{type(model).__name__} cannot be copied (copy.deepcopy failed: {type(e).__name__}: {e}); "
-                             "pruning works on a copy so that the original stays intact: make the model deep-copyable "
-                             "(no open files, locks or generators held as attributes)") from None
 
 
 def _check_removable(surgeon: Surgeon, names: list[str], steps: int) -> None:
@@ -219,7 +207,7 @@ def prune(
     x = example_input if example_input is not None else first_input(data, model)
     names, not_called = called_by_default(model, names, layers, x)  # heads run in training only: kept as they are
     obs = resolve_observe(model, names, observe) if criterion == "distinctiveness" else {}
-    pruned = _copy(model)
+    pruned = copy_of(model, "pruning")
     with explained(model, x):
         surgeon = Surgeon(pruned, x, output)
     pruned.eval()
@@ -236,6 +224,8 @@ def prune(
     res.meta["complete"] = False
     if not_called:
         res.meta["not_called"] = not_called
+    if surgeon.folded:
+        res.meta["folded"] = surgeon.folded
     with Partials((lambda: res.save(partial)) if partial is not None else None) as partials:
         partials.started = True
         with progress_bar(steps, f"prune ({criterion})", enabled=progress, unit="step") as bar:

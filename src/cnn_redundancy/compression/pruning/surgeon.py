@@ -5,7 +5,9 @@ The dependency graph keeps residual, grouped and depthwise couplings consistent;
 recorded, and :func:`cnn_redundancy.checkpoint.load_checkpoint` replays the recorded removals
 (surgery kind ``prune-channels``) on a freshly built model, after checking every layer name and
 kernel index. Frozen parameters (``requires_grad=False``, as in transfer learning) are pruned like
-any other and stay frozen.
+any other and stay frozen. Weight reparametrizations (``weight_norm``, ``spectral_norm``, any
+``torch.nn.utils.parametrize``) are folded into plain weights first (:func:`fold_parametrizations`,
+surgery kind ``fold-parametrizations``): Torch-Pruning cannot cut a weight computed from others.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from torch import nn
 from ...checkpoint import CheckpointError, _is_int, check_input_shape, register_surgery
 from ...core.hooks import preserved
 from ...core.metrics import select_output
+from ...models import append_surgery
 
-__all__ = ["Surgeon", "SURGERY_KIND", "kernels", "trainable"]
+__all__ = ["Surgeon", "SURGERY_KIND", "FOLD_KIND", "fold_parametrizations", "kernels", "trainable"]
 
 SURGERY_KIND = "prune-channels"
+FOLD_KIND = "fold-parametrizations"
+FOLDED = ("reparametrized weights made plain (the same outputs in eval mode; weight_norm and spectral_norm no longer "
+          "act on them in training)")
 
 
 class Surgeon:
@@ -36,6 +42,7 @@ class Surgeon:
         model: the model being pruned (changed in place).
         original: ``conv name -> original index`` of each of its current kernels.
         removals: ``[[layer, [indices]], ...]`` in the order applied (indices at that time).
+        folded: the reparametrized weights (``weight_norm``, ``spectral_norm``) made plain on construction.
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, output: str | int | None = None) -> None:
@@ -44,6 +51,9 @@ class Surgeon:
         self.tp = tp
         self.model = model
         self.example, self.output = example_inputs, output
+        self.folded = fold_parametrizations(model)  # reparametrized weights, now plain ones
+        if self.folded:
+            append_surgery(model, {"kind": FOLD_KIND})
         self._runs: set[str] = set()  # layers after whose first removal the model was seen to run
         self.frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
         with torch.enable_grad(), trainable(model), torch_pruning_explained(model):  # traced through autograd: frozen layers too
@@ -198,6 +208,63 @@ def _replay(model: nn.Module, step: dict[str, Any]) -> nn.Module:
         if len(set(idxs)) != len(idxs) or max(idxs) >= k or len(idxs) >= k:
             raise CheckpointError(f"kernels {idxs} of {layer!r} do not fit: it has {k} kernels at that step")
         surgeon.group(layer, idxs).prune()
+    return model
+
+
+def fold_parametrizations(model: nn.Module) -> list[str]:
+    """Replace every reparametrized weight of ``model`` (``torch.nn.utils.parametrizations.weight_norm`` or
+    ``spectral_norm``, any ``torch.nn.utils.parametrize`` parametrization, and the older hook-based
+    ``weight_norm`` and ``spectral_norm``) by a plain parameter holding its value, in place; returns the
+    folded tensors' names. The value is taken in eval mode (spectral norm does no power iteration), so the
+    model in eval mode computes what it computed before; a parameter stays trainable or frozen as its
+    originals were. Training modes are left as they were.
+    """
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.spectral_norm import SpectralNorm, remove_spectral_norm
+    from torch.nn.utils.weight_norm import WeightNorm, remove_weight_norm
+
+    folded: list[str] = []
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        for prefix, m in list(model.named_modules()):
+            for hook in list(m._forward_pre_hooks.values()):
+                if isinstance(hook, (WeightNorm, SpectralNorm)):
+                    (remove_weight_norm if isinstance(hook, WeightNorm) else remove_spectral_norm)(m, hook.name)
+                    for k, h in list(m._load_state_dict_pre_hooks.items()):  # torch leaves this one behind
+                        fn = getattr(getattr(h, "hook", h), "fn", None)
+                        if isinstance(fn, SpectralNorm) and fn.name == hook.name:
+                            del m._load_state_dict_pre_hooks[k]
+                    folded.append(f"{prefix}.{hook.name}" if prefix else hook.name)
+            if not parametrize.is_parametrized(m):
+                continue
+            # by hand: torch's remove_parametrizations deletes the property from the parametrized class, which a
+            # deepcopy shares with the module it was copied from (the user's model would lose its weight)
+            values = {}
+            for name, plist in m.parametrizations.items():
+                originals = [*plist.parameters(recurse=False), *plist.buffers(recurse=False)]
+                with torch.no_grad():
+                    values[name] = (getattr(m, name).detach().clone(), any(isinstance(t, nn.Parameter) for t in originals),
+                                    any(t.requires_grad for t in originals))
+            plain = parametrize.type_before_parametrizations(m)
+            del m._modules["parametrizations"]
+            m.__class__ = plain
+            for name, (value, is_param, trains) in values.items():
+                if is_param:
+                    m.register_parameter(name, nn.Parameter(value, requires_grad=trains))
+                else:
+                    m.register_buffer(name, value)
+            folded += [f"{prefix}.{name}" if prefix else name for name in values]
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return folded
+
+
+@register_surgery(FOLD_KIND)
+def _replay_fold(model: nn.Module, step: dict[str, Any]) -> nn.Module:
+    """Fold the reparametrized weights of a freshly built model (used by ``load_checkpoint``)."""
+    fold_parametrizations(model)
     return model
 
 
