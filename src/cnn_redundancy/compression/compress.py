@@ -42,7 +42,7 @@ from ..models import append_surgery
 from ..training import evaluate, fit
 from .baselines import BASELINES, torch_pruning_baseline
 from .pruning.schedule import Shrinker, kernel_ranking
-from .pruning.surgeon import FOLDED, SURGERY_KIND, kernels
+from .pruning.surgeon import FOLDED, SURGERY_KIND, in_torch_pruning, kernels
 from .removal import remove_trivial
 from .stages import merge_duplicates, remove_dead
 
@@ -116,6 +116,8 @@ class CompressResult(Result):
             lines.append(f"{FOLDED}: {', '.join(self.data['folded'])}")
         lines += [f"{s['stage']}: {s['note']}" for s in self.stages]
         lines += [f"{b['method']} at the same MACs: test {b['test']:.4f}" for b in self.baselines]
+        lines += [f"{method} at the same MACs: not measured, Torch-Pruning failed ({why})"
+                  for method, why in self.data.get("baselines_failed", {}).items()]
         return lines
 
     def plot(self):
@@ -249,15 +251,25 @@ def _best(outcomes: dict[str, dict[str, Any]], target: float | None, step_fracti
 
 
 def _verify_baselines(model, result: CompressResult, run: _Run, example, layers, kinds, finetune_epochs) -> list[dict[str, Any]]:
+    """The baselines at the compressed model's MACs; one that Torch-Pruning itself fails on is named in
+    ``result.data["baselines_failed"]`` with the error, and the others still run."""
     rows = []
     for kind in kinds:
-        curve = result.curves.setdefault(f"torch-pruning {kind}" if kind != "random" else "random", [])
-        pruned = torch_pruning_baseline(model, example, layers, result.final["macs"], kind=kind, calib=run.calib,
-                                        batch_size=run.batch_size, seed=run.seed, device=run.device, output=run.output,
-                                        on_step=lambda m, macs, c=curve: c.append([macs, run.on(m, run.test)]))  # fmt: skip
+        method = f"torch-pruning {kind}" if kind != "random" else "random"
+        curve = result.curves.setdefault(method, [])
+        try:
+            pruned = torch_pruning_baseline(model, example, layers, result.final["macs"], kind=kind, calib=run.calib,
+                                            batch_size=run.batch_size, seed=run.seed, device=run.device, output=run.output,
+                                            on_step=lambda m, macs, c=curve: c.append([macs, run.on(m, run.test)]))  # fmt: skip
+        except Exception as e:
+            inside = in_torch_pruning(e)
+            if inside is None:
+                raise
+            result.data.setdefault("baselines_failed", {})[method] = inside
+            del result.curves[method]
+            continue
         run.tune(pruned, finetune_epochs)
-        d = run.describe(pruned, example)
-        rows.append({"method": f"torch-pruning {kind}" if kind != "random" else "random", **d, "model": pruned})
+        rows.append({"method": method, **run.describe(pruned, example), "model": pruned})
     return rows
 
 

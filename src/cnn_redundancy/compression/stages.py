@@ -47,8 +47,7 @@ def remove_dead(sh: Shrinker, calib, observe: dict[str, str], *, batch_size: int
         if mac_share(sh.surgeon, layer, macs)[1]:
             coupled += [f"{layer}:{i}" for i in dead[layer]]
             continue
-        keep = sh.surgeon.module(layer).out_channels - len(dead[layer])
-        picks += [(layer, i) for i in (dead[layer] if keep >= 1 else dead[layer][:-1])]
+        picks += [(layer, i) for i in dead[layer][:sh.surgeon.room(layer) // len(sh.surgeon.aligned(layer, 0))]]
     if not picks:
         return {"stage": "dead", "kernels": 0, "note": "no uncoupled dead kernel" + _coupled_note(coupled)}
     with torch.no_grad():

@@ -113,22 +113,25 @@ class Shrinker:
 
     def pick(self, scores: dict[str, torch.Tensor], budget: float) -> list[tuple[str, int]]:
         """The lowest-scored kernels (layer, current index) whose MAC shares add up to ``budget``,
-        leaving every layer at least one kernel."""
+        leaving every layer the kernels it keeps (:meth:`Surgeon.room`)."""
         macs = count_macs(self.model, self.example)
         prunable = [n for n in self.layers if n in scores and self.surgeon.can_remove(n)]
         shares = {n: mac_share(self.surgeon, n, macs)[0] for n in prunable}
-        left = {n: self.surgeon.module(n).out_channels for n in prunable}
+        room = {n: self.surgeon.room(n) for n in prunable}
         cands = sorted((float(s), n, i) for n in prunable for i, s in enumerate(scores[n].tolist()))
-        picks, saved = [], 0.0
+        picks, saved, taken = [], 0.0, {n: set() for n in prunable}
         for _, n, i in cands:
             if saved >= budget:
                 break
-            step = len(self.surgeon.aligned(n, i))
-            if left[n] - step < 1 or shares[n] <= 0:
+            if i in taken[n]:  # removed with an earlier pick (its partner in another group of a grouped conv)
+                continue
+            aligned = self.surgeon.aligned(n, i)
+            if room[n] < len(aligned) or shares[n] <= 0:
                 continue
             picks.append((n, i))
-            left[n] -= step
-            saved += shares[n]
+            taken[n].update(aligned)
+            room[n] -= len(aligned)
+            saved += shares[n] * len(aligned)
         return picks
 
     def remove(self, picks: list[tuple[str, int]]) -> dict[str, list[int]]:
@@ -142,7 +145,7 @@ class Shrinker:
         for n, origs in wanted.items():
             now = {o: j for j, o in enumerate(s.original[n])}
             idxs = sorted({k for o in origs if o in now for k in s.aligned(n, now[o])})
-            if idxs and len(idxs) < s.module(n).out_channels and s.dg.check_pruning_group(s.group(n, idxs)):
+            if idxs and len(idxs) <= s.room(n) and s.dg.check_pruning_group(s.group(n, idxs)):
                 for conv, gone in s.remove(n, idxs).items():
                     removed.setdefault(conv, []).extend(gone)
         return removed

@@ -63,6 +63,7 @@ class Surgeon:
         self.removals: list[list[Any]] = []
         self._groups: dict[str, int] = {}
         self._removable: dict[str, bool] = {}
+        self._room: dict[str, int] = {}
 
     def module(self, layer: str) -> nn.Conv2d:
         return self.model.get_submodule(layer)  # type: ignore[return-value]
@@ -92,16 +93,33 @@ class Surgeon:
         per = k // g
         return [idx % per + q * per for q in range(g)]
 
-    def can_remove(self, layer: str) -> bool:
-        """Whether one kernel (with its aligned partners) can go, leaving every coupled layer a kernel; cached until a removal."""
-        if layer not in self._removable:
-            m = self.module(layer)
+    def room(self, layer: str) -> int:
+        """How many more kernels of ``layer`` can go: it keeps one, and a grouped conv whose kernels go with
+        them keeps two per group (with one per group Torch-Pruning takes it for a depthwise conv, whose
+        inputs go with its outputs, and cuts it wrong); cached until a removal."""
+        if layer not in self._room:
             idxs = self.aligned(layer, 0)
-            self._removable[layer] = m.out_channels > len(idxs) and bool(self.dg.check_pruning_group(self.group(layer, idxs)))
+            room = self.module(layer).out_channels - 1
+            for dep, dep_idxs in self.group(layer, idxs):
+                m = dep.target.module
+                if isinstance(m, nn.Conv2d) and m.groups > 1 and dep.handler == self.tp.prune_conv_out_channels:  # not depthwise
+                    room = min(room, (m.out_channels - 2 * m.groups) // len(dep_idxs) * len(idxs))
+            self._room[layer] = max(0, room)
+        return self._room[layer]
+
+    def can_remove(self, layer: str) -> bool:
+        """Whether one kernel (with its aligned partners) can go, leaving every coupled layer a kernel (two per
+        group in a grouped conv); cached until a removal."""
+        if layer not in self._removable:
+            idxs = self.aligned(layer, 0)
+            self._removable[layer] = self.room(layer) >= len(idxs) and bool(self.dg.check_pruning_group(self.group(layer, idxs)))
         return self._removable[layer]
 
     def remove(self, layer: str, idxs: list[int]) -> dict[str, list[int]]:
         """Remove kernels ``idxs`` of ``layer`` and every coupled channel; returns original indices removed per conv."""
+        if len(idxs) > self.room(layer):
+            raise ValueError(f"{len(idxs)} kernel(s) of {layer!r} cannot go: at most {self.room(layer)} can (it keeps one, "
+                             "and a grouped conv whose kernels go with them keeps two per group)")
         group = self.group(layer, sorted(idxs))
         removed: dict[str, list[int]] = {}
         name_of = self.dg._module2name
@@ -120,6 +138,7 @@ class Surgeon:
             if n in self.frozen:
                 p.requires_grad_(False)
         self._removable.clear()
+        self._room.clear()
         self.removals.append([layer, sorted(int(i) for i in idxs)])
         if layer not in self._runs:
             self._check_runs(layer)
@@ -152,13 +171,20 @@ def torch_pruning_explained(model: nn.Module) -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        frames = traceback.extract_tb(e.__traceback__)
-        if not frames or "torch_pruning" not in frames[-1].filename:
+        inside = in_torch_pruning(e)
+        if inside is None:
             raise
-        where = f"{Path(frames[-1].filename).name}, {frames[-1].name}"
         raise ValueError(f"Torch-Pruning cannot trace which channels of {type(model).__name__} depend on each other "
-                         f"({type(e).__name__} in its {where}: {e}): removing kernels needs that, so compress and "
-                         "prune cannot run on this model; analyze and every lens can") from e
+                         f"({inside}): removing kernels needs that, so compress and prune cannot run on this model; "
+                         "analyze and every lens can") from e
+
+
+def in_torch_pruning(e: BaseException) -> str | None:
+    """``"<Error> in its <file>, <function>: <message>"`` for an error raised inside Torch-Pruning, else ``None``."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames or "torch_pruning" not in frames[-1].filename:
+        return None
+    return f"{type(e).__name__} in its {Path(frames[-1].filename).name}, {frames[-1].name}: {e}"
 
 
 def output_transform(output: str | int | None) -> Callable[[Any], torch.Tensor] | None:
