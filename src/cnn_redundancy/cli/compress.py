@@ -162,7 +162,7 @@ def _prune(args: argparse.Namespace) -> int:
         return _compress(args, stages=("channels",), criterion=args.criterion if args.criterion != "l2" else "l1")
     from ..checkpoint import save_checkpoint
     from ..compression.pruning import prune
-    from ..compression.pruning.surgeon import FOLDED
+    from ..compression.pruning.surgeon import FOLDED, OUTPUT_LAYERS
     from ..core.distributed import is_main
     from ..core.metrics import get_metric
     from ..training import evaluate
@@ -190,6 +190,8 @@ def _prune(args: argparse.Namespace) -> int:
         say(f"note: left as they are: {', '.join(res.meta['not_called'])} (a forward pass in eval mode never calls them)")
     if res.meta.get("folded"):
         say(f"note: {FOLDED}: {', '.join(res.meta['folded'])}")
+    if res.meta.get("output_layers"):
+        say(f"note: left as they are: {OUTPUT_LAYERS}: {', '.join(res.meta['output_layers'])}")
     if extra:
         print(f"test {extra['metric']} {extra['test_before']:.4f} -> {extra['test_after']:.4f}")
     say(f"wrote {out / 'prune.json'} and {out / 'model.pt'}")

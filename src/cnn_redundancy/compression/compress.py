@@ -42,7 +42,7 @@ from ..models import append_surgery
 from ..training import evaluate, fit
 from .baselines import BASELINES, torch_pruning_baseline
 from .pruning.schedule import Shrinker, kernel_ranking
-from .pruning.surgeon import FOLDED, SURGERY_KIND, in_torch_pruning, kernels
+from .pruning.surgeon import FOLDED, OUTPUT_LAYERS, SURGERY_KIND, in_torch_pruning, kernels
 from .removal import remove_trivial
 from .stages import merge_duplicates, remove_dead
 
@@ -112,6 +112,8 @@ class CompressResult(Result):
         if self.data.get("not_called"):
             lines.append(f"left as they are: {len(self.data['not_called'])} conv layer(s) a forward pass in eval mode "
                          f"never calls (heads used in training only): {', '.join(self.data['not_called'])}")
+        if self.data.get("output_layers"):
+            lines.append(f"left as they are: {OUTPUT_LAYERS}: {', '.join(self.data['output_layers'])}")
         if self.data.get("folded"):
             lines.append(f"{FOLDED}: {', '.join(self.data['folded'])}")
         lines += [f"{s['stage']}: {s['note']}" for s in self.stages]
@@ -372,7 +374,8 @@ def compress(
                                        "keeping its accuracy keeps nothing")  # fmt: skip
         if chance:
             res.guarantee["warning"] = chance
-        rows = _verify_baselines(model, res, run, example, names, list(baselines), finetune_epochs)
+        prunable = [n for n in names if n not in res.data.get("output_layers", [])]  # Torch-Pruning's too
+        rows = _verify_baselines(model, res, run, example, prunable, list(baselines), finetune_epochs)
         res.meta["latency_ms"] = _latencies({"original": model, "compress": work, **{r["method"]: r["model"] for r in rows}},
                                             example)  # fmt: skip
         res.baselines = [{k: v for k, v in r.items() if k != "model"} for r in rows]
@@ -406,6 +409,9 @@ def _compress_copy(model, example, names, res: CompressResult, run: _Run, target
     sh = Shrinker(copy_of(model, "compress"), example, names, res.original["macs"], run.output)
     if sh.surgeon.folded:
         res.data["folded"] = sh.surgeon.folded
+    outputs = sh.surgeon.output_layers(names)
+    if outputs:
+        res.data["output_layers"] = outputs
     observe = resolve_observe(sh.model, names, traced=Traced.maybe(sh.model))
     common = {"batch_size": run.batch_size, "device": run.device}
     todo = [s for s in ("dead", "merge", "blocks", "channels") if s in stages] + (["finetune"] if finetune_epochs else [])

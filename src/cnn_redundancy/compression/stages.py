@@ -100,7 +100,8 @@ def merge_duplicates(sh: Shrinker, calib, observe: dict[str, str], check, *, bas
                      angle: float, batch_size: int, device) -> dict[str, Any]:  # fmt: skip
     """Merge near-duplicate kernels layer by layer, keeping a layer's merges only within the budget."""
     macs = _macs(sh)
-    layers = [n for n in sh.layers if sh.surgeon.aligned(n, 0) == [0] and not mac_share(sh.surgeon, n, macs)[1]]
+    layers = [n for n in sh.layers if sh.surgeon.aligned(n, 0) == [0] and not mac_share(sh.surgeon, n, macs)[1]
+              and sh.surgeon.room(n) > 0]
     if not layers:
         return {"stage": "merge", "kernels": 0, "note": "no uncoupled, ungrouped layer to merge in"}
     stats = activation_stats(sh.model, calib, layers, observe={n: observe[n] for n in layers}, batch_size=batch_size,

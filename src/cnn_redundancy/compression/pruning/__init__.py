@@ -58,12 +58,14 @@ RULES = ("least-distinct", "gedeon-harris")
 
 
 def _check_removable(surgeon: Surgeon, names: list[str], steps: int) -> None:
-    removable = sum(max(0, surgeon.module(n).out_channels - 1) for n in names)
+    removable = sum(surgeon.room(n) // len(surgeon.aligned(n, 0)) for n in names)  # steps: one kernel (or aligned set) each
+    keeps = ("each layer keeps one kernel, a grouped conv two per group, and a conv whose kernels are the model's "
+             "output channels all of them")
     if steps and removable == 0:
-        raise ValueError(f"Nothing to prune: each of {', '.join(names)} has one kernel left")
+        raise ValueError(f"Nothing to prune in {', '.join(names)}: {keeps}")
     if steps > removable:
         raise ValueError(f"steps={steps} but the layers {', '.join(names)} have only {removable} removable kernels "
-                         "(each layer keeps at least one)")
+                         f"(or sets of kernels, one per group; {keeps})")
     if steps and not any(surgeon.can_remove(n) for n in names):
         raise ValueError(f"No kernel can be removed from {', '.join(names)}: every layer has one kernel left "
                          "(or is coupled to one that has)")
@@ -226,6 +228,9 @@ def prune(
         res.meta["not_called"] = not_called
     if surgeon.folded:
         res.meta["folded"] = surgeon.folded
+    outputs = surgeon.output_layers(names)
+    if outputs:
+        res.meta["output_layers"] = outputs
     with Partials((lambda: res.save(partial)) if partial is not None else None) as partials:
         partials.started = True
         with progress_bar(steps, f"prune ({criterion})", enabled=progress, unit="step") as bar:

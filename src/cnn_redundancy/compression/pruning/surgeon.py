@@ -31,6 +31,7 @@ __all__ = ["Surgeon", "SURGERY_KIND", "FOLD_KIND", "fold_parametrizations", "ker
 
 SURGERY_KIND = "prune-channels"
 FOLD_KIND = "fold-parametrizations"
+OUTPUT_LAYERS = "the conv layers whose kernels are the model's output channels (each a class)"
 FOLDED = ("reparametrized weights made plain (the same outputs in eval mode; weight_norm and spectral_norm no longer "
           "act on them in training)")
 
@@ -94,18 +95,28 @@ class Surgeon:
         return [idx % per + q * per for q in range(g)]
 
     def room(self, layer: str) -> int:
-        """How many more kernels of ``layer`` can go: it keeps one, and a grouped conv whose kernels go with
+        """How many more kernels of ``layer`` can go: it keeps one, a grouped conv whose kernels go with
         them keeps two per group (with one per group Torch-Pruning takes it for a depthwise conv, whose
-        inputs go with its outputs, and cuts it wrong); cached until a removal."""
+        inputs go with its outputs, and cuts it wrong), and none goes from a conv whose kernels are the
+        model's output channels (a classifier conv, as SqueezeNet's, or a segmentation head's: each is a
+        class); cached until a removal."""
         if layer not in self._room:
             idxs = self.aligned(layer, 0)
             room = self.module(layer).out_channels - 1
             for dep, dep_idxs in self.group(layer, idxs):
+                if dep.target.type == self.tp.ops.OPTYPE.OUTPUT:  # its kernels are the model's output channels
+                    room = 0
+                    break
                 m = dep.target.module
                 if isinstance(m, nn.Conv2d) and m.groups > 1 and dep.handler == self.tp.prune_conv_out_channels:  # not depthwise
                     room = min(room, (m.out_channels - 2 * m.groups) // len(dep_idxs) * len(idxs))
             self._room[layer] = max(0, room)
         return self._room[layer]
+
+    def output_layers(self, layers: list[str]) -> list[str]:
+        """Those of ``layers`` whose kernels are the model's output channels (nothing of theirs can go)."""
+        out = self.tp.ops.OPTYPE.OUTPUT
+        return [n for n in layers if any(dep.target.type == out for dep, _ in self.group(n, self.aligned(n, 0)))]
 
     def can_remove(self, layer: str) -> bool:
         """Whether one kernel (with its aligned partners) can go, leaving every coupled layer a kernel (two per
