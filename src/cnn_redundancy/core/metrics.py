@@ -369,12 +369,25 @@ def _shift_range(n_a: int, n_b: int, lag: str, max_lag: int | None, min_overlap:
     return int(chosen[0]), int(chosen[-1])
 
 
-def _deviations(s: torch.Tensor, s2: torch.Tensor, n: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(window mean, 1 / sqrt(sum of squared deviations))`` per response and shift, 0 where the window is
-    constant (float64 sums; the same test of constancy as always)."""
+#: a window whose squared deviations sum to at most this fraction of its whole response's sum of squares counts as
+#: constant: the FFTs leave about 1e-17 of it where a window holds only zeros (the corner of a sparse response),
+#: and that noise, divided by itself, correlated up to 0.5 with anything
+_CONSTANT = 1e-11
+
+
+def _deviations(s: torch.Tensor, s2: torch.Tensor, n: torch.Tensor | float,
+                energy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``(window mean, 1 / sqrt(sum of squared deviations))`` per response (rows) and shift, 0 where the window
+    is constant (float64 sums; ``energy``: each response's whole sum of squares, ``[K, 1]``; one test of
+    constancy for both paths)."""
     var = s2 - s * s / n
-    ok = var > 1e-9 * s2.abs() + 1e-30
+    ok = var > 1e-9 * s2.abs() + _CONSTANT * energy + 1e-30
     return s / n, torch.where(ok, var.clamp_min(1e-300).rsqrt(), torch.zeros_like(var))
+
+
+def _energy(x: torch.Tensor) -> torch.Tensor:
+    """Each response's sum of squares, ``[K, 1]`` (float64)."""
+    return x.square().sum((1, 2, 3))[:, None]
 
 
 def _overlaps(a_size: tuple[int, int], b_size: tuple[int, int], ys: tuple[int, int], xs: tuple[int, int]):
@@ -386,10 +399,10 @@ def _overlaps(a_size: tuple[int, int], b_size: tuple[int, int], ys: tuple[int, i
             yield (slice(by.start + sy, by.stop + sy), slice(bx.start + sx, bx.stop + sx)), (by, bx)
 
 
-def _unit_windows(w: torch.Tensor) -> torch.Tensor:
+def _unit_windows(w: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
     """Each response's window, centred and scaled to unit norm in float64, then float32 ``[K, n]``; zeros
     for a constant window (its correlation is 0). Two such rows' dot product is Pearson's r."""
-    mean, inverse = _deviations(w.sum((1, 2, 3)), w.square().sum((1, 2, 3)), w[0].numel())
+    mean, inverse = _deviations(w.sum((1, 2, 3)), w.square().sum((1, 2, 3)), w[0].numel(), energy[:, 0])
     return ((w - mean[:, None, None, None]) * inverse[:, None, None, None]).flatten(1).float()
 
 
@@ -401,8 +414,9 @@ def _ncc_direct(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ys, xs, sym
     rows = max(1, min(ka, chunk // max(1, kb), -(-ka // 4) if symmetric and ka >= 256 else ka))
     blocks = [(slice(i, min(ka, i + rows)), slice(i if symmetric else 0, kb)) for i in range(0, ka, rows)]
     best = [torch.full((r.stop - r.start, c.stop - c.start), -torch.inf, device=a.device) for r, c in blocks]
+    ea, eb = _energy(a), _energy(b)
     for (ay, ax), (by, bx) in _overlaps(a.shape[2:], b.shape[2:], ys, xs):
-        left, right = _unit_windows(a[:, :, ay, ax]), _unit_windows(b[:, :, by, bx])
+        left, right = _unit_windows(a[:, :, ay, ax], ea), _unit_windows(b[:, :, by, bx], eb)
         for (r, c), m in zip(blocks, best):
             torch.maximum(m, left[r] @ right[c].T, out=m)
     for (r, c), m in zip(blocks, best):
@@ -429,8 +443,8 @@ def _ncc_fourier(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ys, xs, sy
     one_a, one_b = (fft(torch.ones(1, c, h, w, dtype=torch.float64, device=a.device)) for h, w in ((ha, wa), (hb, wb)))
     fa, fb = fft(a), fft(b)
     n = corr(one_a, one_b).clamp_min(1)  # [1, V] overlap sizes
-    ma, ia = _deviations(corr(fa, one_b), corr(fft(a * a), one_b), n)
-    mb, ib = _deviations(corr(one_a, fb), corr(one_a, fft(b * b)), n)
+    ma, ia = _deviations(corr(fa, one_b), corr(fft(a * a), one_b), n, _energy(a))
+    mb, ib = _deviations(corr(one_a, fb), corr(one_a, fft(b * b)), n, _energy(b))
     step = max(1, chunk // max(1, b.shape[0] * c * size[0] * size[1]))
     for i in range(0, a.shape[0], step):
         rows, cols = slice(i, i + step), slice(i if symmetric else 0, b.shape[0])
