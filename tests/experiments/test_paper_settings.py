@@ -214,6 +214,8 @@ def test_impulse_paper_settings_quick(tmp_path, monkeypatch):
     md = (tmp_path / "paper_comparison.md").read_text()
     assert "at most 2, early stopping with patience 5" in md and md.count("(fig. ") == 5
     assert f"| torch CPU threads | {torch.get_num_threads()} |" in md  # a CPU trains the same only on as many
+    kernels = f"| torch CPU kernels | torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()} |"
+    assert kernels in md  # and with the same kernels (AVX2 and AVX512 sum in other orders)
 
 
 def test_overparameterization_trend_and_measures():

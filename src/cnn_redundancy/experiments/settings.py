@@ -43,10 +43,17 @@ def holds(ok: bool | None, partly: bool = False) -> str:
     return "n/a" if ok is None else "yes" if ok else "partly" if partly else "no"
 
 
+def cpu_kernels() -> str:
+    """torch's version and the CPU instruction set its kernels dispatch to, e.g. ``"torch 2.14.1, AVX512"``."""
+    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def settings_table(settings: dict[str, Any], title: str = "Settings run") -> Table:
-    """A two-column table of the settings actually run, and the CPU threads torch used: on a CPU the same
-    seed trains the same network only with the same number of threads (float sums run in another order)."""
-    rows = {**settings, "torch CPU threads": torch.get_num_threads()}
+    """A two-column table of the settings actually run, with the CPU threads and the CPU kernels torch used:
+    on a CPU the same seed trains the same network only with the same number of threads and the same
+    kernels (torch's version and the instruction set it dispatches to, AVX2 or AVX512): either changes
+    the order and width of the float sums."""
+    rows = {**settings, "torch CPU threads": torch.get_num_threads(), "torch CPU kernels": cpu_kernels()}
     return Table(title, ["setting", "value"], [[k, _cell(v)] for k, v in rows.items()])
 
 
