@@ -234,7 +234,7 @@ def layer_response_images(input_size: int = 4) -> torch.utils.data.TensorDataset
 
 # --- distinctiveness pruning (issue 3) -----------------------------------------------------------
 
-__all__ += ["GroupedConvNet", "grouped_conv_net", "complementary_pair_net", "constant_images"]
+__all__ += ["GroupedConvNet", "grouped_conv_net", "group_norm_net", "complementary_pair_net", "constant_images"]
 
 
 class GroupedConvNet(nn.Module):
@@ -262,6 +262,20 @@ def grouped_conv_net(*, seed: int = 0, in_channels: int = 1, input_size: int = 1
     """A small net with a grouped (groups=2, not depthwise) conv, seeded weights, eval mode."""
     torch.manual_seed(seed)
     return GroupedConvNet(in_channels=in_channels, input_size=input_size).eval()
+
+
+def group_norm_net(*, groups: int = 4, seed: int = 0, input_size: int = 12) -> nn.Sequential:
+    """``conv1`` (1->8) -> ``norm1`` (GroupNorm of ``groups`` groups) -> relu -> ``conv2`` (8->8) -> relu -> pool -> fc,
+    seeded weights, eval mode."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(OrderedDict(conv1=nn.Conv2d(1, 8, 3, padding=1), norm1=nn.GroupNorm(groups, 8), act1=nn.ReLU(),
+                                    conv2=nn.Conv2d(8, 8, 3, padding=1), act2=nn.ReLU(), pool=nn.AdaptiveAvgPool2d(1),
+                                    flatten=nn.Flatten(), fc=nn.Linear(8, 10)))  # fmt: skip
+    with torch.no_grad():  # affine parameters away from their defaults, so that a wrong cut shows
+        net.norm1.weight.uniform_(0.5, 1.5)
+        net.norm1.bias.uniform_(-0.2, 0.2)
+    net.input_shape = (1, input_size, input_size)
+    return net.eval()
 
 
 def complementary_pair_net(*, seed: int = 0, input_size: int = 12) -> nn.Sequential:

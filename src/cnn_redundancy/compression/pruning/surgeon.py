@@ -1,7 +1,8 @@
 """Physical removal of conv kernels through Torch-Pruning's ``DependencyGraph``, and its replay on load.
 
 The dependency graph keeps residual, grouped and depthwise couplings consistent; in a grouped
-(non-depthwise) conv one kernel is removed at the same position of every group. Every removal is
+(non-depthwise) conv, and in a group norm of several channels a group, one kernel is removed at the same
+position of every group. Every removal is
 recorded, and :func:`cnn_redundancy.checkpoint.load_checkpoint` replays the recorded removals
 (surgery kind ``prune-channels``) on a freshly built model, after checking every layer name and
 kernel index. Frozen parameters (``requires_grad=False``, as in transfer learning) are pruned like
@@ -73,13 +74,16 @@ class Surgeon:
         return self.dg.get_pruning_group(self.module(layer), self.tp.prune_conv_out_channels, idxs)
 
     def _aligned_groups(self, layer: str) -> int:
-        """Number of channel groups the layer's kernels must be removed in (grouped convs); cached."""
+        """Number of channel groups the layer's kernels must be removed in (grouped convs, and group norms of
+        several channels a group: each group keeps as many channels, as Torch-Pruning's own pruners cut them);
+        cached until a removal."""
         if layer not in self._groups:
             g = 1
             for dep, _ in self.group(layer, [0]):
                 m = dep.target.module
-                if isinstance(m, nn.Conv2d) and 1 < m.groups < m.out_channels:
-                    g = g * m.groups // math.gcd(g, m.groups)
+                groups = _channel_groups(m)
+                if 1 < groups:
+                    g = g * groups // math.gcd(g, groups)
             self._groups[layer] = g
         return self._groups[layer]
 
@@ -110,6 +114,8 @@ class Surgeon:
                 m = dep.target.module
                 if isinstance(m, nn.Conv2d) and m.groups > 1 and dep.handler == self.tp.prune_conv_out_channels:  # not depthwise
                     room = min(room, (m.out_channels - 2 * m.groups) // len(dep_idxs) * len(idxs))
+                elif isinstance(m, nn.GroupNorm) and _channel_groups(m) > 1:  # a group norm keeps a channel per group
+                    room = min(room, (m.num_channels - m.num_groups) // len(dep_idxs) * len(idxs))
             self._room[layer] = max(0, room)
         return self._room[layer]
 
@@ -144,12 +150,13 @@ class Surgeon:
                 removed[n] = [self.original[n][i] for i in sorted(dep_idxs)]
                 drop = set(dep_idxs)
                 self.original[n] = [o for i, o in enumerate(self.original[n]) if i not in drop]
-        group.prune()
+        _prune(group)
         for n, p in self.model.named_parameters():  # Torch-Pruning makes new, trainable parameters
             if n in self.frozen:
                 p.requires_grad_(False)
         self._removable.clear()
         self._room.clear()
+        self._groups.clear()  # a group norm's groups of two channels are groups of one after a cut
         self.removals.append([layer, sorted(int(i) for i in idxs)])
         if layer not in self._runs:
             self._check_runs(layer)
@@ -173,6 +180,26 @@ class Surgeon:
         """Modules reading channel ``idx`` of ``layer`` (conv / linear inputs) with the input indices it maps to."""
         fns = (self.tp.prune_conv_in_channels, self.tp.prune_linear_in_channels)
         return [(dep.target.module, sorted(ix)) for dep, ix in self.group(layer, [idx]) if dep.handler in fns]
+
+
+def _channel_groups(m: nn.Module) -> int:
+    """The channel groups whose channels must go evenly: a grouped, not depthwise, conv's groups; a group norm's
+    groups of several channels each; 1 otherwise."""
+    if isinstance(m, nn.Conv2d) and 1 < m.groups < m.out_channels:
+        return m.groups
+    if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
+        return m.num_groups
+    return 1
+
+
+def _prune(group) -> None:
+    """Cut a Torch-Pruning group; a group norm of one channel a group stays so (Torch-Pruning keeps its
+    ``num_groups``, which then no longer divides its channels)."""
+    per_channel = {id(m): m for dep, _ in group if isinstance(m := dep.target.module, nn.GroupNorm)
+                   and m.num_groups == m.num_channels}  # fmt: skip
+    group.prune()
+    for m in per_channel.values():
+        m.num_groups = m.num_channels
 
 
 @contextlib.contextmanager
@@ -244,7 +271,7 @@ def _replay(model: nn.Module, step: dict[str, Any]) -> nn.Module:
         k = surgeon.module(layer).out_channels
         if len(set(idxs)) != len(idxs) or max(idxs) >= k or len(idxs) >= k:
             raise CheckpointError(f"kernels {idxs} of {layer!r} do not fit: it has {k} kernels at that step")
-        surgeon.group(layer, idxs).prune()
+        _prune(surgeon.group(layer, idxs))
     return model
 
 
