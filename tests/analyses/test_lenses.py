@@ -197,3 +197,38 @@ def test_residual_blocks_and_consumers_from_the_graph(data):
         h = torch.relu(h + m.f2(h))
         out = m.head(torch.cat([h, m.side(h)], 1).mean((2, 3)))
     assert res.scores["add"] == pytest.approx(float((out.argmax(1) == y).float().mean()))
+
+
+class NormsAndFunctions(nn.Module):
+    """conv1 -> GroupNorm -> SiLU -> conv2 -> InstanceNorm -> F.gelu -> .relu() -> conv3 -> pool -> head: every
+    step keeps channel c channel c."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.gn = nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(4, 8)
+        self.act = nn.SiLU()
+        self.conv2, self.inorm = nn.Conv2d(8, 8, 3, padding=1), nn.InstanceNorm2d(8, affine=True)
+        self.conv3 = nn.Conv2d(8, 4, 3, padding=1)
+        self.head = nn.Linear(4, 10)
+
+    def forward(self, x):
+        h = self.conv2(self.act(self.gn(self.conv1(x))))
+        h = torch.nn.functional.gelu(self.inorm(h)).relu()
+        return self.head(self.conv3(h).mean((2, 3)))
+
+
+def test_consumers_and_activations_through_group_and_instance_norms_and_functional_activations(data):
+    """A group or instance norm keeps channel c channel c: conv1's consumer is conv2 and its activation the SiLU
+    after the norm (before: no consumer, so analyze skipped the shuffle lens on such models, and the raw conv
+    output was observed); a channel conv2 ignores is one whose shuffle changes nothing (cosine 1)."""
+    torch.manual_seed(0)
+    m = NormsAndFunctions().eval()
+    t = Traced(m)
+    assert (consumer(t, "conv1"), consumer(t, "conv2"), consumer(t, "conv3")) == ("conv2", "conv3", None)
+    assert t.default_observe("conv1") == "act" and t.default_observe("conv2") == "conv2"  # gelu is a function
+    with torch.no_grad():
+        m.conv2.weight[:, 5] = 0.0
+    res = cr.analyze(m, data, lenses=["shuffle"], progress=False)
+    assert res.lenses["shuffle"]["status"] == "ran"
+    cos = res.per_kernel["conv1"]["shuffle_cosine"]
+    assert cos[5] == pytest.approx(1.0, abs=1e-12) and min(c for c in cos if c == c) < 0.999

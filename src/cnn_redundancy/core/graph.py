@@ -35,7 +35,9 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Tanhshrink,
 )  # fmt: skip
-_CHANNELWISE = (nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d)
+# modules whose output channel c comes from input channel c (a group or instance norm also reads the others'
+# statistics, yet channel c stays channel c)
+_CHANNELWISE = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d)
 _INPLACE_FUNCS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 # operations whose result may share memory with their first argument (a view, or the argument itself): an
 # in-place operation on the result changes the argument too
@@ -259,8 +261,8 @@ class Traced:
     def default_observe(self, layer: str) -> str:
         """The module holding the layer's activation ``f(conv(x))``, or the layer itself.
 
-        Follows the layer's output through modules used by nothing else (batch norm, dropout,
-        identity) to the first activation module (ReLU, Tanh, ...). If the path branches or meets a
+        Follows the layer's output through modules used by nothing else (batch, group or instance norm,
+        dropout, identity) to the first activation module (ReLU, Tanh, ...). If the path branches or meets a
         function (e.g. a residual addition), the layer output itself is observed.
         """
         try:

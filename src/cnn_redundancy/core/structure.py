@@ -206,9 +206,14 @@ def residual_adds(traced: Traced) -> list[ResidualAdd]:
     return [r if names.count(r.name) == 1 else dataclasses.replace(r, name=f"{r.name}:{r.node[1:]}") for r in out]
 
 
-_THROUGH = (nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, *ACTIVATIONS)
-_THROUGH_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.max_pool2d,
-                      torch.nn.functional.avg_pool2d, torch.sigmoid, torch.tanh}  # fmt: skip
+_F = torch.nn.functional
+_THROUGH = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d,
+            nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, *ACTIVATIONS)  # fmt: skip
+_THROUGH_FUNCTIONS = {torch.relu, torch.sigmoid, torch.tanh, _F.relu, _F.relu6, _F.leaky_relu, _F.elu, _F.gelu,
+                      _F.silu, _F.mish, _F.hardtanh, _F.hardswish, _F.hardsigmoid, _F.max_pool2d, _F.avg_pool2d,
+                      _F.adaptive_avg_pool2d, _F.adaptive_max_pool2d, _F.batch_norm, _F.group_norm, _F.instance_norm,
+                      _F.dropout, _F.dropout2d}  # fmt: skip
+_THROUGH_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous"}
 
 
 # what reads a tensor's shape, type or place and not its values: no use of the channels
@@ -225,8 +230,8 @@ def _reads_values(node: torch.fx.Node) -> bool:
 
 
 def consumer(traced: Traced, layer: str) -> str | None:
-    """The conv that reads ``layer``'s output channels one to one (through batch norm, activations,
-    pooling, dropout), or ``None`` when the output branches, is added, concatenated or flattened.
+    """The conv that reads ``layer``'s output channels one to one (through batch, group or instance norm,
+    activations, pooling, dropout), or ``None`` when the output branches, is added, concatenated or flattened.
     Reads of a value's shape, dtype or device along the way (``n = x.size(0)``) do not count as uses.
 
     Example:
@@ -247,6 +252,7 @@ def consumer(traced: Traced, layer: str) -> str | None:
                 return str(node.target)
             if not isinstance(mod, _THROUGH):
                 return None
-        elif not (node.op == "call_function" and node.target in _THROUGH_FUNCTIONS):
+        elif not (node.op == "call_function" and node.target in _THROUGH_FUNCTIONS
+                  or node.op == "call_method" and node.target in _THROUGH_METHODS):  # fmt: skip
             return None
     return None

@@ -131,8 +131,8 @@ def run_shuffle(ctx: Context) -> str | None:
     cons = {layer: consumer(ctx.traced, layer) for layer in ctx.layers}
     cons = {layer: c for layer, c in cons.items() if c is not None}
     if not cons:
-        return ("skipped: no conv feeds another conv channel for channel through batch norm, activations and "
-                "pooling alone (outputs are added, concatenated, flattened, reshaped or used twice)")
+        return ("skipped: no conv feeds another conv channel for channel through batch, group or instance norm, "
+                "activations and pooling alone (outputs are added, concatenated, flattened, reshaped or used twice)")
     g = torch.Generator().manual_seed(ctx.common["seed"])
     picked = {c: sorted(torch.randperm(ctx.kernels(layer), generator=g)[: ctx.plan.cosine_channels].tolist())
               for layer, c in cons.items()}  # fmt: skip
