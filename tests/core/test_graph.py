@@ -277,3 +277,34 @@ def test_module_names_fx_cannot_write_fall_back_to_hooks():
         auto = cr.channel_shuffle(m, data, 'odd"name.2', metric=None)
     naive = cr.channel_shuffle(m, data, 'odd"name.2', metric=None, engine="naive")
     assert auto.cosine == naive.cosine and auto.meta["params"]["engine"] == "naive"
+
+
+class RootParameters(nn.Module):
+    """A parameter and a buffer of the model itself (as a ViT's class token), read in the forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.scale = nn.Parameter(torch.tensor(2.0))
+        self.register_buffer("shift", torch.tensor(0.5))
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x)) * self.scale + self.shift
+        return self.conv2(h).mean((2, 3))
+
+
+def test_the_masked_pass_reads_the_models_own_parameters():
+    """analyze's removable-MACs estimate stopped on a ViT: the masked pass had the submodules, not the
+    parameters held by the model itself ('no attribute class_token')."""
+    torch.manual_seed(0)
+    m = RootParameters().eval()
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        m.conv2.weight[:, 1] = 0.0  # conv2 ignores conv1's kernel 1
+        gm, masks = Traced(m).masked({"conv1": "conv1"})
+        assert torch.equal(gm(x), m(x))
+        masks["conv1"][0, 1] = 0.0
+        assert torch.equal(gm(x), m(x))  # nothing reads it
+        masks["conv1"][0, 2] = 0.0
+        assert not torch.allclose(gm(x), m(x))
+    assert gm.scale is m.scale  # shared, not copied

@@ -321,6 +321,10 @@ class Traced:
         root._cnn_redundancy_masks = holder
         for name, mod in self.gm.named_children():
             root.add_module(name, mod)
+        for n in self.order:  # parameters and buffers of the model itself (a ViT's class token), shared too
+            atom = str(n.target).split(".")[0] if n.op == "get_attr" else None
+            if atom is not None and not hasattr(root, atom):
+                setattr(root, atom, getattr(self.gm, atom))
         return _graph_module(root, g), masks
 
     def split(self, layer: str, observe: Sequence[str] = ()) -> Split:
