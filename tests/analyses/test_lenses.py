@@ -225,7 +225,7 @@ def test_consumers_and_activations_through_group_and_instance_norms_and_function
     m = NormsAndFunctions().eval()
     t = Traced(m)
     assert (consumer(t, "conv1"), consumer(t, "conv2"), consumer(t, "conv3")) == ("conv2", "conv3", None)
-    assert t.default_observe("conv1") == "act" and t.default_observe("conv2") == "conv2"  # gelu is a function
+    assert t.default_observe("conv1") == "act" and t.default_observe("conv2").label == "gelu(inorm)"  # a function
     with torch.no_grad():
         m.conv2.weight[:, 5] = 0.0
     res = cr.analyze(m, data, lenses=["shuffle"], progress=False)

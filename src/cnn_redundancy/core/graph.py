@@ -29,7 +29,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["Traced", "Split", "SplitState", "SplitUnavailable", "trace", "default_observe", "ACTIVATIONS"]
+__all__ = ["Traced", "Split", "SplitState", "SplitUnavailable", "trace", "default_observe", "ACTIVATIONS", "Activation"]
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -57,6 +57,91 @@ _VIEW_FUNCTIONS = frozenset({
 })  # fmt: skip
 _ALIAS_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
                   nn.AlphaDropout, nn.FeatureAlphaDropout)  # dropout in eval mode returns its input itself
+
+
+_F = torch.nn.functional
+# activations a model may apply as functions (no module to hook): pointwise, channel c stays channel c
+_ACTIVATION_FUNCTIONS = frozenset({
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, _F.relu, _F.relu_, _F.relu6, _F.leaky_relu, _F.elu,
+    _F.selu, _F.celu, _F.gelu, _F.silu, _F.mish, _F.hardtanh, _F.hardswish, _F.hardsigmoid, _F.softplus,
+    _F.sigmoid, _F.tanh,
+})  # fmt: skip
+_ACTIVATION_METHODS = frozenset({"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"})
+_OUT_OF_PLACE = {torch.relu_: torch.relu, _F.relu_: _F.relu}
+
+
+class Activation(str):
+    """Where a layer's activation is read when the model applies its nonlinearity as a function
+    (``F.relu(self.bn1(self.conv1(x)))``, ``x.relu()``): the output of the module the string names (the
+    conv, or the batch norm after it), then that function, applied again out of place to what is read.
+
+    The string is that module's name, so hooks attach to it as to any observed module; ``node`` is the
+    function's node in the traced graph (which splits and masks read directly) and ``label`` how
+    results name it (``"relu(bn1)"``). It equals only an :class:`Activation` of the same module and node.
+    """
+
+    node: str
+    label: str
+
+    def __new__(cls, module: str, node: fx.Node) -> Activation:
+        self = super().__new__(cls, module)
+        self.node = node.name
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        self.label = f"{name.rstrip('_')}({module})"
+        if node.op == "call_method":
+            self._fn, self._args, self._kwargs = getattr(torch.Tensor, node.target.rstrip("_")), (), {}
+        else:
+            self._fn = _OUT_OF_PLACE.get(node.target, node.target)
+            self._args, self._kwargs = tuple(node.args[1:]), {k: v for k, v in node.kwargs.items() if k != "inplace"}
+            if self._fn in (_F.relu, _F.relu6, _F.leaky_relu, _F.elu, _F.selu, _F.celu, _F.silu, _F.mish,
+                            _F.hardtanh, _F.hardswish):  # fmt: skip
+                self._args = _without_inplace(self._fn, self._args)
+        return self
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        """The activation, from the module's output ``t`` (never changed)."""
+        return self._fn(t, *self._args, **self._kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Activation) and str.__eq__(self, other) and self.node == other.node
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((str.__str__(self), self.node))
+
+    def __repr__(self) -> str:
+        return repr(self.label)
+
+    def __format__(self, spec: str) -> str:  # messages and figure labels name the activation
+        return format(self.label, spec)
+
+    def __reduce__(self):  # copied or pickled: its label (the traced node is not kept), which no module has
+        return str, (self.label,)
+
+
+def _without_inplace(fn, args: tuple) -> tuple:
+    """``args`` (after the input) with a positional ``inplace`` set to False."""
+    import inspect
+
+    names = list(inspect.signature(fn).parameters)[1:]
+    return tuple(False if n == "inplace" else a for n, a in zip(names, args))
+
+
+def _activation_function(node: fx.Node, of: fx.Node) -> bool:
+    """Whether ``node`` applies a pointwise activation to ``of`` alone (its other arguments are constants)."""
+    if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
+        pass
+    elif not (node.op == "call_method" and node.target in _ACTIVATION_METHODS):
+        return False
+    rest = [*node.args[1:], *node.kwargs.values()]
+    return bool(node.args) and node.args[0] is of and not any(isinstance(a, fx.Node) for a in rest)
+
+
+def observed_label(observe: str) -> str:
+    """How results name an observation point: the module's name, or ``"relu(bn1)"`` for an :class:`Activation`."""
+    return observe.label if isinstance(observe, Activation) else str(observe)
 
 
 class SplitUnavailable(RuntimeError):
@@ -259,18 +344,23 @@ class Traced:
         return nodes[0]
 
     def default_observe(self, layer: str) -> str:
-        """The module holding the layer's activation ``f(conv(x))``, or the layer itself.
+        """Where the layer's activation ``f(conv(x))`` is read: its activation module, an :class:`Activation`
+        for a nonlinearity applied as a function, or the layer itself.
 
         Follows the layer's output through modules used by nothing else (batch, group or instance norm,
-        dropout, identity) to the first activation module (ReLU, Tanh, ...). If the path branches or meets a
-        function (e.g. a residual addition), the layer output itself is observed.
+        dropout, identity) to the first activation, a module (ReLU, Tanh, ...) or a function (``F.relu``,
+        ``torch.sigmoid``, ``x.relu()``). If the path branches or meets another function (e.g. a residual
+        addition), the layer output itself is observed.
         """
         try:
             node = self.node(layer)
         except SplitUnavailable:
             return layer
+        module = layer
         while len(node.users) == 1:
             user = next(iter(node.users))
+            if _activation_function(user, node):
+                return Activation(module, user)
             if user.op != "call_module":
                 break
             mod = self.gm.get_submodule(user.target)
@@ -278,7 +368,7 @@ class Traced:
                 return str(user.target)
             if not isinstance(mod, _CHANNELWISE):
                 break
-            node = user
+            node, module = user, str(user.target)
         return layer
 
     def observe_node(self, layer: str, observe: str) -> fx.Node:
@@ -289,7 +379,7 @@ class Traced:
             return t
         down = _downstream(self.gm, self.order, self.pos, t)
         for n in self.order[self.pos[t] + 1 :]:
-            if n in down and n.op == "call_module" and n.target == observe:
+            if n in down and _is_observed(n, observe):
                 return n
         raise ValueError(f"observe={observe!r} is not computed after layer {layer!r}")
 
@@ -367,6 +457,13 @@ class Traced:
         return _graph_module(self.gm, g)
 
 
+def _is_observed(n: fx.Node, observe: str) -> bool:
+    """Whether node ``n`` computes the observed value: a call of module ``observe``, or its :class:`Activation`."""
+    if isinstance(observe, Activation):
+        return n.name == observe.node
+    return n.op == "call_module" and n.target == observe
+
+
 def default_observe(model: nn.Module, layer: str) -> str:
     """The activation module after ``layer`` (see :meth:`Traced.default_observe`); the layer itself
     when the model is not traceable."""
@@ -440,7 +537,7 @@ class Split:
             if name == layer:
                 obs_nodes.append(t)
                 continue
-            cands = [n for n in order if n.op == "call_module" and n.target == name and n in down]
+            cands = [n for n in order if _is_observed(n, name) and n in down]
             if not cands:
                 raise ValueError(f"observe={name!r} is not computed after layer {layer!r}; observe a module downstream of it")
             obs_nodes.append(cands[0])

@@ -269,7 +269,9 @@ def capture_after(
     A module used several times in a forward pass (a shared ReLU, say) is read at its first call
     after each layer; ``observe == layer`` keeps the layer's own output, as it was when computed (a
     copy, which later in-place operations leave alone). With ``fn``, the value kept is
-    ``fn(observe, output)``, computed when the module returns, once however many layers wait for it.
+    ``fn(observe, output)``, computed when the module returns, once however many layers wait for it. An
+    ``observe`` that is a :class:`cnn_redundancy.core.graph.Activation` reads its module's output through
+    its function (``F.relu`` applied by the model, which no hook sees).
 
     Yields:
         A dict from layer name to the kept value; a layer's entry is dropped when it is called again.
@@ -289,6 +291,8 @@ def capture_after(
             waiting = pending.pop(observe, None)
             if waiting:
                 t = out[0] if isinstance(out, tuple | list) else out
+                if callable(observe):  # an activation the model applies as a function (core.graph.Activation)
+                    t = observe(t.detach())  # a new tensor
                 # without ``fn`` a copy: an in-place op later in the pass (``ReLU(inplace=True)``) would change it
                 value = fn(observe, t.detach()) if fn is not None else t.detach().clone()
                 for layer in waiting:

@@ -1,7 +1,8 @@
 """Where an analysis reads a layer's activation: the ``observe=`` argument, resolved once per analysis.
 
 Every analysis that reads activations takes ``observe``: ``None`` (each layer's activation after its
-nonlinearity where the model makes that identifiable, else the layer's output), one module (for a
+nonlinearity where the model makes that identifiable, a module or a function such as ``F.relu``
+(:class:`cnn_redundancy.core.graph.Activation`), else the layer's output), one module (for a
 single layer), or a dict ``{layer: module}`` (layers left out take the default). The model is
 traced once for all layers; the value read is the observed module's first output after the
 layer's call (:func:`cnn_redundancy.core.hooks.capture_after`).

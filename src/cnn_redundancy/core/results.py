@@ -145,6 +145,8 @@ def to_plain(x: Any) -> Any:
         return str(x)
     if isinstance(x, float) and not math.isfinite(x):
         return None
+    if isinstance(x, str) and type(x) is not str:
+        return getattr(x, "label", str.__str__(x))  # an observation point as results name it ("relu(bn1)")
     if x is None or isinstance(x, bool | int | float | str):
         return x
     if isinstance(x, type):
