@@ -92,10 +92,8 @@ class Activation(str):
             self._fn, self._args, self._kwargs = getattr(torch.Tensor, node.target.rstrip("_")), (), {}
         else:
             self._fn = _OUT_OF_PLACE.get(node.target, node.target)
-            self._args, self._kwargs = tuple(node.args[1:]), {k: v for k, v in node.kwargs.items() if k != "inplace"}
-            if self._fn in (_F.relu, _F.relu6, _F.leaky_relu, _F.elu, _F.selu, _F.celu, _F.silu, _F.mish,
-                            _F.hardtanh, _F.hardswish):  # fmt: skip
-                self._args = _without_inplace(self._fn, self._args)
+            self._args = _without_inplace(self._fn, tuple(node.args[1:]))
+            self._kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
         return self
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
@@ -125,7 +123,10 @@ def _without_inplace(fn, args: tuple) -> tuple:
     """``args`` (after the input) with a positional ``inplace`` set to False."""
     import inspect
 
-    names = list(inspect.signature(fn).parameters)[1:]
+    try:
+        names = list(inspect.signature(fn).parameters)[1:]
+    except (TypeError, ValueError):  # a builtin without a signature (torch.relu): no inplace argument
+        return args
     return tuple(False if n == "inplace" else a for n, a in zip(names, args))
 
 
