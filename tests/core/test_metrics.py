@@ -125,6 +125,16 @@ def test_a_dict_or_tuple_output_needs_a_selector_that_says_how():
         get_metric("dice", output="main").update({"out": logits}, torch.tensor([1, 0]))
 
 
+def test_a_detection_models_boxes_get_one_line_not_a_selector_that_cannot_help():
+    """torchvision's detectors return a list of dicts (boxes, labels, scores) per image: choosing output=0 (what the
+    tuple hint said) only led to a dict of boxes, and then to output='boxes'."""
+    per_image = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0), "scores": torch.zeros(0)}] * 2
+    for out, metric in ((per_image, Accuracy()), (per_image, Accuracy(output=0)), (per_image[0], Accuracy())):
+        with pytest.raises(TypeError, match=r"keys 'boxes', 'labels', 'scores', as a detection model does: accuracy "
+                                            r"needs one tensor of class scores.*analyze the detector's backbone"):
+            metric.update(out, torch.tensor([1, 0]))
+
+
 def test_accuracy_on_per_pixel_logits_names_dice():
     with pytest.raises(ValueError, match="need metric='dice'"):
         Accuracy().update(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))

@@ -42,6 +42,13 @@ def select_output(out: Any, key: str | int | None = None, what: str = "the metri
     """The tensor read from a model's output: the output itself, or ``out[key]`` of a dict or tuple output."""
     if isinstance(out, torch.Tensor):
         return out
+    detections = out if isinstance(out, list | tuple) and out and all(isinstance(o, dict) for o in out) else None
+    if detections is not None or isinstance(out, dict) and "boxes" in out:
+        keys = ", ".join(map(repr, (detections or [out])[0]))
+        kind = f"a {type(out).__name__} of dicts (one per image)" if detections else "a dict"
+        raise TypeError(f"the model returns {kind} with keys {keys}, as a detection model does: {what} needs one "
+                        "tensor of class scores for the batch (classification) or per pixel (segmentation); analyze "
+                        "the detector's backbone, built as a classifier, instead")  # fmt: skip
     if isinstance(out, dict):
         usual = [k for k in ("logits", "out", "output", "pred", "preds", "prediction") if k in out]
         example, kind = (usual or list(out) or ["out"])[0], f"a dict with keys {', '.join(map(repr, out))}"
