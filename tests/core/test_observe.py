@@ -88,3 +88,40 @@ def test_analyze_reads_the_functional_relu_and_names_it():
     assert a.per_kernel == b.per_kernel and a.answer["removable"] == b.answer["removable"]
     assert b.results["distinctiveness"].to_dict()["observed"] == {"conv1": "relu(bn1)", "conv2": "relu(conv2)"}
     assert b.answer["dead"] == a.answer["dead"] and a.per_kernel["conv1"]["dead"][3]
+
+
+class ConvReLU(nn.Conv2d):
+    """A conv with its nonlinearity built in: fx traces through it unless it is a leaf, so a trace that makes it
+    one numbers the later relu nodes otherwise."""
+
+    def forward(self, x):
+        return F.relu(super().forward(x))
+
+
+class Retraced(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), ConvReLU(8, 8, 3, padding=1)
+        self.conv3, self.conv4 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x):
+        h = F.relu(self.conv3(self.c2(F.relu(self.conv1(x)))))
+        return self.fc(F.relu(self.conv4(h)).mean((2, 3)))
+
+
+def test_the_activation_is_found_in_another_trace_of_the_model():
+    """The sweep traces the model again with its layers as leaves; found by its node name from the first trace,
+    conv3's activation was read at conv4's relu (6 channels for conv3's 8), and with conv4 swept too the fast
+    path stopped ('not computed after layer'). c2's own forward applies its relu: the fast path's change of one
+    input channel, linear through a plain conv, gave it cosines up to 0.35 off (it now runs c2's forward)."""
+    torch.manual_seed(0)
+    m, data = Retraced().eval(), random_images(24, seed=1)
+    layers = ["c2", "conv3", "conv4"]
+    fast = cr.channel_shuffle(m, data, layers, channels=[0, 1], metric=None, engine="fast", progress=False)
+    naive = cr.channel_shuffle(m, data, layers, channels=[0, 1], metric=None, engine="naive", progress=False)
+    assert fast.to_dict()["observed"] == {"c2": "c2", "conv3": "relu(conv3)", "conv4": "relu(conv4)"}
+    assert len(fast.cosine["conv3"][0]) == 8
+    for layer in layers:
+        for a, b in zip(fast.cosine[layer], naive.cosine[layer]):
+            assert a == pytest.approx(b, abs=1e-6)

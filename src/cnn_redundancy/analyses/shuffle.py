@@ -253,9 +253,12 @@ def _channel_delta(conv: nn.Conv2d, delta_k: torch.Tensor, k: int, size: torch.S
 
 
 def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, str], mode: str, repeats: int,
-           seed: int, whole_model: bool) -> list[Unit]:  # fmt: skip
+           seed: int, whole_model: bool, plain: set[str]) -> list[Unit]:  # fmt: skip
     """The sweep's units. ``whole_model``: the perturbed output runs on to the model output (for the
-    metric), in the model's own (contiguous) layout; the cosine alone keeps the channels-last change."""
+    metric), in the model's own (contiguous) layout; the cosine alone keeps the channels-last change.
+    ``plain``: the layers computed by ``nn.Conv2d``'s own forward, whose change is linear in one input
+    channel's change (the fast units); a subclass with a forward of its own (a nonlinearity or a weight
+    transform built in) is run as it is."""
     units = []
     for layer in layers:
         n = len(chans[layer])
@@ -285,7 +288,8 @@ def _units(layers: list[str], chans: dict[str, list[int]], observed: dict[str, s
                     clean = ctx.latest("clean output", layer, lambda: out.contiguous(memory_format=torch.channels_last))
                     return _channel_delta(conv, delta, k, out.shape[2:], base=clean)
 
-                units.append(Unit((layer, r, i), {layer: exact}, fast=fast, observe=observed[layer], slot=(layer, i)))
+                units.append(Unit((layer, r, i), {layer: exact}, fast=fast if layer in plain else None,
+                                  observe=observed[layer], slot=(layer, i)))  # fmt: skip
     return units
 
 
@@ -325,7 +329,8 @@ class _Probe:
         self.chans = _check_channels(model, self.names, channels)
         self.metric_name = get_metric(metric).name if metric is not None else None
         self.mode, self.repeats, self.seed, self.batch_size = mode, repeats, seed, batch_size
-        self.units = _units(self.names, self.chans, self.observed, mode, repeats, seed, metric is not None)
+        plain = {n for n in self.names if type(model.get_submodule(n)).forward is nn.Conv2d.forward}
+        self.units = _units(self.names, self.chans, self.observed, mode, repeats, seed, metric is not None, plain)
         self.index = {u.key: i for i, u in enumerate(self.units)}
         self.amp: str | None = None
         self.shard = "batches"

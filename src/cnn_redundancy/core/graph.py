@@ -75,17 +75,17 @@ class Activation(str):
     (``F.relu(self.bn1(self.conv1(x)))``, ``x.relu()``): the output of the module the string names (the
     conv, or the batch norm after it), then that function, applied again out of place to what is read.
 
-    The string is that module's name, so hooks attach to it as to any observed module; ``node`` is the
-    function's node in the traced graph (which splits and masks read directly) and ``label`` how
-    results name it (``"relu(bn1)"``). It equals only an :class:`Activation` of the same module and node.
+    The string is that module's name, so hooks attach to it as to any observed module; splits and
+    masks read the function's node, found in any trace of the model as that function applied to the
+    module's call (not by its node name, which another trace may number otherwise); ``label`` is how
+    results name it (``"relu(bn1)"``). It equals only an :class:`Activation` of the same module and function.
     """
 
-    node: str
     label: str
 
     def __new__(cls, module: str, node: fx.Node) -> Activation:
         self = super().__new__(cls, module)
-        self.node = node.name
+        self.op, self.target = node.op, node.target
         name = node.target if isinstance(node.target, str) else node.target.__name__
         self.label = f"{name.rstrip('_')}({module})"
         if node.op == "call_method":
@@ -101,13 +101,21 @@ class Activation(str):
         return self._fn(t, *self._args, **self._kwargs)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Activation) and str.__eq__(self, other) and self.node == other.node
+        return (isinstance(other, Activation) and str.__eq__(self, other)
+                and (self.op, self.target) == (other.op, other.target))  # fmt: skip
 
     def __ne__(self, other: object) -> bool:
         return not self == other
 
     def __hash__(self) -> int:
-        return hash((str.__str__(self), self.node))
+        return hash((str.__str__(self), self.op, self.target))
+
+    def computed_by(self, n: fx.Node) -> bool:
+        """Whether node ``n`` of a trace of the model computes this activation: the function applied to the
+        output of the module's call."""
+        first = n.args[0] if n.args else None
+        return ((n.op, n.target) == (self.op, self.target) and isinstance(first, fx.Node)
+                and first.op == "call_module" and first.target == str.__str__(self))  # fmt: skip
 
     def __repr__(self) -> str:
         return repr(self.label)
@@ -329,7 +337,7 @@ class Traced:
     def calls(self, names: Iterable[str]) -> bool:
         """Whether every named module is a single call in this graph (so splits at it can reuse it)."""
         called = {n.target for n in self.order if n.op == "call_module"}
-        return all(n in called for n in names)
+        return all(str.__str__(n) in called for n in names)  # an Activation: its module
 
     def node(self, name: str) -> fx.Node:
         """The graph node calling module ``name`` (called exactly once), or ``"@<node name>"``: any node
@@ -461,7 +469,7 @@ class Traced:
 def _is_observed(n: fx.Node, observe: str) -> bool:
     """Whether node ``n`` computes the observed value: a call of module ``observe``, or its :class:`Activation`."""
     if isinstance(observe, Activation):
-        return n.name == observe.node
+        return observe.computed_by(n)
     return n.op == "call_module" and n.target == observe
 
 
