@@ -108,7 +108,7 @@ class Surgeon:
             idxs = self.aligned(layer, 0)
             room = self.module(layer).out_channels - 1
             for dep, dep_idxs in self.group(layer, idxs):
-                if dep.target.type == self.tp.ops.OPTYPE.OUTPUT:  # its kernels are the model's output channels
+                if self._is_output(dep):  # its kernels are the model's output channels
                     room = 0
                     break
                 m = dep.target.module
@@ -121,8 +121,16 @@ class Surgeon:
 
     def output_layers(self, layers: list[str]) -> list[str]:
         """Those of ``layers`` whose kernels are the model's output channels (nothing of theirs can go)."""
-        out = self.tp.ops.OPTYPE.OUTPUT
-        return [n for n in layers if any(dep.target.type == out for dep, _ in self.group(n, self.aligned(n, 0)))]
+        return [n for n in layers if any(self._is_output(dep) for dep, _ in self.group(n, self.aligned(n, 0)))]
+
+    def _is_output(self, dep) -> bool:
+        """Whether a dependency reaches the model's output channels: Torch-Pruning's output node (after an
+        interpolation, a pooling, ...), or a conv's own output when the model returns it as it is (its node
+        then has no outputs, and no output node follows it)."""
+        t = dep.target
+        if t.type == self.tp.ops.OPTYPE.OUTPUT:
+            return True
+        return isinstance(t.module, nn.Conv2d) and self.dg.is_out_channel_pruning_fn(dep.handler) and not t.outputs
 
     def can_remove(self, layer: str) -> bool:
         """Whether one kernel (with its aligned partners) can go, leaving every coupled layer a kernel (two per
