@@ -133,6 +133,12 @@ def test_a_detection_models_boxes_get_one_line_not_a_selector_that_cannot_help()
         with pytest.raises(TypeError, match=r"keys 'boxes', 'labels', 'scores', as a detection model does: accuracy "
                                             r"needs one tensor of class scores.*analyze the detector's backbone"):
             metric.update(out, torch.tensor([1, 0]))
+    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    with pytest.raises(TypeError, match=r"dict with keys 'logits', 'boxes'.*output='logits'"):
+        Accuracy().update({"logits": logits, "boxes": torch.zeros(2, 4)}, torch.tensor([1, 0]))
+    m = Accuracy(output="logits")  # a model that classifies and localises: the key picks its class scores
+    m.update({"logits": logits, "boxes": torch.zeros(2, 4)}, torch.tensor([1, 0]))
+    assert m.compute() == 1.0
 
 
 def test_accuracy_on_per_pixel_logits_names_dice():

@@ -38,12 +38,16 @@ __all__ = [
 ]
 
 
+_DETECTION_KEYS = {"boxes", "labels", "scores", "masks", "keypoints", "keypoints_scores"}
+
+
 def select_output(out: Any, key: str | int | None = None, what: str = "the metric") -> torch.Tensor:
     """The tensor read from a model's output: the output itself, or ``out[key]`` of a dict or tuple output."""
     if isinstance(out, torch.Tensor):
         return out
+    # a detector's boxes per image (and nothing a key could pick class scores from)
     detections = out if isinstance(out, list | tuple) and out and all(isinstance(o, dict) for o in out) else None
-    if detections is not None or isinstance(out, dict) and "boxes" in out:
+    if key is None and (detections is not None or isinstance(out, dict) and "boxes" in out and set(out) <= _DETECTION_KEYS):
         keys = ", ".join(map(repr, (detections or [out])[0]))
         kind = f"a {type(out).__name__} of dicts (one per image)" if detections else "a dict"
         raise TypeError(f"the model returns {kind} with keys {keys}, as a detection model does: {what} needs one "
