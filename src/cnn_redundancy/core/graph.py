@@ -138,19 +138,17 @@ def _without_inplace(fn, args: tuple) -> tuple:
     return tuple(False if n == "inplace" else a for n, a in zip(names, args))
 
 
+def applies_activation(node: fx.Node) -> bool:
+    """Whether ``node`` calls a pointwise activation function or method (``F.relu``, ``x.relu()``, ...)."""
+    return (node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS
+            or node.op == "call_method" and node.target in _ACTIVATION_METHODS)  # fmt: skip
+
+
 def _activation_function(node: fx.Node, of: fx.Node) -> bool:
     """Whether ``node`` applies a pointwise activation to ``of`` alone (its other arguments are constants)."""
-    if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
-        pass
-    elif not (node.op == "call_method" and node.target in _ACTIVATION_METHODS):
-        return False
     rest = [*node.args[1:], *node.kwargs.values()]
-    return bool(node.args) and node.args[0] is of and not any(isinstance(a, fx.Node) for a in rest)
-
-
-def observed_label(observe: str) -> str:
-    """How results name an observation point: the module's name, or ``"relu(bn1)"`` for an :class:`Activation`."""
-    return observe.label if isinstance(observe, Activation) else str(observe)
+    return (applies_activation(node) and bool(node.args) and node.args[0] is of
+            and not any(isinstance(a, fx.Node) for a in rest))  # fmt: skip
 
 
 class SplitUnavailable(RuntimeError):

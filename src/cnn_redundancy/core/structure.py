@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .graph import ACTIVATIONS, Traced
+from .graph import ACTIVATIONS, Traced, applies_activation
 from .layers import conv_layers, get_module
 
 __all__ = [
@@ -209,11 +209,9 @@ def residual_adds(traced: Traced) -> list[ResidualAdd]:
 _F = torch.nn.functional
 _THROUGH = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d,
             nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, *ACTIVATIONS)  # fmt: skip
-_THROUGH_FUNCTIONS = {torch.relu, torch.sigmoid, torch.tanh, _F.relu, _F.relu6, _F.leaky_relu, _F.elu, _F.gelu,
-                      _F.silu, _F.mish, _F.hardtanh, _F.hardswish, _F.hardsigmoid, _F.max_pool2d, _F.avg_pool2d,
-                      _F.adaptive_avg_pool2d, _F.adaptive_max_pool2d, _F.batch_norm, _F.group_norm, _F.instance_norm,
-                      _F.dropout, _F.dropout2d}  # fmt: skip
-_THROUGH_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous"}
+# besides the activation functions (core.graph.applies_activation)
+_THROUGH_FUNCTIONS = {_F.max_pool2d, _F.avg_pool2d, _F.adaptive_avg_pool2d, _F.adaptive_max_pool2d, _F.batch_norm,
+                      _F.group_norm, _F.instance_norm, _F.dropout, _F.dropout2d}  # fmt: skip
 
 
 # what reads a tensor's shape, type or place and not its values: no use of the channels
@@ -252,7 +250,7 @@ def consumer(traced: Traced, layer: str) -> str | None:
                 return str(node.target)
             if not isinstance(mod, _THROUGH):
                 return None
-        elif not (node.op == "call_function" and node.target in _THROUGH_FUNCTIONS
-                  or node.op == "call_method" and node.target in _THROUGH_METHODS):  # fmt: skip
+        elif not (applies_activation(node) or node.op == "call_function" and node.target in _THROUGH_FUNCTIONS
+                  or node.op == "call_method" and node.target == "contiguous"):  # fmt: skip
             return None
     return None
