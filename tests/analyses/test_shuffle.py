@@ -137,6 +137,37 @@ def test_model_restored_when_the_analysis_raises(engine, data, unchanged):
     assert m.training
 
 
+@pytest.mark.parametrize("frozen_before", [False, True])
+def test_the_garbage_collector_is_left_as_found_also_when_the_sweep_raises(frozen_before, data):
+    """The sweep leaves the objects alive at its start out of the collector's passes (gc.freeze) and
+    gives them back at its end, raising or not; a program that froze objects itself keeps them frozen."""
+    import gc
+
+    if frozen_before:
+        gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        seen = []
+
+        class Watching(torch.utils.data.DataLoader):
+            def __iter__(self):
+                for b in super().__iter__():
+                    seen.append(gc.get_freeze_count())
+                    yield b
+
+        channel_shuffle(TinyCNN(), Watching(data, batch_size=32), "conv2", channels=[0], metric=None)
+        after = gc.get_freeze_count()
+        with pytest.raises(RuntimeError, match="disk went away"):
+            channel_shuffle(TinyCNN(), _FailingLoader(data, batch_size=16), "conv2")
+        assert gc.isenabled()
+        if frozen_before:  # nothing more frozen, nothing given back (frozen objects may still be freed)
+            assert 0 < max(seen) <= before and 0 < after <= before and 0 < gc.get_freeze_count() <= before
+        else:  # frozen while it ran, given back after, also after the error
+            assert before == 0 and min(seen) > 0 and after == 0 and gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+
+
 def test_plot(data):
     import matplotlib
 

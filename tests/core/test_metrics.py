@@ -68,6 +68,26 @@ def test_cosine_against_the_formula_exactly_one_and_zero_maps():
     assert torch.equal(cosine_per_channel(a, b, a_sq=squared_norms(a)).nan_to_num(-9), cos.nan_to_num(-9))
 
 
+def test_cosine_of_maps_with_huge_or_tiny_norms_and_summed_over_samples():
+    """float32 holds squared norms up to 3e38: the product of two of them overflows for maps of norm 1e10,
+    their ratios do not, and the unchanged maps stay exactly 1 at any scale."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(8, 3, 4, 4, generator=g)
+    b = a + 0.3 * torch.randn(8, 3, 4, 4, generator=g)
+    b[:, 1] = a[:, 1]
+    want = torch.nn.functional.cosine_similarity(a.flatten(2).double(), b.flatten(2).double(), dim=-1)
+    want[:, 1] = 1.0
+    for scale in (1e-9, 1.0, 1e9):
+        cos = cosine_per_channel(a * scale, b * scale)
+        assert cos.dtype == torch.float64
+        torch.testing.assert_close(cos, want, atol=1e-6, rtol=0)
+        assert (cos[:, 1] == 1.0).all()
+        summed = cosine_per_channel(a * scale, b * scale, sum_samples=True)
+        assert summed.shape == (3,) and summed.dtype == torch.float64
+        torch.testing.assert_close(summed, cos.sum(0), atol=1e-12, rtol=0)
+        assert summed[1] == 8.0
+
+
 def test_ncc_known_answers():
     g = torch.Generator().manual_seed(0)
     blob = torch.zeros(1, 1, 16, 16)

@@ -341,7 +341,7 @@ class _Probe:
         layer = unit.key[0]
         clean = ctx.like(ctx.observation_key(unit), clean, pert)  # the three sums alike: cosine 1 is exact
         a_sq = ctx.cached(("clean norms", layer, clean.stride()), lambda: squared_norms(clean))
-        return cosine_per_channel(clean, pert, a_sq=a_sq).sum(0)
+        return cosine_per_channel(clean, pert, a_sq=a_sq, sum_samples=True)
 
     def _units_of(self, layer: str, i: int) -> list[int]:
         return [self.index[(layer, r, i)] for r in range(self.repeats)]

@@ -306,43 +306,47 @@ def infer_metric(model: torch.nn.Module, data, output: str | int | None = None) 
 
 class CleanNorms(NamedTuple):
     """The clean side of :func:`cosine_per_channel`, computed once where one clean activation is compared
-    with many perturbed ones (a sweep). ``sq``: the ``[N, C]`` float64 squared norm of each map (summed in
-    the activation's precision, float32 at least), infinite where the map counts as zero (a perturbed
-    map that is not zero then gets cosine 0). ``zero``: float64, 1 where the map counts as zero (the
-    cosine where the perturbed map is zero too), else 0."""
+    with many perturbed ones (a sweep), each ``[N, C]`` in the activation's precision (float32 at least).
+    ``sq``: the squared norm of each map, infinite where the map counts as zero (a perturbed map that is
+    not zero then gets cosine 0). ``sq_or_one``: the same with 1 where the map counts as zero. ``zero``:
+    1 where the map counts as zero (the cosine where the perturbed map is zero too), else 0."""
 
     sq: torch.Tensor
+    sq_or_one: torch.Tensor
     zero: torch.Tensor
 
 
 def squared_norms(a: torch.Tensor, eps: float = 1e-12) -> CleanNorms:
     """:class:`CleanNorms` of ``a`` (``[N, C, ...]``) for :func:`cosine_per_channel`."""
     a = full_precision(a).flatten(2)
-    sq = (a * a).sum(-1).double()
+    sq = (a * a).sum(-1)
     zero = sq <= eps * eps
-    return CleanNorms(sq.masked_fill_(zero, math.inf), zero.double())
+    return CleanNorms(sq.masked_fill(zero, math.inf), sq.masked_fill(zero, 1.0), zero.to(sq.dtype))
 
 
 def cosine_per_channel(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12, *,
-                       a_sq: CleanNorms | None = None) -> torch.Tensor:  # fmt: skip
+                       a_sq: CleanNorms | None = None, sum_samples: bool = False) -> torch.Tensor:  # fmt: skip
     """Cosine similarity between ``a[n, c]`` and ``b[n, c]`` flattened, for every sample and channel.
 
-    ``a``, ``b``: ``[N, C, ...]``. Returns ``[N, C]`` (float64; computed in the inputs' precision,
-    float32 at least). ``a_sq``: :func:`squared_norms` of ``a`` where the caller has it (a sweep
-    compares one clean activation with many perturbed ones). A map whose squared norm is at most
-    ``eps**2`` counts as zero: both zero gives 1 (nothing changed), exactly one zero gives 0. A NaN or
-    infinite value in the perturbed map gives NaN, whatever the clean map (it is not hidden as 0).
+    ``a``, ``b``: ``[N, C, ...]``. Returns ``[N, C]``, or with ``sum_samples`` their sum over the
+    samples ``[C]`` (float64; computed in the inputs' precision, float32 at least, and summed in
+    float64). ``a_sq``: :func:`squared_norms` of ``a`` where the caller has it (a sweep compares one
+    clean activation with many perturbed ones). A map whose squared norm is at most ``eps**2`` counts
+    as zero: both zero gives 1 (nothing changed), exactly one zero gives 0. A NaN or infinite value in
+    the perturbed map gives NaN, whatever the clean map (it is not hidden as 0).
     """
     if a_sq is None:
         a_sq = squared_norms(a, eps)
     a = full_precision(a).flatten(2)
     b = full_precision(b).flatten(2)
-    # the three sums are computed alike, and the product of two float32 sums and the square root of an
-    # exact square are exact in float64: identical maps give exactly 1. Where the clean map is zero the
-    # divisor is infinite (cosine 0); where the perturbed one is, the cosine is the clean map's zero flag.
-    bb = (b * b).sum(-1).double()
-    cos = (a * b).sum(-1).double().div_((a_sq.sq * bb).sqrt_())
-    return torch.where(bb <= eps * eps, a_sq.zero, cos).clamp_(-1.0, 1.0)
+    # a.b / sqrt(a.a b.b) as (a.b / a.a) / sqrt(b.b / a.a): the three sums are computed alike, so identical
+    # maps give 1 / sqrt(1), exactly 1, and the ratios stay in range where the product of two squared norms
+    # would not (float32 holds squares up to 3e38 only). Where the clean map is zero the first ratio is 0
+    # (cosine 0); where the perturbed one is, the cosine is the clean map's zero flag.
+    bb = (b * b).sum(-1)
+    cos = (a * b).sum(-1).div_(a_sq.sq).div_(torch.div(bb, a_sq.sq_or_one).sqrt_())
+    cos = torch.where(bb <= eps * eps, a_sq.zero, cos).clamp_(-1.0, 1.0)
+    return cos.sum(0, dtype=torch.float64) if sum_samples else cos.double()
 
 
 def normalize_responses(x: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,8 +28,10 @@ so a partial result is consistent at any moment and covers whole batches.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import gc
 import math
 import warnings
 from collections.abc import Callable, Hashable, Sequence
@@ -289,16 +291,16 @@ class _Run:
             clean_obs = plan.clean_observation(i, values, observed)
             if b.index == 0:
                 if out is not None:
-                    changes.append(_change(out, clean_out))
+                    changes.append(_extremes(out, clean_out))
                 else:
-                    changes.append(_change(obs, self.reference(ctx, i, clean_obs, obs)))
+                    changes.append(_extremes(obs, self.reference(ctx, i, clean_obs, obs)))
             units.append((i, self.metric.batch_state(out, b.y) if with_metric else None,
                           self.observe_sum(ctx, i, clean_obs, obs) if self.observe_sum is not None and obs is not None else None))  # fmt: skip
             tick()
         own = self.owner and with_metric
         return {"size": len(b.x), "owner": self.owner, "units": units,
                 "baseline": self.metric.batch_state(clean_out, b.y) if own else None,
-                "change": [torch.stack([c[0] for c in changes]), torch.stack([c[1] for c in changes])] if changes else None}  # fmt: skip
+                "change": list(_changes(changes)) if changes else None}  # fmt: skip
 
     def reference(self, ctx: BatchContext, i: int, clean: Any, obs: Any) -> Any:
         """Unit ``i``'s clean observation to compare ``obs`` with: a tensor in ``obs``'s memory layout and
@@ -392,7 +394,7 @@ def sweep(
                        [_fresh(metric) for _ in units] if metric is not None else None, [0] * len(units))
     mine = _mine(units, shard)
     last = wants_channels_last(dev, amp)
-    with preserved(model), torch.no_grad(), placed(model, dev, channels_last=last):
+    with preserved(model), torch.no_grad(), placed(model, dev, channels_last=last), _old_objects_frozen():
         model.eval()
         plan = _Plan(model, units, engine, traced, active=mine, needs_output=metric is not None)
         state.fast, state.fallback = plan.fast, plan.why
@@ -412,6 +414,24 @@ def sweep(
     return state
 
 
+@contextlib.contextmanager
+def _old_objects_frozen():
+    """The objects alive when the sweep starts left out of the cyclic garbage collector's passes until it
+    ends (``gc.freeze``). A sweep makes a few dozen small objects per unit and batch, and every 70,000 or
+    so the collector's full pass walks every object of the program: 0.1 s with torch and a model loaded,
+    more in a large notebook, several times a minute. Frozen, a pass walks the sweep's own objects
+    only. Nothing is held back from reference counting, and the collector is left as found: a program
+    that froze objects itself, or disabled the collector, keeps it so."""
+    if not gc.isenabled() or gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _flat(out: Any) -> torch.Tensor:
     """Every tensor of a model output (a tensor, or a dict / tuple of them) as one flat tensor (float32 at least)."""
     if isinstance(out, torch.Tensor):
@@ -420,13 +440,13 @@ def _flat(out: Any) -> torch.Tensor:
     return torch.cat([_flat(p) for p in parts if isinstance(p, torch.Tensor | dict | list | tuple)])
 
 
-def _change(out: Any, clean: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(largest absolute difference, whether anything differs) without a host sync; any output structure.
+def _extremes(out: Any, clean: Any) -> torch.Tensor:
+    """The smallest and largest difference ``out - clean`` (float64 ``[2]``) without a host sync; any output
+    structure; ``[0, 0]`` for empty outputs.
 
-    The difference is taken in the outputs' precision (float32 at least; the largest one is returned
-    in float64): IEEE subtraction is zero exactly where two numbers are equal, so it is non-zero
-    exactly where the outputs differ, and NaN where either is NaN (or both are the same infinity),
-    which counts as a change too.
+    The difference is taken in the outputs' precision (float32 at least): IEEE subtraction is zero exactly
+    where two numbers are equal, so it is non-zero exactly where the outputs differ, and NaN where either
+    is NaN (or both are the same infinity), which counts as a change too (:func:`_changes`).
     """
     if isinstance(out, torch.Tensor) and isinstance(clean, torch.Tensor) and out.shape == clean.shape:
         diff = full_precision(out) - full_precision(clean)  # in out's memory layout (channels-last, say)
@@ -434,8 +454,13 @@ def _change(out: Any, clean: Any) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         diff = _flat(out) - _flat(clean)
     if not diff.numel():
-        zero = diff.new_zeros(())
-        return zero, zero > 0
-    lo, hi = torch.aminmax(diff)
-    biggest = torch.maximum(hi, -lo).double()
+        return diff.new_zeros(2, dtype=torch.float64)
+    return torch.stack(torch.aminmax(diff)).double()
+
+
+def _changes(extremes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit, from its :func:`_extremes`: the largest absolute change (NaN where a value is NaN) and
+    whether anything changed, for all the units of a batch in a few operations."""
+    lo, hi = torch.stack(extremes).unbind(1)
+    biggest = torch.maximum(hi, -lo)
     return biggest, (biggest > 0) | torch.isnan(biggest)
