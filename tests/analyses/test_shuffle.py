@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -195,6 +197,36 @@ def test_partial_results_are_written_per_batch(data, tmp_path):
     assert kept.meta["complete"] is False and kept.samples == 16 and len(kept.cosine["conv2"]) == 4
     full = channel_shuffle(m, data, "conv2", batch_size=16, partial=part)
     assert full.meta["complete"] is True and Result.load(part).samples == 96  # last partial covers everything
+
+
+@pytest.mark.parametrize("metric", ["accuracy", None])
+def test_an_interrupt_within_the_first_batch_keeps_the_channels_measured_so_far(metric, data, tmp_path, unchanged):
+    """The first batch of a sweep over thousands of channels can take hours: interrupted within it, the
+    partial result holds every channel measured so far, with the numbers a whole run gives them."""
+    m = TinyCNN().eval()
+    full = channel_shuffle(m, data, "conv2", batch_size=96, metric=metric)  # one batch
+    calls = []
+
+    def stop(*_):  # the observed module's (or the head's) call for the third channel
+        calls.append(1)
+        if len(calls) == 4:  # the clean pass, then one call per channel
+            raise KeyboardInterrupt
+
+    watched = m.fc if metric else m.get_submodule(full.observed["conv2"])
+    handle = watched.register_forward_hook(stop)
+    part = tmp_path / "partial.json"
+    try:
+        with unchanged(m), pytest.raises(KeyboardInterrupt):
+            channel_shuffle(m, data, "conv2", batch_size=96, metric=metric, partial=part)
+    finally:
+        handle.remove()
+    kept = Result.load(part)
+    assert kept.meta["complete"] is False and kept.samples == 96
+    assert kept.cosine["conv2"][:2] == full.cosine["conv2"][:2]
+    assert all(math.isnan(v) for row in kept.cosine["conv2"][2:] for v in row)
+    if metric:
+        assert kept.metric["conv2"][:2] == full.metric["conv2"][:2] and kept.baseline == full.baseline
+        assert all(math.isnan(v) for v in kept.metric["conv2"][2:])
 
 
 def test_several_layers_in_one_call_give_each_layers_own_answer(data):

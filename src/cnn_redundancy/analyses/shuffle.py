@@ -357,8 +357,11 @@ class _Probe:
             res.baseline = state.baseline.compute()
         for layer in self.names:
             per_channel = [self._units_of(layer, i) for i in range(len(self.chans[layer]))]
-            if (layer, 0) in state.observed:
-                sums = torch.stack([state.observed[(layer, i)].cpu() for i in range(len(per_channel))])
+            got = [state.observed.get((layer, i)) for i in range(len(per_channel))]
+            width = next((g.numel() for g in got if g is not None), None)
+            if width is not None:  # a partial result: a channel not measured yet has NaN cosines
+                sums = torch.stack([g.cpu() if g is not None else torch.full((width,), math.nan, dtype=torch.float64)
+                                    for g in got])  # fmt: skip
                 seen = torch.tensor([sum(state.seen[u] for u in us) for us in per_channel], dtype=torch.float64)
                 res.cosine[layer] = (sums / seen.clamp_min(1)[:, None]).tolist()
                 res.mean_cosine[layer] = [sum(row) / len(row) for row in res.cosine[layer]]

@@ -20,10 +20,13 @@ analysis gets for free:
   world_size``) or ``shard="units"`` (the units split among the processes, each over all the
   data), with the same result as one process, bit for bit.
 
-Per batch, each unit's metric state and observation sum (``observe_sum``) are measured first and
-added to the running state afterwards, in the global batch order
-(:class:`~cnn_redundancy.core.batches.BatchLoop`); every unit's counts are kept apart (``seen``),
-so a partial result is consistent at any moment and covers whole batches.
+Every unit's counts are kept apart (``seen``), so a partial result is consistent at any moment:
+each unit's numbers cover the batches it has seen. With one process a unit's metric state and
+observation sum (``observe_sum``) join the running state as soon as they are measured, so a partial
+result written in the middle of a batch (the first batch of a sweep over thousands of channels can
+take hours) covers every unit measured so far. With several processes each batch's measurements
+join after the exchange, in the global batch order (:class:`~cnn_redundancy.core.batches.BatchLoop`).
+Each sum grows in the same order either way: the same result for any world size.
 """
 
 from __future__ import annotations
@@ -271,12 +274,19 @@ def _mine(units: Sequence[Unit], shard: str) -> list[int]:
 
 
 class _Run:
-    """One sweep's measurement of a batch (``measure``) and the addition of a batch's measurements to the state (``apply``)."""
+    """One sweep's measurement of a batch (``measure``) and the addition of a batch's measurements to the state (``apply``).
+
+    With one process each unit's numbers join the state as soon as they are measured (``stream``): a
+    partial result then covers every unit measured so far, also within a batch (the first batch of
+    a sweep over thousands of channels can take hours), and each sum still grows in the same order.
+    With several processes a batch's numbers join after the exchange, in the global batch order.
+    """
 
     def __init__(self, plan: _Plan, state: SweepState, mine: list[int], metric: Metric | None, observe_sum,
                  amp: str | None, owner: bool) -> None:  # fmt: skip
         self.plan, self.state, self.mine, self.metric = plan, state, mine, metric
         self.observe_sum, self.amp, self.owner = observe_sum, amp, owner
+        self.stream = world_size() == 1
 
     def measure(self, b: Batch, dev: torch.device, tick: Callable[[], None]) -> dict[str, Any]:
         """What batch ``b`` adds: the clean metric (where this process owns the batch) and, per unit of
@@ -284,7 +294,11 @@ class _Run:
         plan, ctx, with_metric = self.plan, BatchContext(b.index), self.metric is not None
         with explained(plan.model, b.x), autocast(dev, self.amp):
             clean_out, values, observed = plan.clean(b.x)
-        units, changes = [], []
+        own = self.owner and with_metric
+        clean = {"size": len(b.x), "owner": self.owner, "baseline": self.metric.batch_state(clean_out, b.y) if own else None}
+        if self.stream:
+            self._apply_clean(clean)
+        units, changes, changed = [], [], []
         for i in self.mine:
             with autocast(dev, self.amp):
                 out, obs = plan.run(i, ctx, b.x, values, with_metric)
@@ -294,12 +308,15 @@ class _Run:
                     changes.append(_extremes(out, clean_out))
                 else:
                     changes.append(_extremes(obs, self.reference(ctx, i, clean_obs, obs)))
-            units.append((i, self.metric.batch_state(out, b.y) if with_metric else None,
-                          self.observe_sum(ctx, i, clean_obs, obs) if self.observe_sum is not None and obs is not None else None))  # fmt: skip
+                changed.append(i)
+            unit = (i, self.metric.batch_state(out, b.y) if with_metric else None,
+                    self.observe_sum(ctx, i, clean_obs, obs) if self.observe_sum is not None and obs is not None else None)  # fmt: skip
+            if self.stream:
+                self._apply_unit(unit, len(b.x))
+            else:
+                units.append(unit)
             tick()
-        own = self.owner and with_metric
-        return {"size": len(b.x), "owner": self.owner, "units": units,
-                "baseline": self.metric.batch_state(clean_out, b.y) if own else None,
+        return {"size": len(b.x), "clean": None if self.stream else clean, "units": units, "changed": changed,
                 "change": list(_changes(changes)) if changes else None}  # fmt: skip
 
     def reference(self, ctx: BatchContext, i: int, clean: Any, obs: Any) -> Any:
@@ -313,26 +330,37 @@ class _Run:
         ref = ctx.like(key, clean, obs)
         return ctx.cached((key, "full precision", ref.stride()), lambda: full_precision(ref))
 
-    def apply(self, c: dict[str, Any]) -> None:
+    def _apply_clean(self, clean: dict[str, Any]) -> None:
         st = self.state
-        if c["owner"]:
-            st.n_seen += c["size"]
-            if c["baseline"] is not None:
-                st.baseline.merge(c["baseline"])
-        for i, m, o in c["units"]:
-            if m is not None:
-                st.metrics[i].merge(m)
-            if o is not None:
-                key = st.units[i].sum_key
-                if key in st.observed:
-                    st.observed[key] += o
-                else:
-                    st.observed[key] = torch.zeros_like(o).add_(o)
-            st.seen[i] += c["size"]
+        if clean["owner"]:
+            st.n_seen += clean["size"]
+            if clean["baseline"] is not None:
+                st.baseline.merge(clean["baseline"])
+
+    def _apply_unit(self, unit: tuple[int, Any, Any], size: int) -> None:
+        st = self.state
+        i, m, o = unit
+        if m is not None:
+            st.metrics[i].merge(m)
+        if o is not None:
+            key = st.units[i].sum_key
+            if key in st.observed:
+                st.observed[key] += o
+            else:
+                st.observed[key] = torch.zeros_like(o).add_(o)
+        st.seen[i] += size
+
+    def apply(self, c: dict[str, Any]) -> None:
+        """Add what ``measure`` returned for a batch (what it has not added already)."""
+        st = self.state
+        if c["clean"] is not None:
+            self._apply_clean(c["clean"])
+        for unit in c["units"]:
+            self._apply_unit(unit, c["size"])
         if c["change"] is not None:  # the first batch: one host sync for all of its units
             if not st.max_change:
                 st.max_change, st.changed = [math.nan] * len(st.units), [False] * len(st.units)
-            for (i, _, _), biggest, differs in zip(c["units"], c["change"][0].tolist(), c["change"][1].tolist()):
+            for i, biggest, differs in zip(c["changed"], c["change"][0].tolist(), c["change"][1].tolist()):
                 st.max_change[i], st.changed[i] = biggest, bool(differs)
 
 
@@ -405,6 +433,8 @@ def sweep(
 
             def tick() -> None:
                 bar.update(1)
+                if run.stream:  # the unit's numbers are in the state already
+                    partials.started = True
                 partials.maybe()
 
             for b in loop:
