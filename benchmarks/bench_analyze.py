@@ -69,6 +69,8 @@ def main() -> None:
           f"held out), batch 128, {torch.get_num_threads()} threads; one plain pass over {args.images} images: "
           f"{t_pass:.2f} s")  # fmt: skip
     per_pass = t_pass * res.data["analysis"] / args.images
+    print(f"  per lens, in plain passes over the {res.data['analysis']} analysed images (the total and the estimate: "
+          f"over all {args.images}):")  # fmt: skip
     for lens, secs in res.meta["seconds"].items():
         info = res.lenses[lens]
         print(f"  {lens:16s} {secs / per_pass:6.1f} passes  ({secs:6.1f} s) {info['status']}"
