@@ -229,3 +229,62 @@ def test_remove_trivial_writes_partial_results_as_it_goes(net, data, tmp_path, m
     monkeypatch.setattr(R, "evaluate", look)
     remove_trivial(net, d, tolerance=1.0, measure=False, progress=False, partial=tmp_path / "removal.json")
     assert on_disk[:3] == [None, 1, 2]
+
+
+def _interrupt_at(module: torch.nn.Module, call: int):
+    """A forward hook that raises KeyboardInterrupt at ``module``'s ``call``-th call (from 1)."""
+    calls = []
+
+    def hook(*_):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+
+    return module.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("engine", ["fast", "naive"])
+def test_an_interrupt_within_the_first_batch_keeps_the_convs_measured_so_far(engine, tmp_path):
+    """Each conv measured before the interrupt is in the partial result with its score, change and verdict,
+    over the same samples as the baseline; the others are absent."""
+    from cnn_redundancy.testing import TinyCNN
+
+    m, data = TinyCNN().eval(), random_images(64, seed=1)
+    full = zero_ablation(m, data, batch_size=64, engine=engine, progress=False)
+    part = tmp_path / "partial.json"
+    # fc's calls: two input checks, the clean pass, then one per ablated conv: stopped at conv2's
+    handle = _interrupt_at(m.fc, 5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            zero_ablation(m, data, batch_size=64, engine=engine, progress=False, partial=part)
+    finally:
+        handle.remove()
+    kept = cr.Result.load(part)
+    assert kept.meta["complete"] is False and kept.units == ["conv1"]
+    assert kept.baseline == full.baseline and kept.scores["conv1"] == full.scores["conv1"]
+    assert kept.changed["conv1"] == full.changed["conv1"] and kept.max_change["conv1"] == full.max_change["conv1"]
+    assert kept.headline() and kept.unchanged == full.unchanged
+
+
+def test_an_interrupt_within_a_later_batch_keeps_whole_batches_with_their_baseline(tmp_path):
+    """Stopped within the second batch, the partial result covers the first batch only: the baseline and
+    every score over the same 32 samples (labels right in the first batch and wrong in the second)."""
+    from cnn_redundancy.testing import TinyCNN
+
+    m = TinyCNN().eval()
+    x = random_images(64, seed=3).tensors[0]
+    with torch.no_grad():
+        pred = m(x).argmax(1)
+    y = torch.cat([pred[:32], (pred[32:] + 1) % 10])
+    data = torch.utils.data.TensorDataset(x, y)
+    first = zero_ablation(m, torch.utils.data.Subset(data, range(32)), batch_size=32, progress=False)
+    part = tmp_path / "partial.json"
+    handle = _interrupt_at(m.fc, 2 + 3 + 3)  # the input checks; batch 0's clean pass and 2 convs; batch 1's at conv2
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            zero_ablation(m, data, batch_size=32, progress=False, partial=part, engine="fast")
+    finally:
+        handle.remove()
+    kept = cr.Result.load(part)
+    assert kept.meta["complete"] is False and kept.baseline == first.baseline == 1.0
+    assert kept.scores == first.scores

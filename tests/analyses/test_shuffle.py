@@ -223,10 +223,43 @@ def test_an_interrupt_within_the_first_batch_keeps_the_channels_measured_so_far(
     kept = Result.load(part)
     assert kept.meta["complete"] is False and kept.samples == 96
     assert kept.cosine["conv2"][:2] == full.cosine["conv2"][:2]
+    assert kept.max_change["conv2"][:2] == full.max_change["conv2"][:2]
     assert all(math.isnan(v) for row in kept.cosine["conv2"][2:] for v in row)
     if metric:
         assert kept.metric["conv2"][:2] == full.metric["conv2"][:2] and kept.baseline == full.baseline
         assert all(math.isnan(v) for v in kept.metric["conv2"][2:])
+    # read as a complete one would be: its summary covers the channels measured
+    mc = full.mean_cosine["conv2"][:2]
+    assert kept.summary("conv2")["mean_cosine"] == pytest.approx(sum(mc) / 2) and len(kept.headline()) == 1
+    kept.plot()
+
+
+def test_a_partial_result_of_several_layers_reads_and_plots(data, tmp_path):
+    """Stopped before any channel of the second layer is measured: that layer says so, the first one is read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    m = TinyCNN().eval()
+    calls = []
+
+    def stop(*_):
+        calls.append(1)
+        if len(calls) == 1 + 2:  # fc: the clean pass, then conv1's first channel; stopped at its second
+            raise KeyboardInterrupt
+
+    handle = m.fc.register_forward_hook(stop)
+    part = tmp_path / "partial.json"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            channel_shuffle(m, data, ["conv1", "conv2"], batch_size=96, repeats=2, partial=part)
+    finally:
+        handle.remove()
+    kept = Result.load(part)
+    lines = kept.headline()
+    assert "conv2: channel shuffle, no channel measured yet" in lines
+    assert lines[0].startswith("conv1: channel shuffle, mean cosine") and "conv2" not in kept.cosine
+    kept.plot()
+    kept.plot("conv1")
 
 
 def test_several_layers_in_one_call_give_each_layers_own_answer(data):

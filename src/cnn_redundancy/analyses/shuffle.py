@@ -96,21 +96,33 @@ class ShuffleResult(Result):
         return [self.baseline - m for m in self.metric[layer]]
 
     def summary(self, layer: str | None = None) -> dict[str, float]:
-        """Mean/min cosine and mean/max metric drop over the channels of one layer."""
+        """Mean/min cosine and mean/max metric drop over the channels of one layer (those measured, in a
+        partial result; empty where none is)."""
         layer = self._layer(layer)
-        mc = self.mean_cosine[layer]
-        out = {"mean_cosine": sum(mc) / len(mc), "min_cosine": min(mc)}
-        if self.metric.get(layer):
-            drops = self.metric_drop(layer)
+        measured = self._measured
+        mc = [v for v in self.mean_cosine.get(layer, []) if measured(v)]
+        out = {"mean_cosine": sum(mc) / len(mc), "min_cosine": min(mc)} if mc else {}
+        drops = [d for d in self.metric_drop(layer) if measured(d)] if self.metric.get(layer) else []
+        if drops:
             out.update(mean_drop=sum(drops) / len(drops), max_drop=max(drops), baseline=float(self.baseline))
         return out
+
+    def _measured(self, v: float) -> bool:
+        """Whether a channel's value counts: every value of a complete result (a NaN there is a finding and
+        shows), the measured ones of a partial result (NaN: not measured yet)."""
+        return self.meta.get("complete", True) or not math.isnan(v)
 
     def headline(self) -> list[str]:
         """One line per layer: mean and least cosine, and the metric drop."""
         lines = []
         for layer in self.layers:
             s = self.summary(layer)
-            line = f"{layer}: {self.mode} shuffle, mean cosine {s['mean_cosine']:.4f} (min {s['min_cosine']:.4f})"
+            if not s:
+                lines.append(f"{layer}: {self.mode} shuffle, no channel measured yet")
+                continue
+            line = f"{layer}: {self.mode} shuffle"
+            if "mean_cosine" in s:
+                line += f", mean cosine {s['mean_cosine']:.4f} (min {s['min_cosine']:.4f})"
             if "baseline" in s:
                 line += (f"; baseline {self.metric_name} {s['baseline']:.4f}, mean drop {s['mean_drop']:.4f}, "
                          f"max drop {s['max_drop']:.4f}")
@@ -133,7 +145,7 @@ class ShuffleResult(Result):
         step = max(1, len(x) // 20)
         ax = axes[0, 0]
         ax.bar(x, mc, color="#4a78b5")
-        lo = min(mc)
+        lo = min((v for v in mc if math.isfinite(v)), default=1.0)  # a partial result: NaN not measured yet
         ax.set_ylim(min(0.0, lo - 0.05) if lo < 0.5 else max(0.0, lo - 0.1), 1.0)
         ax.set_xlabel(f"perturbed input channel k of {layer}")
         ax.set_ylabel(f"mean cosine similarity of {self.observed[layer]}")
@@ -149,8 +161,9 @@ class ShuffleResult(Result):
             # the baseline is named in the title: a legend inside the axes would cover bars, which fill them
             ax.set_title(f"{self.mode} shuffle: {self.metric_name} (green line: baseline {self.baseline:.4f})")
             err = [e if e is not None and math.isfinite(e) else 0.0 for e in std]
-            lo = min(min(v - e for v, e in zip(metric, err)), self.baseline)  # error bars included
-            top = max(max(v + e for v, e in zip(metric, err)), self.baseline)
+            shown = [(v, e) for v, e in zip(metric, err) if math.isfinite(v)]
+            lo = min(min((v - e for v, e in shown), default=self.baseline), self.baseline)  # error bars included
+            top = max(max((v + e for v, e in shown), default=self.baseline), self.baseline)
             ax.set_ylim(max(0.0, lo - 0.05), top + 0.02 * max(1.0, abs(top)))  # the line stays inside, at 1.0 too
             ax.set_xticks(x[::step], labels[::step])
         if title:

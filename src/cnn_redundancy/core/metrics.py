@@ -308,11 +308,11 @@ class CleanNorms(NamedTuple):
     """The clean side of :func:`cosine_per_channel`, computed once where one clean activation is compared
     with many perturbed ones (a sweep), each ``[N, C]`` in the activation's precision (float32 at least).
     ``sq``: the squared norm of each map, infinite where the map counts as zero (a perturbed map that is
-    not zero then gets cosine 0). ``sq_or_one``: the same with 1 where the map counts as zero. ``zero``:
+    not zero then gets cosine 0). ``norm``: its square root, 1 where the map counts as zero. ``zero``:
     1 where the map counts as zero (the cosine where the perturbed map is zero too), else 0."""
 
     sq: torch.Tensor
-    sq_or_one: torch.Tensor
+    norm: torch.Tensor
     zero: torch.Tensor
 
 
@@ -321,7 +321,7 @@ def squared_norms(a: torch.Tensor, eps: float = 1e-12) -> CleanNorms:
     a = full_precision(a).flatten(2)
     sq = (a * a).sum(-1)
     zero = sq <= eps * eps
-    return CleanNorms(sq.masked_fill(zero, math.inf), sq.masked_fill(zero, 1.0), zero.to(sq.dtype))
+    return CleanNorms(sq.masked_fill(zero, math.inf), sq.masked_fill(zero, 1.0).sqrt_(), zero.to(sq.dtype))
 
 
 def cosine_per_channel(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12, *,
@@ -339,12 +339,14 @@ def cosine_per_channel(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12, *,
         a_sq = squared_norms(a, eps)
     a = full_precision(a).flatten(2)
     b = full_precision(b).flatten(2)
-    # a.b / sqrt(a.a b.b) as (a.b / a.a) / sqrt(b.b / a.a): the three sums are computed alike, so identical
-    # maps give 1 / sqrt(1), exactly 1, and the ratios stay in range where the product of two squared norms
-    # would not (float32 holds squares up to 3e38 only). Where the clean map is zero the first ratio is 0
-    # (cosine 0); where the perturbed one is, the cosine is the clean map's zero flag.
+    # a.b / (|a| |b|) as (a.b / a.a) * (|a| / |b|): the three sums are computed alike, so identical maps
+    # give 1 * 1, exactly 1, and every factor stays within float32's range for any two maps it can hold
+    # (the product a.a b.b, or the ratio b.b / a.a, would not). Where the clean map is zero the first
+    # factor is 0 (cosine 0); where the perturbed one is, the cosine is the clean map's zero flag.
     bb = (b * b).sum(-1)
-    cos = (a * b).sum(-1).div_(a_sq.sq).div_(torch.div(bb, a_sq.sq_or_one).sqrt_())
+    ratio = bb.sqrt()
+    torch.div(a_sq.norm, ratio, out=ratio)
+    cos = (a * b).sum(-1).div_(a_sq.sq).mul_(ratio)
     cos = torch.where(bb <= eps * eps, a_sq.zero, cos).clamp_(-1.0, 1.0)
     return cos.sum(0, dtype=torch.float64) if sum_samples else cos.double()
 

@@ -20,13 +20,14 @@ analysis gets for free:
   world_size``) or ``shard="units"`` (the units split among the processes, each over all the
   data), with the same result as one process, bit for bit.
 
-Every unit's counts are kept apart (``seen``), so a partial result is consistent at any moment:
-each unit's numbers cover the batches it has seen. With one process a unit's metric state and
-observation sum (``observe_sum``) join the running state as soon as they are measured, so a partial
-result written in the middle of a batch (the first batch of a sweep over thousands of channels can
-take hours) covers every unit measured so far. With several processes each batch's measurements
-join after the exchange, in the global batch order (:class:`~cnn_redundancy.core.batches.BatchLoop`).
-Each sum grows in the same order either way: the same result for any world size.
+Every unit's counts are kept apart (``seen``), so a partial result is consistent at any moment.
+Per batch, each unit's metric state and observation sum (``observe_sum``) are measured first and
+added to the running state afterwards, in the global batch order
+(:class:`~cnn_redundancy.core.batches.BatchLoop`), so that every unit covers the baseline's batches;
+one exception: with one process, the first batch's units join one by one as they are measured, so
+that a partial result written within it (the first batch of a sweep over thousands of channels can
+take hours) holds every unit measured so far. Each sum grows in the same order either way: the same
+result for any world size.
 """
 
 from __future__ import annotations
@@ -276,17 +277,21 @@ def _mine(units: Sequence[Unit], shard: str) -> list[int]:
 class _Run:
     """One sweep's measurement of a batch (``measure``) and the addition of a batch's measurements to the state (``apply``).
 
-    With one process each unit's numbers join the state as soon as they are measured (``stream``): a
-    partial result then covers every unit measured so far, also within a batch (the first batch of
-    a sweep over thousands of channels can take hours), and each sum still grows in the same order.
-    With several processes a batch's numbers join after the exchange, in the global batch order.
+    With one process, during the first batch each unit's numbers (and its change) join the state as
+    soon as it is measured, after the clean pass's: a partial result written then holds every unit
+    measured so far, each over the same samples as the baseline (the first batch of a sweep over
+    thousands of channels can take hours, and before it nothing else could be kept). Later batches,
+    and every batch with several processes, join whole (after the exchange, in the global batch
+    order), so that every unit of a partial result covers the baseline's batches. Each sum grows in
+    the same order either way.
     """
 
     def __init__(self, plan: _Plan, state: SweepState, mine: list[int], metric: Metric | None, observe_sum,
                  amp: str | None, owner: bool) -> None:  # fmt: skip
         self.plan, self.state, self.mine, self.metric = plan, state, mine, metric
         self.observe_sum, self.amp, self.owner = observe_sum, amp, owner
-        self.stream = world_size() == 1
+        self.streamed = False  # whether the batch being measured joins the state unit by unit
+        self.pending: list[tuple[int, torch.Tensor]] = []  # streamed units' changes not yet read back
 
     def measure(self, b: Batch, dev: torch.device, tick: Callable[[], None]) -> dict[str, Any]:
         """What batch ``b`` adds: the clean metric (where this process owns the batch) and, per unit of
@@ -296,7 +301,8 @@ class _Run:
             clean_out, values, observed = plan.clean(b.x)
         own = self.owner and with_metric
         clean = {"size": len(b.x), "owner": self.owner, "baseline": self.metric.batch_state(clean_out, b.y) if own else None}
-        if self.stream:
+        self.streamed = stream = b.index == 0 and world_size() == 1
+        if stream:
             self._apply_clean(clean)
         units, changes, changed = [], [], []
         for i in self.mine:
@@ -311,13 +317,28 @@ class _Run:
                 changed.append(i)
             unit = (i, self.metric.batch_state(out, b.y) if with_metric else None,
                     self.observe_sum(ctx, i, clean_obs, obs) if self.observe_sum is not None and obs is not None else None)  # fmt: skip
-            if self.stream:
+            if stream:
                 self._apply_unit(unit, len(b.x))
+                if changes:
+                    self.pending.append((i, changes.pop()))
             else:
                 units.append(unit)
             tick()
-        return {"size": len(b.x), "clean": None if self.stream else clean, "units": units, "changed": changed,
+        return {"size": len(b.x), "clean": None if stream else clean, "units": units, "changed": changed,
                 "change": list(_changes(changes)) if changes else None}  # fmt: skip
+
+    def settle(self) -> None:
+        """Read back the changes of the units streamed so far (one host sync for all of them)."""
+        if self.pending:
+            self._set_changes([i for i, _ in self.pending], _changes([e for _, e in self.pending]))
+            self.pending = []
+
+    def _set_changes(self, units: list[int], change: tuple[torch.Tensor, torch.Tensor]) -> None:
+        st = self.state
+        if not st.max_change:
+            st.max_change, st.changed = [math.nan] * len(st.units), [False] * len(st.units)
+        for i, biggest, differs in zip(units, change[0].tolist(), change[1].tolist()):
+            st.max_change[i], st.changed[i] = biggest, bool(differs)
 
     def reference(self, ctx: BatchContext, i: int, clean: Any, obs: Any) -> Any:
         """Unit ``i``'s clean observation to compare ``obs`` with: a tensor in ``obs``'s memory layout and
@@ -352,16 +373,13 @@ class _Run:
 
     def apply(self, c: dict[str, Any]) -> None:
         """Add what ``measure`` returned for a batch (what it has not added already)."""
-        st = self.state
         if c["clean"] is not None:
             self._apply_clean(c["clean"])
         for unit in c["units"]:
             self._apply_unit(unit, c["size"])
+        self.settle()
         if c["change"] is not None:  # the first batch: one host sync for all of its units
-            if not st.max_change:
-                st.max_change, st.changed = [math.nan] * len(st.units), [False] * len(st.units)
-            for i, biggest, differs in zip(c["changed"], c["change"][0].tolist(), c["change"][1].tolist()):
-                st.max_change[i], st.changed[i] = biggest, bool(differs)
+            self._set_changes(c["changed"], c["change"])
 
 
 def sweep(
@@ -429,11 +447,11 @@ def sweep(
         run = _Run(plan, state, mine, template, observe_sum, amp, owner=shard == "batches" or rank() == 0)
         loop = BatchLoop(loader, dev, run.apply, model=model, shard=shard, channels_last=last)
         with progress_bar(len(loop) * len(mine), desc, enabled=progress, unit="pass") as bar, \
-                Partials((lambda: partial(state)) if partial is not None else None, partial_every) as partials:  # fmt: skip
+                Partials((lambda: (run.settle(), partial(state))) if partial is not None else None, partial_every) as partials:  # fmt: skip
 
             def tick() -> None:
                 bar.update(1)
-                if run.stream:  # the unit's numbers are in the state already
+                if run.streamed:  # the unit's numbers are in the state already
                     partials.started = True
                 partials.maybe()
 
@@ -451,10 +469,13 @@ def _old_objects_frozen():
     so the collector's full pass walks every object of the program: 0.1 s with torch and a model loaded,
     more in a large notebook, several times a minute. Frozen, a pass walks the sweep's own objects
     only. Nothing is held back from reference counting, and the collector is left as found: a program
-    that froze objects itself, or disabled the collector, keeps it so."""
+    that froze objects itself, or disabled the collector, keeps it so. The young generations are
+    collected first (a few milliseconds), so that the cyclic garbage just left behind (the previous
+    analysis' traces, say) is not frozen with the rest; older cyclic garbage waits for the sweep's end."""
     if not gc.isenabled() or gc.get_freeze_count():
         yield
         return
+    gc.collect(1)
     gc.freeze()
     try:
         yield
