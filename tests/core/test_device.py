@@ -194,14 +194,15 @@ def test_a_bad_collective_timeout_is_one_clear_error(given, monkeypatch):
 
 class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts what makes a GPU wait for the host: a tensor read as a Python number or bool (``.item()``,
-    ``bool(t)``, ``int(t)``) or as a list (``.tolist()``)."""
+    ``bool(t)``, ``int(t)``) and ``nonzero`` (its size depends on the values)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+                    torch.ops.aten.nonzero.default):  # fmt: skip
             self.count += 1
         return func(*args, **(kwargs or {}))
 
@@ -209,7 +210,8 @@ class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
 @pytest.mark.parametrize("sweep", ["channel_shuffle", "cosine_only", "pixel_shuffle", "zero_ablation"])
 def test_no_host_read_per_unit_and_batch_of_a_sweep(sweep, monkeypatch):
     """The loop over a batch's units never reads a value back to the host (a GPU would wait at each one):
-    what two more batches add to the reads is the same for one unit and for several."""
+    what two more batches add to the reads (numbers, bools, ``nonzero``, ``.tolist()``, ``.cpu()``,
+    ``.numpy()``) is the same for one unit and for several."""
     m = TinyCNN()
     runs = {
         "channel_shuffle": lambda d, n: cr.channel_shuffle(m, d, "conv2", channels=range(n), batch_size=16),
@@ -217,16 +219,19 @@ def test_no_host_read_per_unit_and_batch_of_a_sweep(sweep, monkeypatch):
         "pixel_shuffle": lambda d, n: cr.pixel_shuffle(m, d, "conv2", channels=range(n), batch_size=16),
         "zero_ablation": lambda d, n: cr.zero_ablation(m, d, ["conv1", "conv2"][: n // 2 + 1], batch_size=16),
     }  # one unit and four (two convs for the ablation)
-    tolist = torch.Tensor.tolist
+    copies = {name: getattr(torch.Tensor, name) for name in ("tolist", "cpu", "numpy")}  # to the host
     reads: dict[tuple[int, int], tuple[int, int]] = {}
     for units in (1, 4):
         for n_batches in (2, 4):
             with _HostReads() as mode:
-                lists: list[int] = []
-                monkeypatch.setattr(torch.Tensor, "tolist", lambda t, lists=lists: lists.append(1) or tolist(t))
+                made: list[str] = []
+                for name, fn in copies.items():
+                    monkeypatch.setattr(torch.Tensor, name, lambda t, *a, fn=fn, name=name, made=made, **k:
+                                        made.append(name) or fn(t, *a, **k))  # fmt: skip
                 runs[sweep](random_images(16 * n_batches, seed=1), units)
-                monkeypatch.setattr(torch.Tensor, "tolist", tolist)
-            reads[units, n_batches] = (mode.count, len(lists))
+                for name, fn in copies.items():
+                    monkeypatch.setattr(torch.Tensor, name, fn)
+            reads[units, n_batches] = (mode.count, len(made))
     more = {u: tuple(a - b for a, b in zip(reads[u, 4], reads[u, 2])) for u in (1, 4)}
     assert more[1] == more[4], reads
     assert more[1][0] <= 2 * 2 and more[1][1] == 0  # per batch: the input and label checks at most
