@@ -121,6 +121,33 @@ def test_imagefolder_with_and_without_split_folders(tmp_path):
     assert len(tr) + len(te) == 10 and len(te) == 2 and te[0][0].shape == (3, 6, 6)
 
 
+def test_imagefolder_splits_share_one_class_list_and_all_reads_both(tmp_path):
+    """root/train and root/test: 'all' is both splits with their classes' labels (it read train/ and test/ as
+    two classes), a class missing from one split keeps its label in the other, and a split that is
+    not there is one clear error (it read root/ with train/ and test/ as its classes)."""
+    from cnn_redundancy.data import DatasetNotFoundError
+
+    for split, classes in (("train", ("ant", "bee", "cat")), ("test", ("ant", "cat"))):
+        for k, cls in enumerate(classes):
+            d = tmp_path / "split" / split / cls
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((6, 6, 3), 30 * k + i, dtype=np.uint8)).save(d / f"{i}.png")
+    root = tmp_path / "split"
+    tr = load_dataset("imagefolder", "train", root=root)
+    te = load_dataset("imagefolder", "test", root=root)
+    both = load_dataset("imagefolder", "all", root=root)
+    assert tr.classes == te.classes == both.classes == ["ant", "bee", "cat"]
+    assert sorted(int(te[i][1]) for i in range(len(te))) == [0, 0, 2, 2]  # cat is 2 here too, not 1
+    assert len(both) == 10 and sorted(int(both[i][1]) for i in range(10)) == [0] * 4 + [1] * 2 + [2] * 4
+    only_train = tmp_path / "only_train"
+    (only_train / "train").mkdir(parents=True)
+    (root / "train" / "ant").rename(only_train / "train" / "ant")
+    with pytest.raises(DatasetNotFoundError, match=r"holds train/ but no test/ folder: choose the split train"):
+        load_dataset("imagefolder", "test", root=only_train)
+    assert len(load_dataset("imagefolder", "all", root=only_train)) == 2
+
+
 def test_a_broken_image_is_named(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()

@@ -9,7 +9,9 @@
   first with ``download=True`` where the machine has internet). The CIFAR batches are Python
   pickles: they are read with an unpickler that builds only dicts, lists, bytes and numpy arrays,
   so a crafted batch file cannot run code.
-- ``imagefolder``: ``root/<split>/<class>/<image>`` (or ``root/<class>/<image>``, split by seed).
+- ``imagefolder``: ``root/<split>/<class>/<image>`` (or ``root/<class>/<image>``, split by seed). With
+  split folders, the splits share one class list (a class one split lacks keeps its label in the
+  other), ``"all"`` reads both, and a split that is not there is an error.
 
 Every set takes ``normalize``: ``True`` (its usual statistics), ``False`` / ``"none"`` (values in
 [0, 1]), ``"imagenet"``, or ``"mean,std"`` (one value, or one per channel: ``"m1,m2,m3,s1,s2,s3"``).
@@ -287,6 +289,29 @@ def _read_image(path: str):
         raise ValueError(f"imagefolder: {path} is not a readable image ({e}): replace or remove it") from None
 
 
+def _class_folders(folder: Path) -> set[str]:
+    """The class folders of ``folder``, as ``ImageFolder`` reads them."""
+    return {e.name for e in os.scandir(folder) if e.is_dir()}
+
+
+def _split_folders(root: Path) -> list[str]:
+    """``["train", "test"]`` or one of them where ``root`` holds its images as ``root/<split>/<class>/...``."""
+    return [s for s in ("train", "test") if (root / s).is_dir() and _class_folders(root / s)]
+
+
+def _folder(root: Path, classes: list[str], **kw):
+    """``ImageFolder`` over ``root`` with its labels in the given class list (the union over the splits), so
+    that a class has the same label in every split, also where a split lacks a class."""
+    from torchvision.datasets import ImageFolder
+
+    ds = ImageFolder(str(root), **kw)
+    index = {c: i for i, c in enumerate(classes)}
+    ds.samples = ds.imgs = [(path, index[ds.classes[t]]) for path, t in ds.samples]
+    ds.targets = [t for _, t in ds.samples]
+    ds.classes, ds.class_to_idx = list(classes), index
+    return ds
+
+
 def _imagefolder(
     split: str,
     root,
@@ -304,7 +329,6 @@ def _imagefolder(
     root = _need_root("imagefolder", root)
     if not root.is_dir():
         raise DatasetNotFoundError(f"imagefolder: {root} is not a folder")
-    split_dir = root / split
     tf = []
     if grayscale:
         tf.append(transforms.Grayscale(1))
@@ -317,9 +341,21 @@ def _imagefolder(
         tf.append(transforms.Normalize([mean] * channels if isinstance(mean, float) else list(mean),
                                        [std] * channels if isinstance(std, float) else list(std)))
     tfm = transforms.Compose(tf)
+    splits = _split_folders(root)
     try:
-        if split != "all" and split_dir.is_dir():
-            return ImageFolder(str(split_dir), transform=tfm, loader=_read_image)
+        if splits:  # root/<split>/<class>/...: one class list for every split, whichever classes each holds
+            if split != "all" and split not in splits:
+                raise DatasetNotFoundError(
+                    f"imagefolder: {root} holds {' and '.join(s + '/' for s in splits)} but no {split}/ folder: "
+                    f"choose the split {' or '.join(splits)} (or 'all'), or add {root / split}")  # fmt: skip
+            classes = sorted(set().union(*(_class_folders(root / s) for s in splits)))
+            parts = [_folder(root / s, classes, transform=tfm, loader=_read_image)
+                     for s in (splits if split == "all" else [split])]  # fmt: skip
+            if len(parts) == 1:
+                return parts[0]
+            both = torch.utils.data.ConcatDataset(parts)
+            both.classes = classes  # type: ignore[attr-defined]
+            return both
         ds = ImageFolder(str(root), transform=tfm, loader=_read_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetNotFoundError(f"imagefolder: no images found under {root} ({e})") from None
