@@ -148,6 +148,28 @@ def test_imagefolder_splits_share_one_class_list_and_all_reads_both(tmp_path):
     assert len(load_dataset("imagefolder", "all", root=only_train)) == 2
 
 
+def test_imagefolder_leaves_out_hidden_folders_and_files(tmp_path):
+    """A notebook's .ipynb_checkpoints, a zip's __MACOSX and macOS's ._x.png files are not classes or images
+    (ImageFolder numbered .ipynb_checkpoints as class 0, shifting every label by one); an empty class
+    folder is one clear error."""
+    from cnn_redundancy.data import DatasetNotFoundError
+
+    for k, cls in enumerate(("ant", "bee")):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((6, 6, 3), 40 * k + i, dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    for junk in (".ipynb_checkpoints", "__MACOSX", "bee/__MACOSX"):
+        (tmp_path / junk).mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(tmp_path / junk / "copy.png")
+    (tmp_path / "ant" / "._0.png").write_bytes(b"resource fork, not an image")
+    ds = load_dataset("imagefolder", "all", root=tmp_path)
+    assert ds.classes == ["ant", "bee"] and len(ds) == 4
+    assert sorted(int(ds[i][1]) for i in range(4)) == [0, 0, 1, 1]
+    (tmp_path / "cat").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"no image in the class folder .*cat: add images or remove it"):
+        load_dataset("imagefolder", "all", root=tmp_path)
+
+
 def test_a_broken_image_is_named(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()

@@ -11,7 +11,8 @@
   so a crafted batch file cannot run code.
 - ``imagefolder``: ``root/<split>/<class>/<image>`` (or ``root/<class>/<image>``, split by seed). With
   split folders, the splits share one class list (a class one split lacks keeps its label in the
-  other), ``"all"`` reads both, and a split that is not there is an error.
+  other), ``"all"`` reads both, and a split that is not there is an error. Hidden folders and files
+  (``.ipynb_checkpoints``, macOS's ``._x.png``) and ``__MACOSX`` are neither classes nor images.
 
 Every set takes ``normalize``: ``True`` (its usual statistics), ``False`` / ``"none"`` (values in
 [0, 1]), ``"imagenet"``, or ``"mean,std"`` (one value, or one per channel: ``"m1,m2,m3,s1,s2,s3"``).
@@ -289,9 +290,14 @@ def _read_image(path: str):
         raise ValueError(f"imagefolder: {path} is not a readable image ({e}): replace or remove it") from None
 
 
+#: folders that hold no classes: a zip's resource forks, and any hidden folder (.ipynb_checkpoints, .git)
+_NOT_CLASSES = ("__MACOSX",)
+
+
 def _class_folders(folder: Path) -> set[str]:
-    """The class folders of ``folder``, as ``ImageFolder`` reads them."""
-    return {e.name for e in os.scandir(folder) if e.is_dir()}
+    """The class folders of ``folder``: its subfolders, but for hidden ones (``.ipynb_checkpoints``) and
+    ``__MACOSX``, which ``ImageFolder`` would count as classes and number before the others."""
+    return {e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".") and e.name not in _NOT_CLASSES}
 
 
 def _split_folders(root: Path) -> list[str]:
@@ -299,16 +305,29 @@ def _split_folders(root: Path) -> list[str]:
     return [s for s in ("train", "test") if (root / s).is_dir() and _class_folders(root / s)]
 
 
-def _folder(root: Path, classes: list[str], **kw):
-    """``ImageFolder`` over ``root`` with its labels in the given class list (the union over the splits), so
-    that a class has the same label in every split, also where a split lacks a class."""
+def _folder(root: Path, classes: list[str], *, every_class: bool, **kw):
+    """``ImageFolder`` over ``root`` with its labels in the given class list (the union over the splits, so
+    that a class has the same label in every split, also where a split lacks a class); the images of
+    folders that are not classes (:func:`_class_folders`) left out. ``every_class``: a class folder
+    without an image is an error."""
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    ds = ImageFolder(str(root), **kw)
+    def is_image(path: str) -> bool:  # not a hidden file (macOS's ._x.png) nor one in a hidden folder
+        parts = Path(path).relative_to(root).parts
+        hidden = any(p.startswith(".") or p in _NOT_CLASSES for p in parts)
+        return not hidden and path.lower().endswith(IMG_EXTENSIONS)
+
+    ds = ImageFolder(str(root), allow_empty=True, is_valid_file=is_image, **kw)
     index = {c: i for i, c in enumerate(classes)}
-    ds.samples = ds.imgs = [(path, index[ds.classes[t]]) for path, t in ds.samples]
+    ds.samples = ds.imgs = [(path, index[ds.classes[t]]) for path, t in ds.samples if ds.classes[t] in index]
     ds.targets = [t for _, t in ds.samples]
     ds.classes, ds.class_to_idx = list(classes), index
+    if not ds.samples:
+        raise DatasetNotFoundError(f"imagefolder: no images found under {root} (class folders: {', '.join(classes) or 'none'})")
+    empty = sorted(set(classes) - {classes[t] for t in ds.targets})
+    if every_class and empty:
+        raise DatasetNotFoundError(f"imagefolder: no image in the class folder {root / empty[0]}: add images or remove it")
     return ds
 
 
@@ -324,7 +343,6 @@ def _imagefolder(
     **kw,
 ) -> Dataset:
     from torchvision import transforms
-    from torchvision.datasets import ImageFolder
 
     root = _need_root("imagefolder", root)
     if not root.is_dir():
@@ -349,14 +367,16 @@ def _imagefolder(
                     f"imagefolder: {root} holds {' and '.join(s + '/' for s in splits)} but no {split}/ folder: "
                     f"choose the split {' or '.join(splits)} (or 'all'), or add {root / split}")  # fmt: skip
             classes = sorted(set().union(*(_class_folders(root / s) for s in splits)))
-            parts = [_folder(root / s, classes, transform=tfm, loader=_read_image)
+            parts = [_folder(root / s, classes, every_class=False, transform=tfm, loader=_read_image)
                      for s in (splits if split == "all" else [split])]  # fmt: skip
             if len(parts) == 1:
                 return parts[0]
             both = torch.utils.data.ConcatDataset(parts)
             both.classes = classes  # type: ignore[attr-defined]
             return both
-        ds = ImageFolder(str(root), transform=tfm, loader=_read_image)
+        ds = _folder(root, sorted(_class_folders(root)), every_class=True, transform=tfm, loader=_read_image)
+    except DatasetNotFoundError:
+        raise
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetNotFoundError(f"imagefolder: no images found under {root} ({e})") from None
     if split == "all":
