@@ -148,6 +148,40 @@ def test_imagefolder_splits_share_one_class_list_and_all_reads_both(tmp_path):
     assert len(load_dataset("imagefolder", "all", root=only_train)) == 2
 
 
+def _pngs(folder, n=2, value=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((6, 6, 3), value + i, dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_imagefolder_numbers_classes_as_a_model_trained_on_train_expects(tmp_path):
+    """The training split's classes keep ImageFolder's numbers (a class only test/ has comes after them,
+    not sorted in before them); 'all' has the labels' targets; ambiguous layouts are one clear error."""
+    from torchvision.datasets import ImageFolder
+
+    from cnn_redundancy.data import DatasetNotFoundError, majority_rate
+
+    root = tmp_path / "r"
+    for split, classes in (("train", ("bee", "cat")), ("test", ("ant", "bee", "cat"))):
+        for cls in classes:
+            _pngs(root / split / cls)
+    tr = load_dataset("imagefolder", "train", root=root)
+    assert tr.class_to_idx == {**ImageFolder(str(root / "train")).class_to_idx, "ant": 2}
+    te = load_dataset("imagefolder", "test", root=root)
+    assert sorted(int(te[i][1]) for i in range(len(te))) == [0, 0, 1, 1, 2, 2]
+    every = load_dataset("imagefolder", "all", root=root)
+    assert len(every) == 10 and majority_rate(every) == pytest.approx(0.4)
+    flat = tmp_path / "flat"  # a class named test beside others: not split folders
+    _pngs(flat / "cat" / "sub")
+    _pngs(flat / "test" / "sub")
+    with pytest.raises(DatasetNotFoundError, match=r"holds split folders \(test\) beside others \(cat\)"):
+        load_dataset("imagefolder", "all", root=flat)
+    loose = tmp_path / "loose"  # train/ holding images, not class folders
+    _pngs(loose / "train")
+    with pytest.raises(DatasetNotFoundError, match=r"train holds no class folders"):
+        load_dataset("imagefolder", "train", root=loose)
+
+
 def test_imagefolder_leaves_out_hidden_folders_and_files(tmp_path):
     """A notebook's .ipynb_checkpoints, a zip's __MACOSX and macOS's ._x.png files are not classes or images
     (ImageFolder numbered .ipynb_checkpoints as class 0, shifting every label by one); an empty class

@@ -11,7 +11,8 @@
   so a crafted batch file cannot run code.
 - ``imagefolder``: ``root/<split>/<class>/<image>`` (or ``root/<class>/<image>``, split by seed). With
   split folders, the splits share one class list (a class one split lacks keeps its label in the
-  other), ``"all"`` reads both, and a split that is not there is an error. Hidden folders and files
+  other; numbered as the training split's), ``"all"`` reads every split folder (``val/`` too), and a
+  split that is not there is an error. Hidden folders and files
   (``.ipynb_checkpoints``, macOS's ``._x.png``) and ``__MACOSX`` are neither classes nor images.
 
 Every set takes ``normalize``: ``True`` (its usual statistics), ``False`` / ``"none"`` (values in
@@ -300,9 +301,37 @@ def _class_folders(folder: Path) -> set[str]:
     return {e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".") and e.name not in _NOT_CLASSES}
 
 
+#: split folders of ``root/<split>/<class>/...``, in the order ``"all"`` reads them
+_SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")
+
+
 def _split_folders(root: Path) -> list[str]:
-    """``["train", "test"]`` or one of them where ``root`` holds its images as ``root/<split>/<class>/...``."""
-    return [s for s in ("train", "test") if (root / s).is_dir() and _class_folders(root / s)]
+    """The split folders (:data:`_SPLIT_FOLDERS`) where ``root`` holds its images as
+    ``root/<split>/<class>/...``, or ``[]`` where it holds class folders (``root/<class>/...``). A root
+    with a ``train/`` or ``test/`` folder beside folders of other names is neither: one clear error."""
+    names = _class_folders(root)
+    if not names & {"train", "test"}:
+        return []
+    others = sorted(names - set(_SPLIT_FOLDERS))
+    if others:
+        raise DatasetNotFoundError(
+            f"imagefolder: {root} holds split folders ({', '.join(sorted(names & set(_SPLIT_FOLDERS)))}) beside "
+            f"others ({', '.join(others)}): put every class folder in {root}/train and {root}/test, or give the "
+            "folder that holds the class folders as --root")  # fmt: skip
+    splits = [s for s in _SPLIT_FOLDERS if s in names]
+    empty = [s for s in splits if not _class_folders(root / s)]
+    if empty:
+        raise DatasetNotFoundError(f"imagefolder: {root / empty[0]} holds no class folders: put its images in "
+                                   f"{root / empty[0]}/<class>/")  # fmt: skip
+    return splits
+
+
+def _split_classes(root: Path, splits: list[str]) -> list[str]:
+    """One class list for every split: the training split's classes numbered as ``ImageFolder`` numbers them
+    (sorted), which a model trained on it expects, then any class only another split has."""
+    first = sorted(_class_folders(root / splits[0]))
+    rest = sorted(set().union(*(_class_folders(root / s) for s in splits[1:])) - set(first))
+    return first + rest
 
 
 def _folder(root: Path, classes: list[str], *, every_class: bool, **kw):
@@ -365,15 +394,17 @@ def _imagefolder(
             if split != "all" and split not in splits:
                 raise DatasetNotFoundError(
                     f"imagefolder: {root} holds {' and '.join(s + '/' for s in splits)} but no {split}/ folder: "
-                    f"choose the split {' or '.join(splits)} (or 'all'), or add {root / split}")  # fmt: skip
-            classes = sorted(set().union(*(_class_folders(root / s) for s in splits)))
+                    f"choose the split {' or '.join(s for s in splits if s in SPLITS)} (or 'all'), or add "
+                    f"{root / split}")  # fmt: skip
+            classes = _split_classes(root, splits)
             parts = [_folder(root / s, classes, every_class=False, transform=tfm, loader=_read_image)
                      for s in (splits if split == "all" else [split])]  # fmt: skip
             if len(parts) == 1:
                 return parts[0]
-            both = torch.utils.data.ConcatDataset(parts)
-            both.classes = classes  # type: ignore[attr-defined]
-            return both
+            every = torch.utils.data.ConcatDataset(parts)
+            every.classes = classes  # type: ignore[attr-defined]
+            every.targets = [t for part in parts for t in part.targets]  # type: ignore[attr-defined]
+            return every
         ds = _folder(root, sorted(_class_folders(root)), every_class=True, transform=tfm, loader=_read_image)
     except DatasetNotFoundError:
         raise
