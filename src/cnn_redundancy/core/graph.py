@@ -37,7 +37,7 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
 )  # fmt: skip
 # modules whose output channel c comes from input channel c (a group or instance norm also reads the others'
 # statistics, yet channel c stays channel c)
-_CHANNELWISE = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d)
+CHANNELWISE = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d)
 _INPLACE_FUNCS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 # operations whose result may share memory with their first argument (a view, or the argument itself): an
 # in-place operation on the result changes the argument too
@@ -373,7 +373,7 @@ class Traced:
             mod = self.gm.get_submodule(user.target)
             if isinstance(mod, ACTIVATIONS):
                 return str(user.target)
-            if not isinstance(mod, _CHANNELWISE):
+            if not isinstance(mod, CHANNELWISE):
                 break
             node, module = user, str(user.target)
         return layer

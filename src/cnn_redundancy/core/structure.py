@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .graph import ACTIVATIONS, Traced, applies_activation
+from .graph import ACTIVATIONS, CHANNELWISE, Traced, applies_activation
 from .layers import conv_layers, get_module
 
 __all__ = [
@@ -207,8 +207,7 @@ def residual_adds(traced: Traced) -> list[ResidualAdd]:
 
 
 _F = torch.nn.functional
-_THROUGH = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d,
-            nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, *ACTIVATIONS)  # fmt: skip
+_THROUGH = (*CHANNELWISE, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, *ACTIVATIONS)
 # besides the activation functions (core.graph.applies_activation)
 _THROUGH_FUNCTIONS = {_F.max_pool2d, _F.avg_pool2d, _F.adaptive_avg_pool2d, _F.adaptive_max_pool2d, _F.batch_norm,
                       _F.group_norm, _F.instance_norm, _F.dropout, _F.dropout2d}  # fmt: skip

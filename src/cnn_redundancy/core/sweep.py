@@ -310,17 +310,16 @@ class _Run:
                 out, obs = plan.run(i, ctx, b.x, values, with_metric)
             clean_obs = plan.clean_observation(i, values, observed)
             if b.index == 0:
-                if out is not None:
-                    changes.append(_extremes(out, clean_out))
+                e = _extremes(out, clean_out) if out is not None else _extremes(obs, self.reference(ctx, i, clean_obs, obs))
+                if stream:
+                    self.pending.append((i, e))
                 else:
-                    changes.append(_extremes(obs, self.reference(ctx, i, clean_obs, obs)))
-                changed.append(i)
+                    changes.append(e)
+                    changed.append(i)
             unit = (i, self.metric.batch_state(out, b.y) if with_metric else None,
                     self.observe_sum(ctx, i, clean_obs, obs) if self.observe_sum is not None and obs is not None else None)  # fmt: skip
             if stream:
                 self._apply_unit(unit, len(b.x))
-                if changes:
-                    self.pending.append((i, changes.pop()))
             else:
                 units.append(unit)
             tick()

@@ -291,14 +291,16 @@ def _read_image(path: str):
         raise ValueError(f"imagefolder: {path} is not a readable image ({e}): replace or remove it") from None
 
 
-#: folders that hold no classes: a zip's resource forks, and any hidden folder (.ipynb_checkpoints, .git)
-_NOT_CLASSES = ("__MACOSX",)
+def _hidden(name: str) -> bool:
+    """Whether a folder or file is neither a class nor an image: hidden (``.ipynb_checkpoints``, macOS's
+    ``._x.png``) or a zip's resource forks (``__MACOSX``)."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def _class_folders(folder: Path) -> set[str]:
-    """The class folders of ``folder``: its subfolders, but for hidden ones (``.ipynb_checkpoints``) and
-    ``__MACOSX``, which ``ImageFolder`` would count as classes and number before the others."""
-    return {e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".") and e.name not in _NOT_CLASSES}
+    """The class folders of ``folder``: its subfolders but the :func:`_hidden` ones, which ``ImageFolder``
+    would count as classes and number before the others."""
+    return {e.name for e in os.scandir(folder) if e.is_dir() and not _hidden(e.name)}
 
 
 #: split folders of ``root/<split>/<class>/...``, in the order ``"all"`` reads them
@@ -335,21 +337,18 @@ def _split_classes(root: Path, splits: list[str]) -> list[str]:
 
 
 def _folder(root: Path, classes: list[str], *, every_class: bool, **kw):
-    """``ImageFolder`` over ``root`` with its labels in the given class list (the union over the splits, so
-    that a class has the same label in every split, also where a split lacks a class); the images of
-    folders that are not classes (:func:`_class_folders`) left out. ``every_class``: a class folder
-    without an image is an error."""
+    """``ImageFolder`` over ``root`` with its labels in the given class list (one for every split, so that a
+    class has the same label in every split, also where a split lacks a class); :func:`_hidden` folders
+    and files left out. ``every_class``: a class folder without an image is an error."""
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    def is_image(path: str) -> bool:  # not a hidden file (macOS's ._x.png) nor one in a hidden folder
-        parts = Path(path).relative_to(root).parts
-        hidden = any(p.startswith(".") or p in _NOT_CLASSES for p in parts)
-        return not hidden and path.lower().endswith(IMG_EXTENSIONS)
+    def is_image(path: str) -> bool:  # not hidden, nor in a hidden folder (those hold no image then)
+        return not any(map(_hidden, Path(path).relative_to(root).parts)) and path.lower().endswith(IMG_EXTENSIONS)
 
     ds = ImageFolder(str(root), allow_empty=True, is_valid_file=is_image, **kw)
     index = {c: i for i, c in enumerate(classes)}
-    ds.samples = ds.imgs = [(path, index[ds.classes[t]]) for path, t in ds.samples if ds.classes[t] in index]
+    ds.samples = ds.imgs = [(path, index[ds.classes[t]]) for path, t in ds.samples]
     ds.targets = [t for _, t in ds.samples]
     ds.classes, ds.class_to_idx = list(classes), index
     if not ds.samples:
