@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cnn_redundancy as cr
-from cnn_redundancy.analyses.distinctiveness import ActivationStats, activation_stats
+from cnn_redundancy.analyses.distinctiveness import ActivationStats, DistinctivenessResult, activation_stats
 from cnn_redundancy.core.hooks import hook_count
 from cnn_redundancy.testing import (
     TinyCNN,
@@ -42,6 +42,33 @@ def test_angles_match_direct_computation():
     want.fill_diagonal_(0)
     assert res.angles["conv2"].dtype == torch.float64 and torch.allclose(res.angles["conv2"], want, atol=1e-4)
     assert res.n_samples == 40
+
+
+def test_batches_are_added_in_chunks_and_a_partial_read_changes_nothing(monkeypatch, tmp_path):
+    from cnn_redundancy.analyses import distinctiveness as module
+    from cnn_redundancy.core import results
+
+    u = torch.rand(50, 4)
+    st = ActivationStats.empty(4)
+    monkeypatch.setattr(module, "CHUNK_ROWS", 16)
+    for i in range(0, 50, 7):  # batches of 7: added at 21 and 42 samples, 8 pending
+        st.add(u[i:i + 7])
+    assert st.n == 42 and len(st.pending) == 2
+    before = st.gram.clone()
+    got = st.settled()
+    assert got is not st and got.n == 50 and not got.pending and st.n == 42 and torch.equal(st.gram, before)
+    assert torch.allclose(got.gram, u.double().T @ u.double(), rtol=1e-12)
+    assert torch.equal(got.mins, u.double().min(0).values) and torch.allclose(got.sums, u.double().sum(0), rtol=1e-12)
+    assert got.settled() is got
+
+    m, d = TinyCNN().eval(), random_images(40)
+    plain = cr.distinctiveness(m, d, batch_size=3)  # 14 batches: 3 chunks added, 1 pending at the end
+    monkeypatch.setattr(results, "PARTIAL_EVERY", 0.0)  # a partial result read after every batch
+    written = cr.distinctiveness(m, d, batch_size=3, partial=tmp_path / "p.json")
+    assert all(torch.equal(plain.angles[k], written.angles[k]) for k in plain.layers)
+    last = DistinctivenessResult.load(tmp_path / "p.json")  # the final write, after every partial one
+    assert last.n_samples == plain.n_samples == 40 and last.meta["complete"]
+    assert all(torch.allclose(plain.angles[k], last.angles[k], equal_nan=True, rtol=0, atol=1e-9) for k in plain.layers)
 
 
 @pytest.mark.parametrize("center", ["mean", "minmax"])

@@ -65,6 +65,12 @@ def test_check_batch_directly():
         check_batch(m, torch.tensor([[0.0], [float("nan")]], dtype=torch.float64))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast the input type is the autocast's business
         check_batch(TinyCNN(), torch.zeros(2, 1, 12, 12, dtype=torch.bfloat16))
+    big = torch.full((2, 1, 12, 12), 3e38)  # finite, though their sum overflows: not refused
+    assert not torch.isfinite(big.sum())
+    check_batch(m.float(), big)
+    big[1, 0, 3, 4] = -float("inf")  # an infinity among values whose sum is already infinite
+    with pytest.raises(ValueError, match="position 1 of a batch"):
+        check_batch(m, big)
 
 
 def test_batches_checks_only_given_a_model_and_counts_samples_across_batches():

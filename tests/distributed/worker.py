@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import cnn_redundancy as cr
+from cnn_redundancy.analyses import distinctiveness as distinctiveness_module
 from cnn_redundancy.cli import main as cli_main
 from cnn_redundancy.core.distributed import launched, rank, world_size
 from cnn_redundancy.testing import TinyCNN, random_images
@@ -93,6 +94,7 @@ def batch_loop(data) -> dict:
 def main() -> int:
     out, fail = Path(sys.argv[1]), len(sys.argv) > 2 and sys.argv[2] == "fail"
     torch.set_num_threads(1)
+    distinctiveness_module.CHUNK_ROWS = 12  # the Gram matrices take chunks of 2 batches, across the ranks
     data = random_images(40, (1, 12, 12), seed=3)  # 5 batches of 8: 3 on rank 0, 2 on rank 1
     with launched("cpu"):
         if fail:

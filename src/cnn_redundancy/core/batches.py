@@ -229,7 +229,9 @@ def check_batch(model: nn.Module, x: torch.Tensor, index: int | None = None, fir
     if want is not None and x.dtype != want and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(f"inputs are {x.dtype} but the model's weights are {want}: cast the data (x.to({want})) "
                         f"or the model (model.to({x.dtype}))")
-    finite = torch.isfinite(x.reshape(len(x), -1)).all(1)
+    if bool(torch.isfinite(x.sum())):  # a NaN or an infinity makes the sum one: a fortieth of the time of the test below
+        return
+    finite = torch.isfinite(x.reshape(len(x), -1)).all(1)  # or finite values whose sum overflowed
     if not bool(finite.all()):
         j = int((~finite).nonzero()[0])
         where = f"sample {first + j} of the data (batch {index}, position {j})" if first is not None else f"position {j} of a batch"
