@@ -52,6 +52,11 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
+    with pytest.raises(ValueError, match="holds no values"):
+        resolve_device("meta")
+    if not torch.backends.mps.is_available():  # one line, not torch's error from inside the first copy
+        with pytest.raises(ValueError, match=r"has no mps device: use 'cpu', 'cuda' or 'auto'"):
+            resolve_device("mps")
 
 
 def test_amp_choices_are_checked():

@@ -75,6 +75,13 @@ def resolve_device(device: str | torch.device | None, model: nn.Module | None = 
             raise ValueError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
+    elif dev.type == "meta":
+        raise ValueError("device 'meta' holds no values to analyse: use 'cpu', 'cuda' or 'auto'")
+    elif dev.type != "cpu":  # mps, xpu, ...: used where this torch and machine have one
+        backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+        if not getattr(backend, "is_available", lambda: False)():
+            raise ValueError(f"device {device!r} asked for, but this machine (or this build of torch) has no "
+                             f"{dev.type} device: use 'cpu', 'cuda' or 'auto'")
     return dev
 
 
