@@ -256,6 +256,16 @@ def test_an_interrupted_prune_keeps_its_steps_and_says_so(lenet, tmp_path, capsy
     assert len(kept.history) == 1 and kept.meta["complete"] is False and not (tmp_path / "model.pt").exists()
 
 
+def test_an_interrupt_under_torchrun_is_said_once(lenet, tmp_path, capsys, interrupt_at, monkeypatch):
+    """Ctrl-C under torchrun stops every process; the one that writes (rank 0) says so, the others say nothing."""
+    import cnn_redundancy.compression.pruning as P
+
+    interrupt_at(P, "_step", 1)
+    monkeypatch.setenv("RANK", "1")
+    assert main(["-q", "prune", "-c", str(lenet), "--limit", "32", "--steps", "2", "--no-eval", "-o", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == ""
+
+
 BN_MODEL = """import torch.nn as nn
 def build(in_channels=3, num_classes=2):
     return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),

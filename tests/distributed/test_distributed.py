@@ -92,6 +92,11 @@ def test_same_json_for_one_and_two_processes(tmp_path):
     # with one process)
     assert json.loads((two / "rank1" / "exchanges.txt").read_text()) == {"held": 2, "one round": 3, "no time": 3}
     assert json.loads((one / "rank0" / "exchanges.txt").read_text()) == {"held": 0, "one round": 0, "no time": 0}
+    # stopped within the first batch, on every process: rank 0 kept the channels measured so far, as one process does
+    kept, kept_alone = _comparable(two / "interrupted.json"), _comparable(one / "interrupted.json")
+    assert kept == kept_alone, _first_difference(kept, kept_alone)
+    assert kept["meta"]["complete"] is False and kept["samples"] == 8
+    assert [None not in row for row in kept["cosine"]["conv2"]] == [True, True, False, False]  # null: not measured
     # sharding the units gives the answer of sharding the batches
     by_units, by_batches = _comparable(two / "rank0" / "channel-shuffle-units.json"), _comparable(one / "rank0" / "channel-shuffle.json")
     assert by_units == by_batches, _first_difference(by_units, by_batches)

@@ -61,6 +61,25 @@ def analyses(data) -> dict:
     }
 
 
+def interrupted(data, path: Path) -> None:
+    """A channel shuffle stopped at the third channel of its first batch, on every process at once (as
+    Ctrl-C under torchrun stops them all): rank 0 keeps a partial result of the two channels measured."""
+    model, calls = _tiny(), []
+
+    def stop(*_):  # the head's call for the third channel: the clean pass, then one call per channel
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+
+    handle = model.fc.register_forward_hook(stop)
+    try:
+        cr.channel_shuffle(model, data, "conv2", batch_size=8, partial=path, progress=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle.remove()
+
+
 def batch_loop(data) -> dict:
     """:class:`BatchLoop` itself: a body that reuses one buffer for every batch's contribution, with the
     exchange held for several rounds, with room for one round's bytes only and with no time to hold any;
@@ -108,6 +127,7 @@ def main() -> int:
             res.meta.pop("seconds", None)  # measured times are not results
             res.meta.pop("latency_ms", None)
             res.save(mine / f"{name}.json")
+        interrupted(data, out / "interrupted.json")
         loop = batch_loop(data)
         (mine / "batch-loop.json").write_text(json.dumps({k: v["applied"] for k, v in loop.items()}))
         (mine / "exchanges.txt").write_text(json.dumps({k: v["exchanges"] for k, v in loop.items()}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun every process is stopped: rank 0 says it once
+            return 130
         print("interrupted" + (f"; files already written to {out} are kept (results still under way are marked "
                                '"complete": false); work that had written nothing yet is lost' if out else ""),
               file=sys.stderr)  # fmt: skip

@@ -24,10 +24,10 @@ Every unit's counts are kept apart (``seen``), so a partial result is consistent
 Per batch, each unit's metric state and observation sum (``observe_sum``) are measured first and
 added to the running state afterwards, in the global batch order
 (:class:`~cnn_redundancy.core.batches.BatchLoop`), so that every unit covers the baseline's batches;
-one exception: with one process, the first batch's units join one by one as they are measured, so
-that a partial result written within it (the first batch of a sweep over thousands of channels can
-take hours) holds every unit measured so far. Each sum grows in the same order either way: the same
-result for any world size.
+one exception: on rank 0, which writes, the first batch's units join one by one as they are
+measured, so that a partial result written within it (the first batch of a sweep over thousands of
+channels can take hours) holds every unit measured so far, with one process or many. Each sum grows
+in the same order either way: the same result for any world size.
 """
 
 from __future__ import annotations
@@ -277,13 +277,14 @@ def _mine(units: Sequence[Unit], shard: str) -> list[int]:
 class _Run:
     """One sweep's measurement of a batch (``measure``) and the addition of a batch's measurements to the state (``apply``).
 
-    With one process, during the first batch each unit's numbers (and its change) join the state as
-    soon as it is measured, after the clean pass's: a partial result written then holds every unit
-    measured so far, each over the same samples as the baseline (the first batch of a sweep over
-    thousands of channels can take hours, and before it nothing else could be kept). Later batches,
-    and every batch with several processes, join whole (after the exchange, in the global batch
-    order), so that every unit of a partial result covers the baseline's batches. Each sum grows in
-    the same order either way.
+    During the first batch, on the process that writes (rank 0, which measures the first batch),
+    each unit's numbers (and its change) join the state as soon as it is measured, after the clean
+    pass's: a partial result written then holds every unit measured so far, each over the same
+    samples as the baseline (the first batch of a sweep over thousands of channels can take hours,
+    and before it nothing else could be kept). With several processes that batch's numbers also go
+    to the exchange for the others, and rank 0 does not add them twice. Later batches join whole
+    (after the exchange, in the global batch order), so that every unit of a partial result covers
+    the baseline's batches. Each sum grows in the same order either way.
     """
 
     def __init__(self, plan: _Plan, state: SweepState, mine: list[int], metric: Metric | None, observe_sum,
@@ -301,7 +302,8 @@ class _Run:
             clean_out, values, observed = plan.clean(b.x)
         own = self.owner and with_metric
         clean = {"size": len(b.x), "owner": self.owner, "baseline": self.metric.batch_state(clean_out, b.y) if own else None}
-        self.streamed = stream = b.index == 0 and world_size() == 1
+        self.streamed = stream = b.index == 0 and rank() == 0
+        share = not stream or world_size() > 1  # what the batch adds goes to the exchange (the other processes)
         if stream:
             self._apply_clean(clean)
         units, changes, changed = [], [], []
@@ -313,18 +315,18 @@ class _Run:
                 e = _extremes(out, clean_out) if out is not None else _extremes(obs, self.reference(ctx, i, clean_obs, obs))
                 if stream:
                     self.pending.append((i, e))
-                else:
+                if share:
                     changes.append(e)
                     changed.append(i)
             unit = (i, self.metric.batch_state(out, b.y) if with_metric else None,
                     self.observe_sum(ctx, i, clean_obs, obs) if self.observe_sum is not None and obs is not None else None)  # fmt: skip
             if stream:
                 self._apply_unit(unit, len(b.x))
-            else:
+            if share:
                 units.append(unit)
             tick()
-        return {"size": len(b.x), "clean": None if stream else clean, "units": units, "changed": changed,
-                "change": list(_changes(changes)) if changes else None}  # fmt: skip
+        return {"size": len(b.x), "clean": clean if share else None, "units": units, "changed": changed,
+                "change": list(_changes(changes)) if changes else None, "added_by": rank() if stream else -1}  # fmt: skip
 
     def settle(self) -> None:
         """Read back the changes of the units streamed so far (one host sync for all of them)."""
@@ -372,6 +374,9 @@ class _Run:
 
     def apply(self, c: dict[str, Any]) -> None:
         """Add what ``measure`` returned for a batch (what it has not added already)."""
+        if c["added_by"] == rank():  # streamed here: in the state already
+            self.settle()
+            return
         if c["clean"] is not None:
             self._apply_clean(c["clean"])
         for unit in c["units"]:
