@@ -195,6 +195,39 @@ def test_cli_analyze(tmp_path, capsys):
     assert (out / "report.html").exists()
 
 
+def test_an_interrupted_analysis_keeps_the_lenses_that_finished_and_its_report(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the middle of the scores lens (after it filed one layer): the finished lenses' answer
+    and report, the cut lens leaving nothing behind, the later lenses named as not started."""
+    from cnn_redundancy.cli import main
+    from cnn_redundancy.survey import Interrupted, lenses
+
+    def cut_short(ctx):
+        ctx.file(ctx.layers[0], l1=[1.0] * 6)  # filed before the interrupt: must not be read as a finished lens
+        ctx.results["scores"] = "half"
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(lenses.RUNNERS, "scores", cut_short)
+    m = _planted()
+    data = _labelled(m)
+    with pytest.raises(Interrupted) as stop:
+        analyze(m, data, lenses=["dead", "scores", "cka"], progress=False, partial=tmp_path / "a.json")
+    res = stop.value.result
+    assert res.meta["complete"] is False and res.lenses["dead"]["status"] == "ran"
+    assert res.lenses["scores"] == {"status": "not run", "note": "interrupted before it finished"}
+    assert res.lenses["cka"] == {"status": "not run", "note": "not started: the run was interrupted"}
+    assert all("l1" not in fields for fields in res.per_kernel.values()) and set(res.results) == {"dead"}
+    assert res.answer["dead"] == 2 and res.answer["removable"] is None  # the planted dead kernels, no estimate
+    assert res.headline()[0].startswith("Interrupted: scores, cka did not run, and no removable-MACs estimate")
+    assert cr.Result.load(tmp_path / "a.json").lenses == res.lenses
+    ckpt, out = tmp_path / "m.pt", tmp_path / "cli"
+    torch.manual_seed(0)
+    cr.save_checkpoint(cr.get_model("lenet5"), ckpt)
+    assert main(["-q", "analyze", "-c", str(ckpt), "--limit", "120", "--lenses", "dead", "scores", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"report of the lenses that finished: {out / 'report.html'}" in err and "interrupted; files" in err
+    assert "Interrupted: scores did not run" in (out / "report.html").read_text()
+
+
 USER_FILE = """import torch, torch.nn as nn
 class Net(nn.Module):
     def __init__(self, num_classes=2):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import (
     add_data_args,
@@ -43,15 +44,20 @@ def register(sub) -> None:
 def _analyze(args: argparse.Namespace) -> int:
     from ..core.batches import resolve_device
     from ..core.distributed import is_main
-    from ..survey import analyze
+    from ..survey import Interrupted, analyze
 
     out_dir(args)
     data = data_from_args(args)
     model = model_from_args(args, data)
-    res = analyze(model, data, lenses=args.lenses or "all", layers=args.layers or None,
-                  metric=metric_from_args(args, model, data),
-                  max_drop=args.max_drop, budget_minutes=args.budget_minutes, batch_size=args.batch_size, seed=args.seed,
-                  device=resolve_device(args.device, model), partial=f"{args.out}/analysis.json")  # fmt: skip
+    try:
+        res = analyze(model, data, lenses=args.lenses or "all", layers=args.layers or None,
+                      metric=metric_from_args(args, model, data), max_drop=args.max_drop,
+                      budget_minutes=args.budget_minutes, batch_size=args.batch_size, seed=args.seed,
+                      device=resolve_device(args.device, model), partial=f"{args.out}/analysis.json")  # fmt: skip
+    except Interrupted as stop:  # the report of the lenses that finished, then the interrupt's own message
+        if is_main():
+            print(f"report of the lenses that finished: {stop.result.save_report(args.out)}", file=sys.stderr)
+        raise
     if not is_main():  # under torchrun every process holds the result; rank 0 writes it
         return 0
     path = res.save_report(args.out)

@@ -10,6 +10,7 @@ HTML report that opens with the answer.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -37,7 +38,16 @@ from .estimate import SCORE_SIGNS, consensus_order, removable_macs
 from .lenses import HIGH_NCC, LENSES, NEAR_ANGLE, RUNNERS, SHUFFLE_COSINE, Context
 from .plan import impulse_passes, make_plan, time_one_pass
 
-__all__ = ["AnalysisResult", "analyze", "LENSES"]
+__all__ = ["AnalysisResult", "Interrupted", "analyze", "LENSES"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`analyze`: ``result`` holds what the lenses that finished found (``meta["complete"]``
+    false, no removable-MACs estimate), ready for ``result.save_report(out)``."""
+
+    def __init__(self, result: AnalysisResult) -> None:
+        super().__init__("interrupted")
+        self.result = result
 
 
 @dataclasses.dataclass(eq=False)
@@ -211,6 +221,10 @@ def analyze(
         limit: use at most this many images of ``data`` (a seeded subset).
         partial: a JSON path rewritten after every lens.
 
+    Raises:
+        Interrupted: on Ctrl-C (a ``KeyboardInterrupt``), carrying the result of the lenses that
+            finished; a lens cut short leaves nothing behind.
+
     Example:
         >>> from cnn_redundancy.testing import TinyCNN, random_images
         >>> res = analyze(TinyCNN().eval(), random_images(40), lenses=["dead", "scores"], progress=False)
@@ -240,17 +254,29 @@ def analyze(
                   {"batch_size": batch_size, "seed": seed, "device": device, "progress": False},
                   res.per_kernel, res.per_layer, res.blocks, res.depth)  # type: ignore[arg-type]  # fmt: skip
     ctx.plan = _plan(model, data, val, names, traced, chosen, budget_minutes, batch_size, device, sum(res.macs.values()))
-    _run_lenses(res, ctx, chosen, progress, partial)
     estimate = None
-    if traced is not None and res.per_kernel:
-        estimate = removable_macs(model, traced, val, consensus_order(res.per_kernel), ctx.observed, res.macs,
-                                  metric=metric, max_drop=max_drop, batch_size=batch_size, device=device)  # fmt: skip
-        estimate["how"] = ("the k most redundant kernels by the lenses' consensus rank (dead first) zeroed in the "
-                           f"traced forward pass, k found by binary search on the {len(val)} validation images; "
-                           "no fine-tuning, coupled channels not accounted for")  # fmt: skip
-        caveat = coarse(len(val), name, max_drop, "validation")
-        if caveat:
-            estimate["caveat"] = f"a coarse estimate: {caveat}; more validation images give a finer one"
+    try:
+        _run_lenses(res, ctx, chosen, progress, partial)
+        if traced is not None and res.per_kernel:
+            estimate = removable_macs(model, traced, val, consensus_order(res.per_kernel), ctx.observed, res.macs,
+                                      metric=metric, max_drop=max_drop, batch_size=batch_size, device=device)  # fmt: skip
+            estimate["how"] = ("the k most redundant kernels by the lenses' consensus rank (dead first) zeroed in the "
+                               f"traced forward pass, k found by binary search on the {len(val)} validation images; "
+                               "no fine-tuning, coupled channels not accounted for")  # fmt: skip
+            caveat = coarse(len(val), name, max_drop, "validation")
+            if caveat:
+                estimate["caveat"] = f"a coarse estimate: {caveat}; more validation images give a finer one"
+    except KeyboardInterrupt:
+        missing = [lens for lens in chosen if lens not in res.lenses]
+        for i, lens in enumerate(missing):
+            res.lenses[lens] = {"status": "not run", "note": "not started: the run was interrupted" if i else
+                                "interrupted before it finished"}  # fmt: skip
+        res.agreement = agreement(res.per_kernel)
+        res.answer = _answer(res, None, max_drop)
+        res.results = ctx.results
+        if partial is not None and is_main():
+            res.save(partial)
+        raise Interrupted(res) from None
     res.agreement = agreement(res.per_kernel)
     res.answer = _answer(res, estimate, max_drop)
     res.results = ctx.results
@@ -296,6 +322,7 @@ def _plan(model, data, val, names, traced, chosen, budget, batch_size, device, m
 
 def _run_lenses(res: AnalysisResult, ctx: Context, chosen: list[str], progress, partial) -> None:
     total = sum(ctx.plan.passes.values())
+    filed = (res.per_kernel, res.per_layer, res.blocks, res.depth)  # what the lenses write into, in place
     with progress_bar(float(total), "analyze", enabled=progress, unit="pass") as bar:
         for lens in chosen:
             if lens in ctx.plan.skip:
@@ -303,7 +330,16 @@ def _run_lenses(res: AnalysisResult, ctx: Context, chosen: list[str], progress, 
                 continue
             bar.set_postfix_str(lens)
             t0 = time.perf_counter()
-            note = RUNNERS[lens](ctx)
+            before, results = copy.deepcopy(filed), dict(ctx.results)
+            try:
+                note = RUNNERS[lens](ctx)
+            except KeyboardInterrupt:  # a lens cut short leaves nothing: what it filed so far would read as complete
+                for now, then in zip(filed, before):
+                    now.clear()
+                    now.update(then)
+                ctx.results.clear()
+                ctx.results.update(results)
+                raise
             skipped = note is not None and (note.startswith("skipped") or note.startswith("does not apply"))
             res.lenses[lens] = {"status": "skipped" if skipped else "ran", "note": note or "",
                                 "sampled": ctx.sampled.get(lens, ""), "passes": ctx.plan.passes.get(lens, 0.0)}  # fmt: skip

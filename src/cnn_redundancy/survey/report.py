@@ -43,6 +43,10 @@ def answer_lines(res) -> list[str]:
     a, out = res.answer, []
     if not a:
         return out
+    if (getattr(res, "meta", None) or {}).get("complete") is False:  # stopped: the answer of the lenses that finished
+        not_run = [k for k, v in res.lenses.items() if v.get("status") == "not run"]
+        out.append("Interrupted: " + (f"{_listed(not_run)} did not run, and " if not_run else "")
+                   + "no removable-MACs estimate was made; below is what the lenses that finished found.")
     data = getattr(res, "data", None) or {}
     shift = data.get("input_shift") or {}
     if shift.get("far"):
