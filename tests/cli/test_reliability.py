@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -254,6 +256,29 @@ def test_an_interrupted_prune_keeps_its_steps_and_says_so(lenet, tmp_path, capsy
     assert f"interrupted; files already written to {tmp_path} are kept" in capsys.readouterr().err
     kept = cr.Result.load(tmp_path / "prune.json")
     assert len(kept.history) == 1 and kept.meta["complete"] is False and not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread")
+def test_sigterm_stops_a_command_as_ctrl_c_does(lenet, tmp_path, capsys, monkeypatch):
+    """A scheduler's time limit (SIGTERM) during the second step: the first is kept and the command says so,
+    instead of the process ending at once; the handler is given back afterwards."""
+    import cnn_redundancy.compression.pruning as P
+
+    real, calls = P._step, []
+
+    def step(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(P, "_step", step)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["-q", "prune", "-c", str(lenet), "--limit", "32", "--steps", "3", "--no-eval", "-o", str(tmp_path)]) == 130
+    assert f"interrupted; files already written to {tmp_path} are kept" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
+    kept = cr.Result.load(tmp_path / "prune.json")
+    assert len(kept.history) == 1 and kept.meta["complete"] is False
 
 
 def test_an_interrupt_under_torchrun_is_said_once(lenet, tmp_path, capsys, interrupt_at, monkeypatch):

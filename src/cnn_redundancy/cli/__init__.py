@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
 
 __all__ = ["main", "build_parser"]
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         set_progress(False)
     formatwarning = warnings.formatwarning
     warnings.formatwarning = _one_line  # a user reads what happened, not the line of the toolkit that said it
+    terminate = _stop_on_sigterm()
     try:
         with launched(getattr(args, "device", None)):  # under torchrun: join the process group
             if hasattr(args, "dataset"):  # before anything records the parameters: what --root holds, or the default
@@ -87,6 +90,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         warnings.formatwarning = formatwarning
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
+
+
+def _stop_on_sigterm():
+    """SIGTERM (a scheduler's time limit, ``kill``, torchrun stopping its workers) stops a command as Ctrl-C
+    does: the partial results and the report are written and the command says so, where Python's default
+    would end the process at once. Returns the handler it replaced (``None`` outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _one_line(message, category, filename, lineno, line=None) -> str:
