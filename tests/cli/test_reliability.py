@@ -281,6 +281,34 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(lenet, tmp_path, capsys, monkeyp
     assert len(kept.history) == 1 and kept.meta["complete"] is False
 
 
+GRACE_SCRIPT = """import sys, time, torch
+from cnn_redundancy.cli import _SigtermStop
+stop = _SigtermStop()
+x = torch.randn(3000, 3000, dtype=torch.float64)
+print("waiting", flush=True)
+t = time.perf_counter()
+try:
+    torch.linalg.svd(x)  # one C call of several seconds: Python's handler cannot run until it returns
+except KeyboardInterrupt:
+    print("handled after", time.perf_counter() - t, flush=True)
+    sys.exit(130)
+"""
+
+
+def test_a_process_that_cannot_stop_on_sigterm_ends_after_the_grace(tmp_path):
+    """A process stuck in a C call (a collective waiting for a process that is gone) ends with 143 after
+    the grace, as it would without the handler, instead of when the call returns."""
+    script = tmp_path / "stuck.py"
+    script.write_text(GRACE_SCRIPT)
+    env = {**os.environ, "CNN_REDUNDANCY_SIGTERM_GRACE": "0.5", "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert p.stdout.readline().strip() == "waiting"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 143 and "handled" not in out, (p.returncode, out, err)
+    assert "stopped: SIGTERM, and the command had not stopped 0.5 s later" in err  # before the SVD returned
+
+
 def test_an_interrupt_under_torchrun_is_said_once(lenet, tmp_path, capsys, interrupt_at, monkeypatch):
     """Ctrl-C under torchrun stops every process; the one that writes (rank 0) says so, the others say nothing."""
     import cnn_redundancy.compression.pruning as P

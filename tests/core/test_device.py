@@ -54,6 +54,13 @@ def test_resolve_device():
             resolve_device("cuda")
     with pytest.raises(ValueError, match="holds no values"):
         resolve_device("meta")
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu', not 'mkldnn'"), \
+            pytest.warns(UserWarning, match="mkldnn"):  # fmt: skip
+        resolve_device("mkldnn")  # a device type torch names, and a CPU library whose backend is available
+    with torch.device("meta"):
+        on_meta = TinyCNN()
+    with pytest.raises(ValueError, match="weights are on the 'meta' device"):
+        cr.distinctiveness(on_meta, random_images(8))
     if not torch.backends.mps.is_available():  # one line, not torch's error from inside the first copy
         with pytest.raises(ValueError, match=r"has no mps device: use 'cpu', 'cuda' or 'auto'"):
             resolve_device("mps")

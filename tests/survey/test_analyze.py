@@ -12,7 +12,7 @@ from torch import nn
 
 import cnn_redundancy as cr
 from cnn_redundancy.core.hooks import hook_count
-from cnn_redundancy.survey import analyze
+from cnn_redundancy.survey import Interrupted, analyze
 from cnn_redundancy.survey.report import answer_lines
 from cnn_redundancy.testing import TinyCNN, random_images, zero_branch_resnet
 
@@ -199,7 +199,7 @@ def test_an_interrupted_analysis_keeps_the_lenses_that_finished_and_its_report(t
     """Ctrl-C in the middle of the scores lens (after it filed one layer): the finished lenses' answer
     and report, the cut lens leaving nothing behind, the later lenses named as not started."""
     from cnn_redundancy.cli import main
-    from cnn_redundancy.survey import Interrupted, lenses
+    from cnn_redundancy.survey import lenses
 
     def cut_short(ctx):
         ctx.file(ctx.layers[0], l1=[1.0] * 6)  # filed before the interrupt: must not be read as a finished lens
@@ -226,6 +226,27 @@ def test_an_interrupted_analysis_keeps_the_lenses_that_finished_and_its_report(t
     err = capsys.readouterr().err
     assert f"report of the lenses that finished: {out / 'report.html'}" in err and "interrupted; files" in err
     assert "Interrupted: scores did not run" in (out / "report.html").read_text()
+
+
+def test_an_interrupt_after_the_last_lens_still_gives_the_result(monkeypatch):
+    """Ctrl-C while the lenses' agreement is computed (after every lens): still Interrupted with every lens's answer."""
+    import cnn_redundancy.survey as survey
+
+    real, calls = survey.agreement, []
+
+    def agreement(per_kernel):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(per_kernel)
+
+    monkeypatch.setattr(survey, "agreement", agreement)
+    m = _planted()
+    with pytest.raises(Interrupted) as stop:
+        analyze(m, _labelled(m), lenses=["dead", "scores"], progress=False)
+    res = stop.value.result
+    assert [v["status"] for v in res.lenses.values()] == ["ran", "ran"] and res.answer["dead"] == 2
+    assert res.answer["removable"] is not None and res.headline()[0].startswith("Interrupted: after every lens")
 
 
 USER_FILE = """import torch, torch.nn as nn

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import signal
+import socket
 import sys
 import threading
 import warnings
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         set_progress(False)
     formatwarning = warnings.formatwarning
     warnings.formatwarning = _one_line  # a user reads what happened, not the line of the toolkit that said it
-    terminate = _stop_on_sigterm()
+    terminate = _SigtermStop()
     try:
         with launched(getattr(args, "device", None)):  # under torchrun: join the process group
             if hasattr(args, "dataset"):  # before anything records the parameters: what --root holds, or the default
@@ -90,21 +91,52 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         warnings.formatwarning = formatwarning
-        if terminate is not None:
-            signal.signal(signal.SIGTERM, terminate)
+        terminate.close()
 
 
-def _stop_on_sigterm():
+class _SigtermStop:
     """SIGTERM (a scheduler's time limit, ``kill``, torchrun stopping its workers) stops a command as Ctrl-C
     does: the partial results and the report are written and the command says so, where Python's default
-    would end the process at once. Returns the handler it replaced (``None`` outside the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+    would end the process at once. A process waiting inside a collective for one that no longer answers
+    cannot run Python's handler until the wait times out (30 minutes by default): it ends after
+    ``CNN_REDUNDANCY_SIGTERM_GRACE`` seconds (default 30, as long as Slurm waits before SIGKILL) with
+    status 143, as without the handler. Only in the main thread; :meth:`close` gives everything back."""
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+    def __init__(self) -> None:
+        self.old = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.done = threading.Event()
+        self.grace = float(os.environ.get("CNN_REDUNDANCY_SIGTERM_GRACE", "30"))
+        reader, self.writer = socket.socketpair()
+        self.writer.setblocking(False)
+        # the interpreter's own signal handler writes each signal's number here at once, even while the main
+        # thread is inside a C call; the watcher thread reads it
+        self.old_fd = signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
+        self.old = signal.signal(signal.SIGTERM, _interrupt)
+        threading.Thread(target=self._watch, args=(reader,), daemon=True, name="sigterm-grace").start()
 
-    return signal.signal(signal.SIGTERM, interrupt)
+    def _watch(self, reader: socket.socket) -> None:
+        with reader:
+            while got := reader.recv(64):  # b"" once close() has closed the other end
+                if signal.SIGTERM in got:
+                    if not self.done.wait(self.grace):
+                        os.write(2, f"stopped: SIGTERM, and the command had not stopped {self.grace:g} s later "
+                                    "(waiting for another process?)\n".encode())  # fmt: skip
+                        os._exit(128 + signal.SIGTERM)
+                    return
+
+    def close(self) -> None:
+        if self.old is None:
+            return
+        self.done.set()
+        signal.signal(signal.SIGTERM, self.old)
+        signal.set_wakeup_fd(self.old_fd)
+        self.writer.close()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _one_line(message, category, filename, lineno, line=None) -> str:

@@ -49,6 +49,12 @@ __all__ = [
 SHARDS = ("batches", "units")
 
 
+_OTHER_DEVICES = {  # device types besides the CPU and CUDA, and whether this torch and machine have one
+    "mps": lambda: torch.backends.mps.is_available(),
+    "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+}
+
+
 def resolve_device(device: str | torch.device | None, model: nn.Module | None = None) -> torch.device:
     """The device to compute on.
 
@@ -60,6 +66,10 @@ def resolve_device(device: str | torch.device | None, model: nn.Module | None = 
     if device is None:
         if model is not None:
             for t in (*model.parameters(), *model.buffers()):
+                if t.device.type == "meta":
+                    raise ValueError("the model's weights are on the 'meta' device, which holds no values (built without "
+                                     "weights): load its weights first, e.g. model.to_empty(device='cpu') then "
+                                     "model.load_state_dict(...)")
                 return t.device
         return torch.device("cpu")
     if isinstance(device, str) and device == "auto":
@@ -77,11 +87,12 @@ def resolve_device(device: str | torch.device | None, model: nn.Module | None = 
             dev = torch.device("cuda", torch.cuda.current_device())
     elif dev.type == "meta":
         raise ValueError("device 'meta' holds no values to analyse: use 'cpu', 'cuda' or 'auto'")
-    elif dev.type != "cpu":  # mps, xpu, ...: used where this torch and machine have one
-        backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
-        if not getattr(backend, "is_available", lambda: False)():
+    elif dev.type in _OTHER_DEVICES:  # used where this torch and machine have one
+        if not _OTHER_DEVICES[dev.type]():
             raise ValueError(f"device {device!r} asked for, but this machine (or this build of torch) has no "
                              f"{dev.type} device: use 'cpu', 'cuda' or 'auto'")
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu', not {device!r}")
     return dev
 
 

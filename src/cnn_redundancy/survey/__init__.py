@@ -266,19 +266,19 @@ def analyze(
             caveat = coarse(len(val), name, max_drop, "validation")
             if caveat:
                 estimate["caveat"] = f"a coarse estimate: {caveat}; more validation images give a finer one"
+        res.agreement = agreement(res.per_kernel)
+        res.answer = _answer(res, estimate, max_drop)
     except KeyboardInterrupt:
         missing = [lens for lens in chosen if lens not in res.lenses]
         for i, lens in enumerate(missing):
             res.lenses[lens] = {"status": "not run", "note": "not started: the run was interrupted" if i else
                                 "interrupted before it finished"}  # fmt: skip
         res.agreement = agreement(res.per_kernel)
-        res.answer = _answer(res, None, max_drop)
+        res.answer = _answer(res, estimate, max_drop)  # the estimate where it was made before the interrupt
         res.results = ctx.results
         if partial is not None and is_main():
             res.save(partial)
         raise Interrupted(res) from None
-    res.agreement = agreement(res.per_kernel)
-    res.answer = _answer(res, estimate, max_drop)
     res.results = ctx.results
     res.meta["complete"] = True
     if partial is not None and is_main():

@@ -45,8 +45,10 @@ def answer_lines(res) -> list[str]:
         return out
     if (getattr(res, "meta", None) or {}).get("complete") is False:  # stopped: the answer of the lenses that finished
         not_run = [k for k, v in res.lenses.items() if v.get("status") == "not run"]
-        out.append("Interrupted: " + (f"{_listed(not_run)} did not run, and " if not_run else "")
-                   + "no removable-MACs estimate was made; below is what the lenses that finished found.")
+        missed = ([f"{_listed(not_run)} did not run"] if not_run else []) + ([] if a.get("removable") else
+                                                                            ["no removable-MACs estimate was made"])
+        out.append(f"Interrupted: {', and '.join(missed) or 'after every lens and the estimate'}; below is what the "
+                   "lenses that finished found.")
     data = getattr(res, "data", None) or {}
     shift = data.get("input_shift") or {}
     if shift.get("far"):
