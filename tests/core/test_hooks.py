@@ -67,6 +67,50 @@ def test_preserved_restores_on_keyboard_interrupt(unchanged):
     assert m.act1.training and not m.conv1.training
 
 
+def test_a_ctrl_c_during_the_restore_does_not_cut_it_short(unchanged, monkeypatch):
+    """A second Ctrl-C that lands while preserved() and placed() put the model back: both finish, then it is raised."""
+    from cnn_redundancy.core import hooks
+    from cnn_redundancy.core.device import placed
+
+    real, calls = hooks._restore_attributes, []
+
+    def restore(saved):  # cut off after the first module's attributes, the first time
+        calls.append(1)
+        if len(calls) == 1:
+            real(saved[:1])
+            raise KeyboardInterrupt
+        real(saved)
+
+    monkeypatch.setattr(hooks, "_restore_attributes", restore)
+    m = get_model("lenet5").eval()
+    m.act1.train()
+    with pytest.raises(KeyboardInterrupt), unchanged(m):
+        with preserved(m, weights=True):
+            m.train()
+            m.conv1.register_forward_hook(lambda *a: None)
+            with torch.no_grad():
+                m.fc1.bias.add_(1.0)
+    assert len(calls) == 2 and m.act1.training and not m.conv1.training
+    weight = m.conv2.weight  # 6 input channels: channels-last is another layout
+    original = weight.data_ptr()
+    real_copy, copies = torch.Tensor.copy_, []
+
+    def copy_(t, src, *a, **kw):  # placed(keep=True): cut off after copying back the first tensor
+        copies.append(1)
+        out = real_copy(t, src, *a, **kw)
+        if len(copies) == 1:
+            raise KeyboardInterrupt
+        return out
+
+    with pytest.raises(KeyboardInterrupt):
+        with placed(m, torch.device("cpu"), channels_last=True, keep=True):  # a move: every 4-D weight is swapped
+            assert weight.data_ptr() != original
+            monkeypatch.setattr(torch.Tensor, "copy_", copy_)
+    monkeypatch.setattr(torch.Tensor, "copy_", real_copy)
+    assert m.conv2.weight is weight and weight.data_ptr() == original and len(copies) >= 2
+    assert all(p.is_contiguous() for p in m.parameters())  # every tensor back, not only those before the cut
+
+
 def test_preserved_keeps_user_hooks():
     m = get_model("lenet5")
     h = m.conv1.register_forward_hook(lambda *a: None)

@@ -13,7 +13,7 @@ reduction, so that sums, norms and cosines are never accumulated in 16 bits.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -39,6 +39,21 @@ def wants_channels_last(device: torch.device, amp: str | None) -> bool:
     """``channels_last`` where it helps: CUDA convolutions in 16 bits (tensor cores); never on the CPU,
     where it would change which kernels run and so the last bits of the results."""
     return device.type == "cuda" and amp is not None
+
+
+def to_the_end(restore: Callable[[], None]) -> None:
+    """Run ``restore`` (which must be safe to run again) to its end, also through Ctrl-C: a
+    ``KeyboardInterrupt`` while it runs starts it over, and is raised once it has finished. A clean-up
+    cut off half way would leave the user's model half restored."""
+    stop = None
+    while True:
+        try:
+            restore()
+            break
+        except KeyboardInterrupt as e:
+            stop = e
+    if stop is not None:
+        raise stop
 
 
 def autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
@@ -93,10 +108,14 @@ def placed(model: nn.Module, device: torch.device, *, channels_last: bool = Fals
                 t.data = new
         yield model
     finally:
-        with torch.no_grad():
-            for t, original in reversed(moved):
-                if keep:
-                    original.copy_(t.data)
-                    if t.grad is not None:
-                        t.grad = t.grad.to(original.device)
-                t.data = original
+
+        def restore() -> None:
+            with torch.no_grad():
+                for t, original in reversed(moved):
+                    if keep:  # run again after the swap below, it copies the original onto itself
+                        original.copy_(t.data)
+                        if t.grad is not None:
+                            t.grad = t.grad.to(original.device)
+                    t.data = original
+
+        to_the_end(restore)

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .device import to_the_end
+
 __all__ = [
     "preserved",
     "copy_of",
@@ -81,9 +83,7 @@ def preserved(model: nn.Module, *, weights: bool = False) -> Iterator[nn.Module]
     attributes = _attributes(model)
     before = _hook_keys(model)
     snapshot = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()} if weights else None
-    try:
-        yield model
-    finally:
+    def restore() -> None:
         _restore_attributes(attributes)
         for m in model.modules():
             known = before.get(id(m), {})
@@ -103,6 +103,11 @@ def preserved(model: nn.Module, *, weights: bool = False) -> Iterator[nn.Module]
                     else:  # a module was replaced: fall back to load_state_dict
                         model.load_state_dict(snapshot, strict=False)
                         break
+
+    try:
+        yield model
+    finally:
+        to_the_end(restore)
 
 
 def copy_of(model: nn.Module, what: str = "this") -> nn.Module:
