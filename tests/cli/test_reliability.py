@@ -308,6 +308,29 @@ def test_a_process_that_cannot_stop_on_sigterm_ends_after_the_grace(tmp_path):
     assert "stopped: SIGTERM, and the command had not stopped 0.5 s later" in err  # before the SVD returned
 
 
+FORK_SCRIPT = """import os, signal, time
+from cnn_redundancy.cli import _SigtermStop
+stop = _SigtermStop()
+pid = os.fork()  # as a DataLoader worker is made
+if pid == 0:
+    os.kill(os.getpid(), signal.SIGTERM)  # as a worker is stopped
+    time.sleep(1.0)
+    os._exit(0)
+os.waitpid(pid, 0)
+time.sleep(1.0)  # twice the grace: the parent's watcher must not have seen the child's signal
+print("alive", flush=True)
+stop.close()
+"""
+
+
+def test_a_forked_childs_sigterm_is_not_the_commands(tmp_path):
+    script = tmp_path / "fork.py"
+    script.write_text(FORK_SCRIPT)
+    env = {**os.environ, "CNN_REDUNDANCY_SIGTERM_GRACE": "0.5"}
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "alive", (run.returncode, run.stderr)
+
+
 def test_an_interrupt_under_torchrun_is_said_once(lenet, tmp_path, capsys, interrupt_at, monkeypatch):
     """Ctrl-C under torchrun stops every process; the one that writes (rank 0) says so, the others say nothing."""
     import cnn_redundancy.compression.pruning as P

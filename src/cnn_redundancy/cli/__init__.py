@@ -100,7 +100,10 @@ class _SigtermStop:
     would end the process at once. A process waiting inside a collective for one that no longer answers
     cannot run Python's handler until the wait times out (30 minutes by default): it ends after
     ``CNN_REDUNDANCY_SIGTERM_GRACE`` seconds (default 30, as long as Slurm waits before SIGKILL) with
-    status 143, as without the handler. Only in the main thread; :meth:`close` gives everything back."""
+    status 143, as without the handler. Only in the main thread; :meth:`close` gives everything back,
+    and a forked child (a DataLoader worker) gets it back at once: its signals are its own."""
+
+    active: _SigtermStop | None = None
 
     def __init__(self) -> None:
         self.old = None
@@ -115,6 +118,15 @@ class _SigtermStop:
         self.old_fd = signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
         self.old = signal.signal(signal.SIGTERM, _interrupt)
         threading.Thread(target=self._watch, args=(reader,), daemon=True, name="sigterm-grace").start()
+        _SigtermStop.active = self
+
+    @staticmethod
+    def _in_child() -> None:
+        stop = _SigtermStop.active
+        if stop is not None and stop.old is not None:
+            signal.signal(signal.SIGTERM, stop.old)
+            signal.set_wakeup_fd(stop.old_fd)  # not the parent's watcher
+            _SigtermStop.active = None
 
     def _watch(self, reader: socket.socket) -> None:
         with reader:
@@ -129,6 +141,7 @@ class _SigtermStop:
     def close(self) -> None:
         if self.old is None:
             return
+        _SigtermStop.active = None
         self.done.set()
         signal.signal(signal.SIGTERM, self.old)
         signal.set_wakeup_fd(self.old_fd)
@@ -137,6 +150,9 @@ class _SigtermStop:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+os.register_at_fork(after_in_child=_SigtermStop._in_child)
 
 
 def _one_line(message, category, filename, lineno, line=None) -> str:
