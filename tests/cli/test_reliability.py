@@ -284,6 +284,7 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(lenet, tmp_path, capsys, monkeyp
 GRACE_SCRIPT = """import sys, threading, torch
 from cnn_redundancy.cli import _SigtermStop
 stop = _SigtermStop()
+stop.start()
 x = torch.randn(3000, 3000, dtype=torch.float64)
 threading.Timer(0.5, lambda: print("waiting", flush=True)).start()  # said from inside the long call
 try:
@@ -311,13 +312,21 @@ def test_a_process_that_cannot_stop_on_sigterm_ends_after_the_grace(tmp_path):
 FORK_SCRIPT = """import os, signal, time
 from cnn_redundancy.cli import _SigtermStop
 stop = _SigtermStop()
+stop.start()
 pid = os.fork()  # as a DataLoader worker is made
 if pid == 0:
     os.kill(os.getpid(), signal.SIGTERM)  # as a worker is stopped
     time.sleep(1.0)
     os._exit(0)
 os.waitpid(pid, 0)
-time.sleep(1.0)  # twice the grace: the parent's watcher must not have seen the child's signal
+for _ in range(10):  # stopped at once, as multiprocessing's terminate() may: before the child's fork hooks ran
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(1.0)
+        os._exit(0)
+    os.kill(pid, signal.SIGTERM)
+    os.waitpid(pid, 0)
+time.sleep(1.0)  # twice the grace: the parent's watcher must not have seen the children's signals
 print("alive", flush=True)
 stop.close()
 """
@@ -329,6 +338,18 @@ def test_a_forked_childs_sigterm_is_not_the_commands(tmp_path):
     env = {**os.environ, "CNN_REDUNDANCY_SIGTERM_GRACE": "0.5"}
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "alive", (run.returncode, run.stderr)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread")
+def test_a_bad_sigterm_grace_is_one_clear_line(capsys, monkeypatch):
+    before = signal.getsignal(signal.SIGTERM), signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(before[1])
+    for bad in ("inf", "nan", "", "-1", "soon"):
+        monkeypatch.setenv("CNN_REDUNDANCY_SIGTERM_GRACE", bad)
+        assert main(["models"]) == 2
+        assert f"error: CNN_REDUNDANCY_SIGTERM_GRACE must be a number of seconds from 0 to 1e6, not {bad!r}" in capsys.readouterr().err
+    after = signal.getsignal(signal.SIGTERM), signal.set_wakeup_fd(before[1])
+    assert after == before  # nothing left installed
 
 
 def test_an_interrupt_under_torchrun_is_said_once(lenet, tmp_path, capsys, interrupt_at, monkeypatch):

@@ -8,13 +8,16 @@ The analysis commands and the ``reproduce`` subcommands are generated from the r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import math
 import os
 import signal
 import socket
 import sys
 import threading
 import warnings
+from typing import Any
 
 __all__ = ["main", "build_parser"]
 
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line  # a user reads what happened, not the line of the toolkit that said it
     terminate = _SigtermStop()
     try:
+        terminate.start()
         with launched(getattr(args, "device", None)):  # under torchrun: join the process group
             if hasattr(args, "dataset"):  # before anything records the parameters: what --root holds, or the default
                 dataset_from_args(args)
@@ -90,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
+        while True:  # a SIGTERM landing as the command ends must not leave the handler behind: close again
+            try:
+                terminate.close()
+                break
+            except KeyboardInterrupt:
+                pass
         warnings.formatwarning = formatwarning
-        terminate.close()
 
 
 class _SigtermStop:
@@ -100,38 +109,46 @@ class _SigtermStop:
     would end the process at once. A process waiting inside a collective for one that no longer answers
     cannot run Python's handler until the wait times out (30 minutes by default): it ends after
     ``CNN_REDUNDANCY_SIGTERM_GRACE`` seconds (default 30, as long as Slurm waits before SIGKILL) with
-    status 143, as without the handler. Only in the main thread; :meth:`close` gives everything back,
-    and a forked child (a DataLoader worker) gets it back at once: its signals are its own."""
+    status 143, as without the handler. Only in the main thread. :meth:`close` gives everything back
+    (also when a signal lands in it), and a forked child (a DataLoader worker) gets it back before it
+    can take a signal: SIGTERM is held across the fork."""
 
     active: _SigtermStop | None = None
 
     def __init__(self) -> None:
-        self.old = None
+        self.old: Any = None  # the handler replaced, once replaced
+        self.old_fd: int | None = None  # the wakeup descriptor replaced, once replaced
+        self.writer: socket.socket | None = None
+        self.done = threading.Event()
+
+    def start(self) -> None:
+        """Install the watcher, then the handler (last: a SIGTERM before it ends the process as it always did)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        self.done = threading.Event()
-        self.grace = float(os.environ.get("CNN_REDUNDANCY_SIGTERM_GRACE", "30"))
+        raw = os.environ.get("CNN_REDUNDANCY_SIGTERM_GRACE", "30")
+        try:
+            self.grace = float(raw)
+        except ValueError:
+            self.grace = math.nan
+        if not 0 <= self.grace <= 1e6:
+            raise ValueError(f"CNN_REDUNDANCY_SIGTERM_GRACE must be a number of seconds from 0 to 1e6, not {raw!r}")
         reader, self.writer = socket.socketpair()
         self.writer.setblocking(False)
         # the interpreter's own signal handler writes each signal's number here at once, even while the main
         # thread is inside a C call; the watcher thread reads it
         self.old_fd = signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
-        self.old = signal.signal(signal.SIGTERM, _interrupt)
-        threading.Thread(target=self._watch, args=(reader,), daemon=True, name="sigterm-grace").start()
+        threading.Thread(target=self._watch, args=(reader, self.old_fd), daemon=True, name="sigterm-grace").start()
         _SigtermStop.active = self
+        self.old = signal.getsignal(signal.SIGTERM)  # kept before the swap: a signal may land right after it
+        signal.signal(signal.SIGTERM, _interrupt)
 
-    @staticmethod
-    def _in_child() -> None:
-        stop = _SigtermStop.active
-        if stop is not None and stop.old is not None:
-            signal.signal(signal.SIGTERM, stop.old)
-            signal.set_wakeup_fd(stop.old_fd)  # not the parent's watcher
-            _SigtermStop.active = None
-
-    def _watch(self, reader: socket.socket) -> None:
+    def _watch(self, reader: socket.socket, passed_on: int) -> None:
         with reader:
             while got := reader.recv(64):  # b"" once close() has closed the other end
-                if signal.SIGTERM in got:
+                if passed_on >= 0:  # the caller's own wakeup descriptor still gets every signal's number
+                    with contextlib.suppress(OSError):
+                        os.write(passed_on, got)
+                if signal.SIGTERM in got and not self.done.is_set():
                     if not self.done.wait(self.grace):
                         os.write(2, f"stopped: SIGTERM, and the command had not stopped {self.grace:g} s later "
                                     "(waiting for another process?)\n".encode())  # fmt: skip
@@ -139,20 +156,47 @@ class _SigtermStop:
                     return
 
     def close(self) -> None:
-        if self.old is None:
-            return
-        _SigtermStop.active = None
-        self.done.set()
-        signal.signal(signal.SIGTERM, self.old)
-        signal.set_wakeup_fd(self.old_fd)
-        self.writer.close()
+        from ..core.device import to_the_end
+
+        def restore() -> None:  # safe to run again: a signal landing here starts it over (to_the_end)
+            if self.old is not None:
+                signal.signal(signal.SIGTERM, self.old)
+            if self.old_fd is not None:
+                signal.set_wakeup_fd(self.old_fd)
+            _SigtermStop.active = None
+            self.done.set()
+            if self.writer is not None:
+                self.writer.close()
+
+        to_the_end(restore)
+
+    @staticmethod
+    def _before_fork() -> None:
+        if _SigtermStop.active is not None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # held until the child has reset
+
+    @staticmethod
+    def _after_fork_in_parent() -> None:
+        if _SigtermStop.active is not None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+    @staticmethod
+    def _after_fork_in_child() -> None:
+        stop = _SigtermStop.active
+        if stop is not None:
+            _SigtermStop.active = None
+            if stop.old is not None:
+                signal.signal(signal.SIGTERM, stop.old)
+            signal.set_wakeup_fd(stop.old_fd if stop.old_fd is not None else -1)  # not the parent's watcher
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a SIGTERM held meanwhile is its own
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-os.register_at_fork(after_in_child=_SigtermStop._in_child)
+os.register_at_fork(before=_SigtermStop._before_fork, after_in_parent=_SigtermStop._after_fork_in_parent,
+                    after_in_child=_SigtermStop._after_fork_in_child)  # fmt: skip
 
 
 def _one_line(message, category, filename, lineno, line=None) -> str:
