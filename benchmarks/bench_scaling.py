@@ -16,7 +16,10 @@ second process buys.
    running its own batches and nothing exchanged: the most a second process can give on this
    machine at the time (two processes share its memory bandwidth, and the other load on it).
 
-Run: ``python benchmarks/bench_scaling.py`` (``--quick`` for the 64x64 part alone).
+Run: ``python benchmarks/bench_scaling.py`` (``--quick`` for the 64x64 part alone). On a GPU:
+``python benchmarks/bench_scaling.py --quick --device cuda`` gives the table and the impulse times
+there (the model on the GPU, batches copied to it; every timing waits for the GPU to finish), with
+images per second of plain inference; the distributed part stays on the CPU (gloo).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import cnn_redundancy as cr  # noqa: E402
+from cnn_redundancy.core.batches import resolve_device  # noqa: E402
 
+DEVICE = torch.device("cpu")  # where the table's models and analyses run (--device)
 SHUFFLED = ("layer1.0.conv2", "layer3.0.conv2", "layer4.0.conv2")  # an early, a middle and a late layer
 CHANNELS = list(range(8))
 
@@ -53,9 +58,16 @@ def model(name: str) -> torch.nn.Module:
     return cr.get_model(f"torchvision:{name}", num_classes=10).eval()
 
 
+def _synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(fn) -> float:
+    _synchronize()
     t = time.perf_counter()
     fn()
+    _synchronize()  # a GPU's work is done when it says so, not when the call returns
     return time.perf_counter() - t
 
 
@@ -64,15 +76,15 @@ def inference(m: torch.nn.Module, data, batch_size: int) -> float:
 
     def run() -> None:
         with torch.no_grad():
-            for x, _ in DataLoader(data, batch_size=batch_size):
-                m(x)
+            for x, _ in DataLoader(data, batch_size=batch_size, pin_memory=DEVICE.type == "cuda"):
+                m(x.to(DEVICE, non_blocking=True))
 
     return min(timed(run) for _ in range(3))
 
 
 def multiples(name: str, side: int, n: int, n_sweep: int, batch_size: int) -> dict[str, float]:
     """``{analysis: time / inference time over the same images}`` (sweeps per unit); impulse in seconds."""
-    m = model(name)
+    m = model(name).to(DEVICE)  # the analyses run where the model is
     data, sweep_data = images(n, side), images(n_sweep, side)
     kw = {"batch_size": batch_size, "progress": False}
     t_inf, t_sweep_inf = inference(m, data, batch_size), inference(m, sweep_data, batch_size)
@@ -94,6 +106,7 @@ def multiples(name: str, side: int, n: int, n_sweep: int, batch_size: int) -> di
     t_sweep_inf = min(t_sweep_inf, inference(m, sweep_data, batch_size))
     out = {k: t / (per * t_sweep_inf if per else t_inf) for k, (t, per) in times.items()}
     out["inference ms/image"] = 1000 * t_inf / n
+    out["inference images/s"] = n / t_inf
     return out
 
 
@@ -103,17 +116,19 @@ def table(configs: list[tuple[str, int, int, int, int]]) -> None:
     print(f"| analysis (k = time / one inference pass over the same images) | {header} |")
     print("|---|" + "---|" * len(cols))
     for row in next(iter(cols.values())):
-        cells = " | ".join(f"{c[row]:.2f}" if "ms" in row else f"{c[row]:.3g}x" for c in cols.values())
+        cells = " | ".join(f"{c[row]:.2f}" if "ms" in row else f"{c[row]:.0f}" if "/s" in row else f"{c[row]:.3g}x"
+                           for c in cols.values())  # fmt: skip
         print(f"| {row} | {cells} |")
     sizes = ", ".join(f"{name} {side}x{side}: {n} images ({n_sweep} for the sweeps)" for name, side, n, n_sweep, _ in configs)
-    print(f"images: {sizes}; {torch.get_num_threads()} threads")
+    where = f"{torch.cuda.get_device_name(DEVICE)} ({DEVICE})" if DEVICE.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"images: {sizes}; {where}")
 
 
 def impulse() -> None:
     """Impulse responses and their NCC need no data: seconds (goal: resnet50 at 64x64 in at most 10 s)."""
     with warnings.catch_warnings():  # the deepest maps are 2x2 at 64x64: timed all the same, not warned about
         warnings.simplefilter("ignore")
-        times = {name: timed(lambda name=name: cr.impulse_response(model(name), input_shape=(3, 64, 64)))
+        times = {name: timed(lambda name=name: cr.impulse_response(model(name).to(DEVICE), input_shape=(3, 64, 64)))
                  for name in ("resnet18", "resnet50")}  # fmt: skip
     print("impulse_response (responses + NCC of every conv layer, 64x64): "
           + ", ".join(f"{name} {t:.1f} s" for name, t in times.items()) + " (goal for resnet50: <= 10 s)")
@@ -234,10 +249,13 @@ def distributed_overhead(rounds: int = 3) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description="each analysis as a multiple of plain inference; 2 processes against 1")
     ap.add_argument("--quick", action="store_true", help="the 64x64 table and the distributed part only")
+    ap.add_argument("--device", default="cpu", help="where the table and the impulse times run: cpu, cuda or cuda:N")
     ap.add_argument("--worker", type=Path, help="(internal) a torchrun worker writing its times to this file")
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker)
+    global DEVICE
+    DEVICE = resolve_device(args.device)
     cr.set_progress(False)
     configs = [("resnet18", 64, 256, 64, 64), ("resnet50", 64, 256, 64, 64)]
     if not args.quick:
