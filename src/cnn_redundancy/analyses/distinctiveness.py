@@ -96,14 +96,13 @@ class ActivationStats:
         gives the statistics with what is pending added."""
         self.pending.append((norms, means))
         if sum(len(x) for x, _ in self.pending) >= CHUNK_ROWS:
-            self._flush(self)
+            self.update(*self._pending_batch())
+            self.pending = []
 
-    def _flush(self, into: ActivationStats) -> None:
-        if self.pending:
-            norms, means = zip(*self.pending)
-            into.update(torch.cat(norms), None if means[0] is None else torch.cat(means))
-            if into is self:
-                self.pending = []
+    def _pending_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The pending batches as one: ``(norms, means)``."""
+        norms, means = zip(*self.pending)
+        return torch.cat(norms), None if means[0] is None else torch.cat(means)
 
     def settled(self) -> ActivationStats:
         """These statistics with the pending batches added: ``self`` when none is pending, otherwise a copy
@@ -112,7 +111,7 @@ class ActivationStats:
             return self
         copy = dataclasses.replace(self, gram=self.gram.clone(), sums=self.sums.clone(), mins=self.mins.clone(),
                                    maxs=self.maxs.clone(), act_sum=self.act_sum.clone(), pending=[])
-        self._flush(copy)
+        copy.update(*self._pending_batch())
         return copy
 
     def centered_gram(self, center: str | None) -> torch.Tensor:

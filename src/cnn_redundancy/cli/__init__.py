@@ -140,7 +140,7 @@ class _SigtermStop:
         threading.Thread(target=self._watch, args=(reader, self.old_fd), daemon=True, name="sigterm-grace").start()
         _SigtermStop.active = self
         self.old = signal.getsignal(signal.SIGTERM)  # kept before the swap: a signal may land right after it
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # Python's own Ctrl-C: KeyboardInterrupt
 
     def _watch(self, reader: socket.socket, passed_on: int) -> None:
         with reader:
@@ -189,10 +189,6 @@ class _SigtermStop:
                 signal.signal(signal.SIGTERM, stop.old)
             signal.set_wakeup_fd(stop.old_fd if stop.old_fd is not None else -1)  # not the parent's watcher
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a SIGTERM held meanwhile is its own
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 os.register_at_fork(before=_SigtermStop._before_fork, after_in_parent=_SigtermStop._after_fork_in_parent,

@@ -43,7 +43,8 @@ __all__ = ["AnalysisResult", "Interrupted", "analyze", "LENSES"]
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during :func:`analyze`: ``result`` holds what the lenses that finished found (``meta["complete"]``
-    false, no removable-MACs estimate), ready for ``result.save_report(out)``."""
+    false; the removable-MACs estimate only where it was made before the interrupt), ready for
+    ``result.save_report(out)``."""
 
     def __init__(self, result: AnalysisResult) -> None:
         super().__init__("interrupted")
