@@ -64,14 +64,14 @@ def _runs(tmp_path: Path) -> tuple[Path, Path]:
     single = subprocess.run([sys.executable, str(WORKER), str(one)], capture_output=True, text=True, timeout=TIMEOUT,
                             env=_env())  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
-    pair = _torchrun(2, str(two))
+    pair = _torchrun(2, str(two), str(one))
     assert pair.returncode == 0, pair.stderr[-3000:]
     return one, two
 
 
 def test_same_json_for_one_and_two_processes(tmp_path):
     one, two = _runs(tmp_path)
-    names = sorted(p.name for p in (one / "rank0").glob("*.json"))
+    names = sorted(p.name for p in (one / "rank0").glob("*.json") if not p.name.startswith("resumed-"))
     assert names == ["analyze.json", "batch-loop.json", "channel-shuffle-units.json", "channel-shuffle.json", "cka.json", "compress.json",
                      "dead-kernels.json", "distinctiveness.json", "evaluate.json", "kernel-scores.json",
                      "pixel-shuffle.json", "strongest-activations.json", "zero-ablation-units.json",
@@ -97,6 +97,20 @@ def test_same_json_for_one_and_two_processes(tmp_path):
     assert kept == kept_alone, _first_difference(kept, kept_alone)
     assert kept["meta"]["complete"] is False and kept["samples"] == 8
     assert [None not in row for row in kept["cosine"]["conv2"]] == [True, True, False, False]  # null: not measured
+    # sweeps stopped at their second round and resumed: the uninterrupted run's JSON, for a state left by
+    # one process and resumed by one or two, and one left by two processes and resumed by two
+    for name in ("channel-shuffle", "channel-shuffle-units", "zero-ablation"):
+        whole = _comparable(one / "rank0" / f"{name}.json")
+        for got in (one / "rank0" / f"resumed-{name}.json", two / "rank0" / f"resumed-{name}.json",
+                    two / "rank1" / f"resumed-{name}.json", two / "rank0" / f"resumed-from-one-process-{name}.json"):
+            assert _comparable(got) == whole, f"{got} differs at {_first_difference(_comparable(got), whole)}"
+        assert not (one / "stopped" / f"{name}.state.pt").exists()  # removed once complete
+    # the batches each state held: with two processes the first round (2 batches; 1 where each process
+    # measures every batch for its share of the units)
+    alone = {"channel-shuffle": 1, "channel-shuffle-units": 1, "zero-ablation": 1}
+    assert json.loads((one / "rank0" / "resumed-held.json").read_text()) == alone
+    assert json.loads((two / "rank0" / "resumed-held.json").read_text()) == {**alone, "channel-shuffle": 2, "zero-ablation": 2}
+    assert json.loads((two / "rank0" / "resumed-from-one-process-held.json").read_text()) == alone
     # sharding the units gives the answer of sharding the batches
     by_units, by_batches = _comparable(two / "rank0" / "channel-shuffle-units.json"), _comparable(one / "rank0" / "channel-shuffle.json")
     assert by_units == by_batches, _first_difference(by_units, by_batches)

@@ -2,12 +2,14 @@
 analysis on tiny models, each process' results written to ``<out>/rank<r>/<name>.json``, and one
 command-line run (rank 0 writes ``<out>/cli/channel-shuffle.json``).
 
-``python worker.py OUT [fail]``: with ``fail``, rank 1 raises in the middle of the first analysis.
+``python worker.py OUT [fail | ALONE]``: with ``fail``, rank 1 raises in the middle of the first
+analysis; given the output folder ``ALONE`` of a one-process run, the sweeps it stopped are resumed here too.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import torch
 import cnn_redundancy as cr
 from cnn_redundancy.analyses import distinctiveness as distinctiveness_module
 from cnn_redundancy.cli import main as cli_main
+from cnn_redundancy.core import sweep as core_sweep
 from cnn_redundancy.core.distributed import launched, rank, world_size
 from cnn_redundancy.testing import TinyCNN, random_images
 
@@ -80,6 +83,48 @@ def interrupted(data, path: Path) -> None:
         handle.remove()
 
 
+RESUMABLE = {  # the sweeps of ``analyses`` that are stopped and resumed
+    "channel-shuffle": lambda data, **kw: cr.channel_shuffle(_tiny(), data, repeats=2, batch_size=8, progress=False, **kw),
+    "channel-shuffle-units": lambda data, **kw: cr.channel_shuffle(_tiny(), data, repeats=2, shard="units", batch_size=8,
+                                                                   progress=False, **kw),  # fmt: skip
+    "zero-ablation": lambda data, **kw: cr.zero_ablation(_resnet(), data, batch_size=8, progress=False, **kw),
+}
+
+
+def stopped(data, folder: Path) -> None:
+    """The resumable sweeps stopped at their second round of batches, on every process at once: each leaves
+    its state at the last whole batch in ``folder`` (1 batch with one process; with two, the first round's 2
+    batches, or the first batch alone where each batch is a round, ``shard="units"``)."""
+    measure = core_sweep._Run.measure
+
+    def stopping(self, b, dev, tick):
+        if b.index // world_size() == 1:
+            raise KeyboardInterrupt
+        return measure(self, b, dev, tick)
+
+    core_sweep._Run.measure = stopping
+    try:
+        for name, run in RESUMABLE.items():
+            try:
+                run(data, partial=folder / f"{name}.json")
+            except KeyboardInterrupt:
+                pass
+    finally:
+        core_sweep._Run.measure = measure
+
+
+def resumed(data, folder: Path, mine: Path, prefix: str) -> None:
+    """The sweeps stopped in ``folder`` continued with ``resume=True``; results to ``mine/<prefix><name>.json``,
+    and how many batches each state held."""
+    held = {}
+    for name, run in RESUMABLE.items():
+        held[name] = torch.load(folder / f"{name}.state.pt", weights_only=True)["batches"]
+        res = run(data, partial=folder / f"{name}.json", resume=True)
+        res.meta.pop("seconds", None)
+        res.save(mine / f"{prefix}{name}.json")
+    (mine / f"{prefix}held.json").write_text(json.dumps(held))
+
+
 def batch_loop(data) -> dict:
     """:class:`BatchLoop` itself: a body that reuses one buffer for every batch's contribution, with the
     exchange held for several rounds, with room for one round's bytes only and with no time to hold any;
@@ -112,6 +157,7 @@ def batch_loop(data) -> dict:
 
 def main() -> int:
     out, fail = Path(sys.argv[1]), len(sys.argv) > 2 and sys.argv[2] == "fail"
+    alone = Path(sys.argv[2]) if len(sys.argv) > 2 and not fail else None
     torch.set_num_threads(1)
     distinctiveness_module.CHUNK_ROWS = 12  # the Gram matrices take chunks of 2 batches, across the ranks
     data = random_images(40, (1, 12, 12), seed=3)  # 5 batches of 8: 3 on rank 0, 2 on rank 1
@@ -128,6 +174,17 @@ def main() -> int:
             res.meta.pop("latency_ms", None)
             res.save(mine / f"{name}.json")
         interrupted(data, out / "interrupted.json")
+        stopped(data, out / "stopped")
+        torch.distributed.barrier() if world_size() > 1 else None
+        if rank() == 0:  # kept for a run with another number of processes to resume
+            shutil.copytree(out / "stopped", out / "stopped-kept")
+        torch.distributed.barrier() if world_size() > 1 else None
+        resumed(data, out / "stopped", mine, "resumed-")
+        if alone is not None:
+            if rank() == 0:
+                shutil.copytree(alone / "stopped-kept", out / "from-alone")
+            torch.distributed.barrier() if world_size() > 1 else None
+            resumed(data, out / "from-alone", mine, "resumed-from-one-process-")
         loop = batch_loop(data)
         (mine / "batch-loop.json").write_text(json.dumps({k: v["applied"] for k, v in loop.items()}))
         (mine / "exchanges.txt").write_text(json.dumps({k: v["exchanges"] for k, v in loop.items()}))

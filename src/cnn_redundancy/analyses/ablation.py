@@ -42,6 +42,7 @@ from ..core.metrics import Metric, get_metric
 from ..core.plotting import height_for
 from ..core.registry import analysis, option
 from ..core.results import Result, make_meta
+from ..core.resume import RESUME_OPTION, check_resume, state_path
 from ..core.structure import (
     block_of,
     decomposition_layers,
@@ -321,6 +322,7 @@ def _result(state: SweepState, ablated: list[_Ablated], scope, mode, metric_name
     option("amp", "forward passes in bfloat16 or float16 (torch.autocast)", choices=AMP_CHOICES),
     option("shard", "under torchrun: split the batches, or the ablated units (each process over all the data)",
            choices=SHARDS),
+    RESUME_OPTION,
 ])  # fmt: skip
 def zero_ablation(
     model: nn.Module,
@@ -340,6 +342,7 @@ def zero_ablation(
     device: str | torch.device | None = None,
     progress: bool | None = None,
     partial: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> AblationResult:
     """Zero-ablate conv layers (or residual branches) one unit at a time and measure the metric.
 
@@ -366,7 +369,9 @@ def zero_ablation(
         shard: under ``torchrun``, split the batches (``"batches"``) or the units (``"units"``, each
             process over all the data); the result is the same.
         seed: recorded in the result (the ablation draws nothing at random).
-        partial: a JSON path rewritten as the work goes with the units measured so far.
+        partial: a JSON path rewritten as the work goes with the units measured so far; the sweep's
+            state at the last whole batch is kept beside it (``x.json`` -> ``x.state.pt``) until the run completes.
+        resume: continue a stopped run from that state (see :func:`cnn_redundancy.channel_shuffle`).
 
     Returns:
         An :class:`AblationResult`.
@@ -381,6 +386,7 @@ def zero_ablation(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    check_resume(resume, partial)
     for value, allowed, what in ((scope, SCOPES, "scope"), (mode, MODES, "mode"), (adjacent, ADJACENT, "adjacent")):
         if value not in allowed:
             raise ValueError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
@@ -405,5 +411,7 @@ def zero_ablation(
 
     state = sweep(model, loader, [u.unit() for u in ablated], metric=metric, device=dev, amp=amp, shard=shard,
                   engine=engine, progress=progress, desc=f"zero-ablation ({scope})",
-                  partial=(lambda st: result(st).save(partial)) if partial is not None else None)
+                  partial=(lambda st: result(st).save(partial)) if partial is not None else None,
+                  checkpoint=state_path(partial) if partial is not None else None, resume=resume,
+                  settings={"analysis": "zero_ablation", "scope": scope, "mode": mode, "adjacent": adjacent, "seed": seed})
     return result(state)

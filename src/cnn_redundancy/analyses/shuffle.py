@@ -38,6 +38,7 @@ from ..core.observe import ObserveSpec, resolve_observe
 from ..core.plotting import height_for, per_layer_boxes
 from ..core.registry import analysis, option
 from ..core.results import Result, make_meta
+from ..core.resume import RESUME_OPTION, check_resume, state_path
 from ..core.sweep import ENGINES, BatchContext, SweepState, Unit, sweep
 
 __all__ = ["ShuffleResult", "channel_shuffle", "pixel_shuffle", "shuffle", "MODES"]
@@ -421,7 +422,9 @@ def _probe(mode: str, doc: str):
         device: str | torch.device | None = None,
         progress: bool | None = None,
         partial: str | os.PathLike | None = None,
+        resume: bool = False,
     ) -> ShuffleResult:
+        check_resume(resume, partial)
         if engine not in ENGINES:
             raise ValueError(f"engine must be 'auto', 'fast' or 'naive', not {engine!r}")
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -432,7 +435,9 @@ def _probe(mode: str, doc: str):
         run.amp, run.shard = amp, shard
         state = sweep(model, data, run.units, metric=metric, observe_sum=run.cosine_sum, batch_size=batch_size,
                       device=device, amp=amp, shard=shard, engine=engine, progress=progress, desc=f"{mode} shuffle",
-                      traced=run.traced, partial=(lambda st: run.result(st).save(partial)) if partial is not None else None)
+                      traced=run.traced, partial=(lambda st: run.result(st).save(partial)) if partial is not None else None,
+                      checkpoint=state_path(partial) if partial is not None else None, resume=resume,
+                      settings={"analysis": f"{mode}_shuffle", "seed": seed})  # fmt: skip
         return run.result(state)
 
     probe.__name__ = probe.__qualname__ = f"{mode}_shuffle"
@@ -444,6 +449,7 @@ def _probe(mode: str, doc: str):
         option("amp", "forward passes in bfloat16 or float16 (torch.autocast); sums stay float64", choices=AMP_CHOICES),
         option("shard", "under torchrun: split the batches, or the channels (each process over all the data)",
                choices=SHARDS),
+        RESUME_OPTION,
     ]
     return analysis(f"{mode}-shuffle", paper="impulse", result=ShuffleResult, options=options,
                     example={"repeats": 2})(probe)
@@ -473,7 +479,11 @@ channel_shuffle = _probe("channel", """Shuffle each input channel of conv layers
         seed: seed of every permutation (same seed, same result).
         partial: a JSON path rewritten as the work goes (at least every 30 s, on an error or
             interrupt, and at the end) with the result so far: ``meta["complete"]`` is False and
-            each channel's numbers cover the batches it has seen.
+            each channel's numbers cover the batches it has seen. The sweep's state at the last whole
+            batch is kept beside it (``x.json`` -> ``x.state.pt``) until the run completes.
+        resume: continue a stopped run from that state (with any number of processes): the result
+            is the one an uninterrupted run gives. A state from another model, data or settings is
+            refused; without one the run starts from the first batch.
 
     Returns:
         :class:`ShuffleResult`.

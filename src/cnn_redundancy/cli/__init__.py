@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 __all__ = ["main", "build_parser"]
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted" + (f"; files already written to {out} are kept (results still under way are marked "
                                '"complete": false); work that had written nothing yet is lost' if out else ""),
               file=sys.stderr)  # fmt: skip
+        states = sorted(Path(out).glob("*.state.pt")) if out and hasattr(args, "resume") else []
+        if states:
+            print(f"the sweep's state at its last whole batch is in {states[0]}: the same command with --resume "
+                  "continues it", file=sys.stderr)  # fmt: skip
         return 130
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

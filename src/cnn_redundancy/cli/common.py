@@ -14,7 +14,7 @@ __all__ = ["add_model_args", "add_data_args", "add_out_arg", "add_metric_args", 
 #: the parameters of every command run into an output folder, by command
 RUNS_FILE = "runs.json"
 #: arguments that do not change a run's numbers (left out of the record)
-_NOT_RECORDED = {"func", "analysis", "experiment", "quiet", "overwrite", "device", "model_default", "dataset_default", "writes"}
+_NOT_RECORDED = {"func", "analysis", "experiment", "quiet", "overwrite", "device", "model_default", "dataset_default", "writes", "resume"}
 
 
 def parse_kw(items: list[str] | None) -> dict[str, Any]:

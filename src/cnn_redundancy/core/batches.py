@@ -164,12 +164,12 @@ def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise TypeError(f"a batch must be a tensor or a tuple (inputs, targets), not {type(batch).__name__}")
 
 
-def _schedule(loader: DataLoader, r: int, world: int) -> list[tuple[int, int, list[int]]]:
-    """``(index, offset, sample indices)`` of every batch that process ``r`` of ``world`` loads."""
+def _schedule(loader: DataLoader, r: int, world: int, start: int = 0) -> list[tuple[int, int, list[int]]]:
+    """``(index, offset, sample indices)`` of every batch from ``start`` on that process ``r`` of ``world`` loads."""
     out, offset = [], 0
     for i, idx in enumerate(loader.batch_sampler):  # type: ignore[arg-type]
         idx = list(idx)
-        if i % world == r:
+        if i >= start and i % world == r:
             out.append((i, offset, idx))
         offset += len(idx)
     return out
@@ -186,35 +186,38 @@ def _reloaded(loader: DataLoader, batch_sampler: list[list[int]], pin: bool) -> 
     return DataLoader(loader.dataset, batch_sampler=batch_sampler, **kw)
 
 
-def _raw_batches(loader: DataLoader, device: torch.device, r: int, world: int) -> Iterator[tuple[int, int, Any, bool]]:
-    """``(index, offset, what the loader yields, pinned)`` for the batches process ``r`` loads."""
+def _raw_batches(loader: DataLoader, device: torch.device, r: int, world: int,
+                 start: int = 0) -> Iterator[tuple[int, int, Any, bool]]:  # fmt: skip
+    """``(index, offset, what the loader yields, pinned)`` for the batches process ``r`` loads, from batch ``start`` on."""
     if world > 1 and isinstance(loader.sampler, RandomSampler) and loader.sampler.generator is None:
         raise ValueError("a shuffling DataLoader gives every process another order: pass shuffle=False, or a "
                          "generator with the same seed on every process")  # fmt: skip
     pin = device.type == "cuda"
-    if loader.batch_sampler is not None and (world > 1 or (pin and not loader.pin_memory)):
-        plan = _schedule(loader, r, world)
+    if loader.batch_sampler is not None and (world > 1 or start > 0 or (pin and not loader.pin_memory)):
+        plan = _schedule(loader, r, world, start)
         source = _reloaded(loader, [idx for _, _, idx in plan], pin or loader.pin_memory)
         for (i, offset, _), raw in zip(plan, source):
             yield i, offset, raw, source.pin_memory
         return
     offset = 0
     for i, raw in enumerate(loader):
-        if i % world == r:
+        if i >= start and i % world == r:
             yield i, offset, raw, bool(loader.pin_memory)
         offset += len(split_batch(raw)[0])
 
 
 def batches(loader: DataLoader, device: torch.device, model: nn.Module | None = None, *, shard: bool = False,
-            channels_last: bool = False) -> Iterator[Batch]:  # fmt: skip
+            channels_last: bool = False, start: int = 0) -> Iterator[Batch]:  # fmt: skip
     """Every batch of ``loader`` moved to ``device`` (from pinned memory and non-blocking on CUDA),
     checked against ``model`` where given (:func:`check_batch`).
 
     ``shard=True`` under ``torchrun``: only the batches of this process (batch ``i`` goes to rank
     ``i mod world_size``), and only those are loaded. ``channels_last``: 4-D inputs in that layout.
+    ``start``: the batches before it are left out (a stopped run continued); they are not loaded
+    where the loader has a batch sampler.
     """
     world = world_size() if shard else 1
-    for i, offset, raw, pinned in _raw_batches(loader, device, rank() if shard else 0, world):
+    for i, offset, raw, pinned in _raw_batches(loader, device, rank() if shard else 0, world, start):
         x, y = split_batch(raw)
         non_blocking = device.type == "cuda" and pinned
         x = x.to(device, non_blocking=non_blocking)
@@ -288,6 +291,8 @@ class BatchLoop:
             sees every batch; the analysis splits its own work, and contributions are applied in
             rank order).
         channels_last: 4-D inputs in that memory layout.
+        start: the first batch measured (a stopped run continued: the earlier batches' contributions
+            are in the result already).
     """
 
     exchange_rounds = 16
@@ -295,11 +300,12 @@ class BatchLoop:
     exchange_bytes = 64 * 2**20
 
     def __init__(self, loader: DataLoader, device: torch.device, apply: Callable[[Any], None], *,
-                 model: nn.Module | None = None, shard: str = "batches", channels_last: bool = False) -> None:  # fmt: skip
+                 model: nn.Module | None = None, shard: str = "batches", channels_last: bool = False,
+                 start: int = 0) -> None:  # fmt: skip
         if shard not in SHARDS:
             raise ValueError(f"shard must be one of {', '.join(SHARDS)}, not {shard!r}")
         self.loader, self.device, self.apply, self.shard, self.model = loader, device, apply, shard, model
-        self.channels_last = channels_last
+        self.channels_last, self.start = channels_last, start
         self._contribution: Any = None
         self._held: list[tuple[int | None, Any]] = []
         self._every, self._slowest, self._largest, self._since = 1, 0.0, 0, 0.0
@@ -307,7 +313,10 @@ class BatchLoop:
     def __len__(self) -> int:
         """The number of batches this process measures."""
         n, world = len(self.loader), world_size()
-        return max(0, -(-(n - rank()) // world)) if self.shard == "batches" else n
+        if self.shard != "batches":
+            return max(0, n - self.start)
+        first = self.start + (rank() - self.start) % world  # this process' first batch from ``start`` on
+        return max(0, -(-(n - first) // world))
 
     def add(self, contribution: Any) -> None:
         """What the current batch contributes (tensors in nested dicts, lists and tuples)."""
@@ -317,13 +326,14 @@ class BatchLoop:
         by_batch = self.shard == "batches"
         done = 0
         self._held, self._every, self._slowest, self._largest, self._since = [], 1, 0.0, 0, time.perf_counter()
-        for b in batches(self.loader, self.device, self.model, shard=by_batch, channels_last=self.channels_last):
+        for b in batches(self.loader, self.device, self.model, shard=by_batch, channels_last=self.channels_last,
+                         start=self.start):
             self._contribution = None
             yield b
             self._round(b.index if by_batch else rank(), self._contribution)
             done += 1
         if by_batch and world_size() > 1:  # the last round: processes without a batch take part empty-handed
-            for _ in range(-(-len(self.loader) // world_size()) - done):
+            for _ in range(-(-(len(self.loader) - self.start) // world_size()) - done):
                 self._round(None, None)
         self._exchange()
 

@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import gc
 import math
+import os
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -53,6 +54,7 @@ from .layers import not_called
 from .metrics import Metric, get_metric
 from .progress import progress_bar
 from .results import PARTIAL_EVERY, Partials
+from .resume import Checkpoint, load_metric_state, metric_state
 
 __all__ = ["Unit", "BatchContext", "SweepState", "sweep", "ENGINES", "PARTIAL_EVERY", "SHARDS"]
 
@@ -288,10 +290,14 @@ class _Run:
     """
 
     def __init__(self, plan: _Plan, state: SweepState, mine: list[int], metric: Metric | None, observe_sum,
-                 amp: str | None, owner: bool) -> None:  # fmt: skip
+                 amp: str | None, owner: bool, last: bool) -> None:  # fmt: skip
         self.plan, self.state, self.mine, self.metric = plan, state, mine, metric
         self.observe_sum, self.amp, self.owner = observe_sum, amp, owner
         self.streamed = False  # whether the batch being measured joins the state unit by unit
+        self.batches = 0  # the batches whole in the state (always the first ones, in order)
+        # whether this process' contribution to a batch is the batch's last one (applied in the global order)
+        self.owner_of_last = last
+        self.whole = True  # whether the state holds those batches and nothing else (no batch half added)
         self.pending: list[tuple[int, torch.Tensor]] = []  # streamed units' changes not yet read back
 
     def measure(self, b: Batch, dev: torch.device, tick: Callable[[], None]) -> dict[str, Any]:
@@ -305,6 +311,7 @@ class _Run:
         self.streamed = stream = b.index == 0 and rank() == 0
         share = not stream or world_size() > 1  # what the batch adds goes to the exchange (the other processes)
         if stream:
+            self.whole = False
             self._apply_clean(clean)
         units, changes, changed = [], [], []
         for i in self.mine:
@@ -326,7 +333,8 @@ class _Run:
                 units.append(unit)
             tick()
         return {"size": len(b.x), "clean": clean if share else None, "units": units, "changed": changed,
-                "change": list(_changes(changes)) if changes else None, "added_by": rank() if stream else -1}  # fmt: skip
+                "change": list(_changes(changes)) if changes else None, "added_by": rank() if stream else -1,
+                "index": b.index, "last": self.owner_of_last}  # fmt: skip
 
     def settle(self) -> None:
         """Read back the changes of the units streamed so far (one host sync for all of them)."""
@@ -374,8 +382,10 @@ class _Run:
 
     def apply(self, c: dict[str, Any]) -> None:
         """Add what ``measure`` returned for a batch (what it has not added already)."""
+        self.whole = False
         if c["added_by"] == rank():  # streamed here: in the state already
             self.settle()
+            self._done(c)
             return
         if c["clean"] is not None:
             self._apply_clean(c["clean"])
@@ -384,6 +394,41 @@ class _Run:
         self.settle()
         if c["change"] is not None:  # the first batch: one host sync for all of its units
             self._set_changes(c["changed"], c["change"])
+        self._done(c)
+
+    def _done(self, c: dict[str, Any]) -> None:
+        """A contribution added: its batch is whole once the last of the batch's contributions is (with
+        ``shard="units"`` every process adds one per batch, applied in rank order)."""
+        if c["last"]:
+            self.batches, self.whole = c["index"] + 1, True
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """The state at the last whole batch, as plain data and CPU tensors (``None`` in the middle of a batch
+        or where a metric's state is not plain data)."""
+        st = self.state
+        if not self.whole:
+            return None
+        metrics = None
+        if st.metrics is not None:
+            metrics = [metric_state(m) for m in (st.baseline, *st.metrics)]
+            if any(m is None for m in metrics):
+                return None
+        slots = list(dict.fromkeys(u.sum_key for u in st.units))
+        observed = [st.observed[k].detach().cpu() if k in st.observed else None for k in slots]
+        return {"batches": self.batches, "n_seen": st.n_seen, "seen": list(st.seen), "max_change": list(st.max_change),
+                "changed": list(st.changed), "metrics": metrics, "observed": observed}  # fmt: skip
+
+    def restore(self, saved: dict[str, Any], device: torch.device) -> None:
+        """Continue from a :meth:`snapshot`."""
+        st = self.state
+        self.batches = int(saved["batches"])
+        st.n_seen, st.seen = int(saved["n_seen"]), [int(x) for x in saved["seen"]]
+        st.max_change, st.changed = [float(x) for x in saved["max_change"]], [bool(x) for x in saved["changed"]]
+        if saved["metrics"] is not None:
+            for m, ms in zip((st.baseline, *st.metrics), saved["metrics"]):
+                load_metric_state(m, ms, device)
+        slots = list(dict.fromkeys(u.sum_key for u in st.units))
+        st.observed = {k: o.to(device) for k, o in zip(slots, saved["observed"]) if o is not None}
 
 
 def sweep(
@@ -403,6 +448,9 @@ def sweep(
     partial: Callable[[SweepState], Any] | None = None,
     partial_every: float | None = None,
     traced: Traced | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> SweepState:
     """Measure every unit over the data (see the module docstring).
 
@@ -423,6 +471,11 @@ def sweep(
         partial_every: seconds of work between two partial writes (default :data:`PARTIAL_EVERY`).
         traced: the model's trace where the caller has one; it is reused when every unit's module is
             a single call in it (else the model is traced once here).
+        checkpoint: a file where the sweep keeps its state at the last whole batch whenever the partial
+            result is written (rank 0), removed when the sweep completes (:mod:`cnn_redundancy.core.resume`).
+        resume: continue from ``checkpoint`` where it holds a stopped run's state (checked to be this
+            run's: model weights, data, units and ``settings``); without one, start from the first batch.
+        settings: what else the numbers depend on (the caller's parameters and seed), kept with the state.
 
     Returns:
         The :class:`SweepState` (the same on every process).
@@ -444,14 +497,43 @@ def sweep(
                        [_fresh(metric) for _ in units] if metric is not None else None, [0] * len(units))
     mine = _mine(units, shard)
     last = wants_channels_last(dev, amp)
+    keep = None
+    if checkpoint is not None:
+        described = [repr((u.key, sorted(u.replace), u.observe, u.sum_key)) for u in units]
+        how = {**(settings or {}), "metric": None if template is None else [type(template).__name__, metric_state(template)],
+               "amp": amp, "engine": engine, "observe_sum": observe_sum is not None}  # fmt: skip
+        keep = Checkpoint(checkpoint, model, loader, described, how)
+        if template is not None and metric_state(template) is None:
+            warnings.warn(f"{type(template).__name__} holds more than tensors and plain values: this sweep's state "
+                          "cannot be kept, and a stopped run cannot be resumed", stacklevel=2)  # fmt: skip
+            keep = None
+    saved = keep.load() if keep is not None and resume else None
+    if resume and keep is not None and saved is None:
+        warnings.warn(f"no stopped run's state in {keep.path}: starting from the first batch", stacklevel=2)
     with preserved(model), torch.no_grad(), placed(model, dev, channels_last=last), _old_objects_frozen():
         model.eval()
         plan = _Plan(model, units, engine, traced, active=mine, needs_output=metric is not None)
         state.fast, state.fallback = plan.fast, plan.why
-        run = _Run(plan, state, mine, template, observe_sum, amp, owner=shard == "batches" or rank() == 0)
-        loop = BatchLoop(loader, dev, run.apply, model=model, shard=shard, channels_last=last)
+        run = _Run(plan, state, mine, template, observe_sum, amp, owner=shard == "batches" or rank() == 0,
+                   last=shard == "batches" or rank() == world_size() - 1)
+        if saved is not None:
+            run.restore(saved, dev)
+        loop = BatchLoop(loader, dev, run.apply, model=model, shard=shard, channels_last=last, start=run.batches)
+
+        def write() -> None:
+            run.settle()
+            if partial is not None:
+                partial(state)
+            if keep is not None and not state.complete:
+                snap = run.snapshot()
+                if snap is not None:
+                    keep.save(snap)
+
+        if run.batches:
+            desc = f"{desc}, from batch {run.batches + 1} of {len(loader)}"
         with progress_bar(len(loop) * len(mine), desc, enabled=progress, unit="pass") as bar, \
-                Partials((lambda: (run.settle(), partial(state))) if partial is not None else None, partial_every) as partials:  # fmt: skip
+                Partials(write if partial is not None or keep is not None else None, partial_every) as partials:  # fmt: skip
+            partials.started = run.batches > 0
 
             def tick() -> None:
                 bar.update(1)
@@ -463,6 +545,8 @@ def sweep(
                 loop.add(run.measure(b, dev, tick))
                 partials.started = True
             state.complete = True
+    if keep is not None:
+        keep.remove()
     return state
 
 

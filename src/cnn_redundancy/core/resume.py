@@ -1,0 +1,204 @@
+"""A stopped sweep continues where it stopped.
+
+A sweep over thousands of channels and a large data set runs for hours or days, and a cluster's
+time limit or a preemption stops it. While it runs, the sweep keeps its state at the last whole
+batch (every unit's metric counts and observation sums, and how many batches they cover) in a file
+beside its partial result, rewritten atomically as the partial result is; the file is removed when
+the sweep completes. Given ``resume=True``, a sweep that finds a stopped run's state continues from
+the batch after it, with any number of processes, and ends with the result an uninterrupted run
+gives, bit for bit (each sum goes on growing in the same order).
+
+The state is refused, with a line that says why, when it is not this run's: another model (a hash
+of its weights), other data (its size, batches and first sample), other units or other settings.
+It is data: tensors and plain values, read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .distributed import broadcast_object, is_main
+from .registry import option
+from .results import atomic_write, to_plain
+
+__all__ = ["FORMAT", "Checkpoint", "RESUME_OPTION", "check_resume", "state_path", "metric_state", "load_metric_state"]
+
+FORMAT = "cnn-redundancy-sweep-state/1"
+
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def state_path(partial: str | os.PathLike) -> Path:
+    """Where a run whose partial result is ``partial`` keeps its state: ``x.json`` -> ``x.state.pt``."""
+    p = Path(partial)
+    return p.with_name(f"{p.stem}.state.pt")
+
+
+#: the analyses' ``resume`` option (the command line's ``--resume``)
+RESUME_OPTION = option("resume", "continue a stopped run from the state it left beside its partial result "
+                       "(<out>/<name>.state.pt); without one, start from the first batch")
+
+
+def check_resume(resume: bool, partial: str | os.PathLike | None) -> None:
+    """``resume`` is a bool, and asks for a partial result: the state is kept beside it."""
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True or False, not {resume!r}")
+    if resume and partial is None:
+        raise ValueError("resume=True needs partial=<path>: a stopped run's state is kept beside its partial result")
+
+
+def _saveable(v: Any) -> bool:
+    if isinstance(v, (torch.Tensor, *_PLAIN)):
+        return True
+    if isinstance(v, list | tuple):
+        return all(_saveable(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _saveable(x) for k, x in v.items())
+    return False
+
+
+def metric_state(metric: Any) -> dict[str, Any] | None:
+    """A metric's accumulated state: its public attributes (tensors on the CPU), or ``None`` where one
+    of them is not plain data (a metric of the user's own holding other objects cannot be kept)."""
+    if hasattr(metric, "state_dict") and callable(metric.state_dict):
+        state = metric.state_dict()
+    else:
+        state = {k: v for k, v in vars(metric).items() if not k.startswith("_")}
+    if not _saveable(state):
+        return None
+    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def load_metric_state(metric: Any, state: dict[str, Any], device: torch.device) -> None:
+    """Put a state from :func:`metric_state` back into ``metric`` (tensors on ``device``)."""
+    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+    if hasattr(metric, "load_state_dict") and callable(metric.load_state_dict):
+        metric.load_state_dict(moved)
+    else:
+        for k, v in moved.items():
+            setattr(metric, k, v)
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def model_hash(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, types, shapes and values)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if isinstance(t, torch.Tensor):
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def data_fingerprint(loader: DataLoader) -> dict[str, Any]:
+    """The data's size, its batches' sizes and a hash of its first sample (what tells two data sets apart
+    without reading them)."""
+    out: dict[str, Any] = {}
+    ds = loader.dataset
+    try:
+        out["samples"] = len(ds)  # type: ignore[arg-type]
+    except TypeError:
+        pass
+    try:
+        out["batches"] = len(loader)
+    except TypeError:
+        pass
+    out["batch_size"], out["drop_last"] = loader.batch_size, loader.drop_last
+    try:
+        first = ds[0]  # type: ignore[index]
+        x = first[0] if isinstance(first, list | tuple) else first
+        if isinstance(x, torch.Tensor):
+            out["first_sample"] = hashlib.sha256(_tensor_bytes(x)).hexdigest()[:16]
+    except (TypeError, IndexError, KeyError, NotImplementedError):
+        pass
+    return out
+
+
+_WHAT = {"model": "its model weights", "data": "its data", "units": "its units (layers, channels, repeats)",
+         "settings": "its settings"}  # fmt: skip
+
+
+class Checkpoint:
+    """A sweep's state file (see the module docstring).
+
+    Args:
+        path: the file. model, loader: the run's (their fingerprint is kept with the state).
+        units: a plain description of each unit (what it perturbs and observes).
+        settings: everything else the numbers depend on (the analysis' parameters, seed, metric, amp, engine).
+    """
+
+    def __init__(self, path: str | os.PathLike, model: nn.Module, loader: DataLoader, units: Sequence[str],
+                 settings: dict[str, Any]) -> None:  # fmt: skip
+        self.path = Path(path)
+        self._parts: dict[str, Callable[[], Any]] = {
+            "model": lambda: model_hash(model),
+            "data": lambda: data_fingerprint(loader),
+            "units": lambda: list(units),
+            "settings": lambda: to_plain(settings),
+        }
+        self._fingerprint: dict[str, Any] | None = None
+        self.unsaveable = ""  # why the state could not be kept, once it could not
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            self._fingerprint = {k: f() for k, f in self._parts.items()}
+        return self._fingerprint
+
+    def load(self) -> dict[str, Any] | None:
+        """The stopped run's state (the same on every process: rank 0 reads it), or ``None`` where there
+        is none. Raises ``ValueError`` (on every process) where the file is not this run's state."""
+        got: tuple[str, Any] = ("none", None)
+        if is_main():
+            try:
+                got = ("state", self._read())
+            except FileNotFoundError:
+                got = ("none", None)
+            except ValueError as e:
+                got = ("error", str(e))
+        kind, value = broadcast_object(got)
+        if kind == "error":
+            raise ValueError(value)
+        return value
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            raise FileNotFoundError(self.path)
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is one line
+            raise ValueError(f"{self.path} is not a sweep's saved state ({type(e).__name__}: {str(e).splitlines()[0]}): "
+                             "delete it, or run without resume to start again") from None  # fmt: skip
+        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+            raise ValueError(f"{self.path} is not a sweep's saved state: delete it, or run without resume to start again")
+        theirs = saved.get("fingerprint", {})
+        for key, what in _WHAT.items():
+            if theirs.get(key) != self.fingerprint[key]:
+                raise ValueError(f"the stopped run whose state is in {self.path} differs from this one in {what}: "
+                                 "run the same command on the same model and data to continue it, or run without "
+                                 "resume to start again (the state is then replaced)")  # fmt: skip
+        return saved
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Keep ``state`` (plain data and tensors), atomically; rank 0 only."""
+        if not is_main() or self.unsaveable:
+            return
+        payload = {"format": FORMAT, "fingerprint": self.fingerprint, **state}
+        atomic_write(self.path, lambda tmp: torch.save(payload, tmp))
+
+    def remove(self) -> None:
+        """The run is complete: its state is no longer needed (rank 0 removes it)."""
+        if is_main():
+            self.path.unlink(missing_ok=True)
