@@ -126,24 +126,80 @@ def test_stopped_within_the_first_batch_starts_again(tmp_path, stop_at):
     assert _json(again) == _json(cr.channel_shuffle(_tiny(), data, "conv2", **KW))
 
 
+def _one_sample_changed(seed: int):
+    data = random_images(40, seed=seed)
+    data.tensors[0][22] += 1.0  # the same size and first sample
+    return data
+
+
+def _shuffled(seed: int):
+    return torch.utils.data.DataLoader(random_images(40, seed=1), batch_size=8, shuffle=True,
+                                       generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+
 @pytest.mark.parametrize("change, what", [
     ({"model": 1}, "its model weights"),
-    ({"data": 2}, "its data"),
-    ({"channels": [0, 1]}, "its units"),
+    ({"data": lambda: random_images(40, seed=2)}, "its data"),
+    ({"data": lambda: _one_sample_changed(1)}, "its data"),
+    ({"data": lambda: _shuffled(0)}, "its data"),  # the same samples in another order
+    ({"channels": [2, 3]}, "its settings"),  # as many channels, others
     ({"seed": 5}, "its settings"),
     ({"metric": None}, "its settings"),
 ])  # fmt: skip
 def test_another_runs_state_is_refused(tmp_path, stop_at, change, what):
-    base = {"model": 0, "data": 1, "channels": None, "seed": 0, "metric": "accuracy"}
+    base = {"model": 0, "data": lambda: random_images(40, seed=1), "channels": [0, 1], "seed": 0, "metric": "accuracy"}
 
     def run(c, **kw):
-        return cr.channel_shuffle(_tiny(c["model"]), random_images(40, seed=c["data"]), "conv2",
-                                  channels=c["channels"], seed=c["seed"], metric=c["metric"], **KW, **kw)  # fmt: skip
+        return cr.channel_shuffle(_tiny(c["model"]), c["data"](), "conv2", channels=c["channels"], seed=c["seed"],
+                                  metric=c["metric"], **KW, **kw)  # fmt: skip
 
     _stopped(lambda **kw: run(base, **kw), tmp_path / "r.json", 2, stop_at)
     with pytest.raises(ValueError, match=f"differs from this one in {what}"):
         run({**base, **change}, partial=tmp_path / "r.json", resume=True)
     assert state_path(tmp_path / "r.json").exists()  # refused, not thrown away
+
+
+def test_a_seeded_shuffling_loader_resumes(tmp_path, stop_at):
+    """A DataLoader that shuffles with a seeded generator: the same order again, so the stopped run continues;
+    without a generator every pass has another order, so no state is kept and resume says why."""
+
+    def run(**kw):
+        return cr.channel_shuffle(_tiny(), _shuffled(3), "conv2", progress=False, **kw)
+
+    whole = run()
+    assert _stopped(run, tmp_path / "l.json", 2, stop_at)["batches"] == 2
+    assert _json(run(partial=tmp_path / "l.json", resume=True)) == _json(whole)
+    unseeded = torch.utils.data.DataLoader(random_images(40, seed=1), batch_size=8, shuffle=True)
+    with pytest.warns(UserWarning, match="cannot be resumed .*shuffles without a seeded generator"):
+        cr.channel_shuffle(_tiny(), unseeded, "conv2", progress=False, partial=tmp_path / "u.json", resume=True)
+
+
+def test_the_data_fingerprint_sees_listings_and_order():
+    from cnn_redundancy.core.resume import data_fingerprint
+
+    data = random_images(40, seed=1)
+    subset = lambda idx: torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx), batch_size=8)  # noqa: E731
+    a, b = data_fingerprint(subset(list(range(20)))), data_fingerprint(subset([*range(19), 30]))
+    assert a["listing"] != b["listing"] and a["samples"] == b["samples"]
+
+    class Folder(torch.utils.data.Dataset):  # lists its files as torchvision's ImageFolder does
+        def __init__(self, files):
+            self.samples = [(f, 0) for f in files]
+
+        def __len__(self):
+            return len(self.samples)
+
+        def __getitem__(self, i):
+            return torch.zeros(1, 2, 2), 0
+
+    files = [f"{i}.png" for i in range(10)]
+    one, other = (data_fingerprint(torch.utils.data.DataLoader(Folder(f), batch_size=4)) for f in (files, [*files[:9], "x.png"]))
+    assert one["listing"] != other["listing"] and one["samples_hash"] == other["samples_hash"]
+    g = torch.Generator().manual_seed(0)
+    loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, generator=g)
+    state = g.get_state()
+    assert data_fingerprint(loader)["order"] != data_fingerprint(torch.utils.data.DataLoader(data, batch_size=8))["order"]
+    assert torch.equal(g.get_state(), state)  # the order it will draw is left as it was
 
 
 def test_bad_state_files_and_arguments(tmp_path):
@@ -167,7 +223,7 @@ def test_a_metric_holding_objects_cannot_be_kept(tmp_path):
             self.log = object()  # not plain data
 
     with pytest.warns(UserWarning, match="cannot be resumed"):
-        cr.channel_shuffle(_tiny(), random_images(16), "conv2", metric=Odd(), partial=tmp_path / "o.json", **KW)
+        cr.channel_shuffle(_tiny(), random_images(16), "conv2", metric=Odd(), partial=tmp_path / "o.json", resume=True, **KW)
     assert (tmp_path / "o.json").exists() and not state_path(tmp_path / "o.json").exists()
 
 

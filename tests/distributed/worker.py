@@ -50,6 +50,9 @@ def analyses(data) -> dict:
     return {
         "channel-shuffle": cr.channel_shuffle(_tiny(), data, repeats=2, **kw),
         "channel-shuffle-units": cr.channel_shuffle(_tiny(), data, repeats=2, shard="units", **kw),
+        # a DataLoader that shuffles with a seeded generator: the same order for one process as for two
+        "channel-shuffle-seeded-loader": cr.channel_shuffle(_tiny(), torch.utils.data.DataLoader(
+            data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)), progress=False),
         "pixel-shuffle": cr.pixel_shuffle(_tiny(), data, metric=None, **kw),
         "distinctiveness": cr.distinctiveness(_tiny(), data, center="mean", **kw),
         "zero-ablation": cr.zero_ablation(_resnet(), data, **kw),

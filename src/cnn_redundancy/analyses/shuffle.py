@@ -437,7 +437,7 @@ def _probe(mode: str, doc: str):
                       device=device, amp=amp, shard=shard, engine=engine, progress=progress, desc=f"{mode} shuffle",
                       traced=run.traced, partial=(lambda st: run.result(st).save(partial)) if partial is not None else None,
                       checkpoint=state_path(partial) if partial is not None else None, resume=resume,
-                      settings={"analysis": f"{mode}_shuffle", "seed": seed})  # fmt: skip
+                      settings={"analysis": f"{mode}_shuffle", "seed": seed, "channels": run.chans})  # fmt: skip
         return run.result(state)
 
     probe.__name__ = probe.__qualname__ = f"{mode}_shuffle"

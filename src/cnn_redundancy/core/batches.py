@@ -193,7 +193,11 @@ def _raw_batches(loader: DataLoader, device: torch.device, r: int, world: int,
         raise ValueError("a shuffling DataLoader gives every process another order: pass shuffle=False, or a "
                          "generator with the same seed on every process")  # fmt: skip
     pin = device.type == "cuda"
-    if loader.batch_sampler is not None and (world > 1 or start > 0 or (pin and not loader.pin_memory)):
+    # a shuffling sampler's order is drawn from the batch sampler (as every process draws it), not through the
+    # loader's own iterator, which first draws its workers' seed from the same generator: the same batches
+    # for any number of processes
+    drawn = isinstance(loader.sampler, RandomSampler)
+    if loader.batch_sampler is not None and (world > 1 or start > 0 or drawn or (pin and not loader.pin_memory)):
         plan = _schedule(loader, r, world, start)
         source = _reloaded(loader, [idx for _, _, idx in plan], pin or loader.pin_memory)
         for (i, offset, _), raw in zip(plan, source):

@@ -9,7 +9,8 @@ the batch after it, with any number of processes, and ends with the result an un
 gives, bit for bit (each sum goes on growing in the same order).
 
 The state is refused, with a line that says why, when it is not this run's: another model (a hash
-of its weights), other data (its size, batches and first sample), other units or other settings.
+of its weights), other data (its size, its batches and their order, an image folder's files and a
+hash of 32 samples spread over it), other units or other settings.
 It is data: tensors and plain values, read with ``torch.load(weights_only=True)``.
 """
 
@@ -17,19 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from .distributed import broadcast_object, is_main
 from .registry import option
 from .results import atomic_write, to_plain
 
-__all__ = ["FORMAT", "Checkpoint", "RESUME_OPTION", "check_resume", "state_path", "metric_state", "load_metric_state"]
+__all__ = ["FORMAT", "Checkpoint", "RESUME_OPTION", "check_resume", "state_path", "metric_state", "load_metric_state",
+           "unordered"]
 
 FORMAT = "cnn-redundancy-sweep-state/1"
 
@@ -102,25 +104,72 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+SAMPLES_HASHED = 32
+"""Samples of the data, spread evenly over it, whose values are part of its fingerprint."""
+
+
+def unordered(loader: DataLoader) -> str | None:
+    """Why the loader's batches cannot be the same in a later run (``None`` where they can): a shuffling
+    sampler without a seeded generator draws another order on every pass."""
+    if isinstance(loader.sampler, RandomSampler) and loader.sampler.generator is None:
+        return "the DataLoader shuffles without a seeded generator, so every pass has another order"
+    return None
+
+
+def _order(loader: DataLoader) -> str | None:
+    """A hash of the order of the samples in the loader's batches, the sampler's random state left as found."""
+    sampler = loader.sampler
+    if loader.batch_sampler is None or isinstance(sampler, SequentialSampler):
+        return None  # in the data set's order
+    gen = getattr(sampler, "generator", None)
+    kept = gen.get_state() if isinstance(gen, torch.Generator) else None
+    try:
+        h = hashlib.sha256()
+        for idx in loader.batch_sampler:
+            h.update(repr(list(idx)).encode())
+        return h.hexdigest()
+    finally:
+        if kept is not None:
+            gen.set_state(kept)  # type: ignore[union-attr]
+
+
+def _listing(ds: Any) -> str | None:
+    """A hash of what a data set lists without reading its samples: an image folder's files and classes, a
+    subset's indices (and its data set's listing)."""
+    parts = []
+    while ds is not None:
+        for attr in ("samples", "indices"):  # torchvision's DatasetFolder; torch's Subset
+            v = getattr(ds, attr, None)
+            if isinstance(v, list | tuple | range) or (isinstance(v, torch.Tensor) and v.dim() == 1):
+                parts.append(repr(list(v.tolist() if isinstance(v, torch.Tensor) else v)))
+        ds = getattr(ds, "dataset", None)
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16] if parts else None
+
+
 def data_fingerprint(loader: DataLoader) -> dict[str, Any]:
-    """The data's size, its batches' sizes and a hash of its first sample (what tells two data sets apart
-    without reading them)."""
+    """The data's size, its batches, their order, what it lists (an image folder's files) and a hash of
+    :data:`SAMPLES_HASHED` inputs spread over it: what tells two data sets apart without reading all of them."""
     out: dict[str, Any] = {}
     ds = loader.dataset
     try:
-        out["samples"] = len(ds)  # type: ignore[arg-type]
+        n = len(ds)  # type: ignore[arg-type]
+        out["samples"] = n
     except TypeError:
-        pass
+        n = 0
     try:
         out["batches"] = len(loader)
     except TypeError:
         pass
-    out["batch_size"], out["drop_last"] = loader.batch_size, loader.drop_last
+    out["batch_size"], out["drop_last"], out["order"] = loader.batch_size, loader.drop_last, _order(loader)
+    out["listing"] = _listing(ds)
+    h = hashlib.sha256()
     try:
-        first = ds[0]  # type: ignore[index]
-        x = first[0] if isinstance(first, list | tuple) else first
-        if isinstance(x, torch.Tensor):
-            out["first_sample"] = hashlib.sha256(_tensor_bytes(x)).hexdigest()[:16]
+        for i in sorted({(n - 1) * j // max(SAMPLES_HASHED - 1, 1) for j in range(SAMPLES_HASHED)} if n else ()):
+            item = ds[i]  # type: ignore[index]
+            x = item[0] if isinstance(item, list | tuple) else item
+            if isinstance(x, torch.Tensor):
+                h.update(_tensor_bytes(x))
+        out["samples_hash"] = h.hexdigest()[:16]
     except (TypeError, IndexError, KeyError, NotImplementedError):
         pass
     return out
@@ -142,19 +191,16 @@ class Checkpoint:
     def __init__(self, path: str | os.PathLike, model: nn.Module, loader: DataLoader, units: Sequence[str],
                  settings: dict[str, Any]) -> None:  # fmt: skip
         self.path = Path(path)
-        self._parts: dict[str, Callable[[], Any]] = {
-            "model": lambda: model_hash(model),
-            "data": lambda: data_fingerprint(loader),
-            "units": lambda: list(units),
-            "settings": lambda: to_plain(settings),
-        }
+        self._model = lambda: model_hash(model)  # when first needed: the weights do not change during the run
+        # now, before the run draws a shuffling sampler's order
+        self._known = {"data": data_fingerprint(loader), "units": list(units), "settings": to_plain(settings)}
         self._fingerprint: dict[str, Any] | None = None
         self.unsaveable = ""  # why the state could not be kept, once it could not
 
     @property
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:
-            self._fingerprint = {k: f() for k, f in self._parts.items()}
+            self._fingerprint = {"model": self._model(), **self._known}
         return self._fingerprint
 
     def load(self) -> dict[str, Any] | None:

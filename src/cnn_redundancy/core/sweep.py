@@ -47,14 +47,14 @@ from torch import nn
 
 from .batches import SHARDS, Batch, BatchLoop, as_loader, explained, resolve_device
 from .device import autocast, check_amp, full_precision, placed, wants_channels_last
-from .distributed import rank, world_size
+from .distributed import is_main, rank, world_size
 from .graph import SplitState, SplitUnavailable, Traced
 from .hooks import capture_after, preserved, replacing
 from .layers import not_called
 from .metrics import Metric, get_metric
 from .progress import progress_bar
 from .results import PARTIAL_EVERY, Partials
-from .resume import Checkpoint, load_metric_state, metric_state
+from .resume import Checkpoint, load_metric_state, metric_state, unordered
 
 __all__ = ["Unit", "BatchContext", "SweepState", "sweep", "ENGINES", "PARTIAL_EVERY", "SHARDS"]
 
@@ -503,12 +503,15 @@ def sweep(
         how = {**(settings or {}), "metric": None if template is None else [type(template).__name__, metric_state(template)],
                "amp": amp, "engine": engine, "observe_sum": observe_sum is not None}  # fmt: skip
         keep = Checkpoint(checkpoint, model, loader, described, how)
+        why = unordered(loader)
         if template is not None and metric_state(template) is None:
-            warnings.warn(f"{type(template).__name__} holds more than tensors and plain values: this sweep's state "
-                          "cannot be kept, and a stopped run cannot be resumed", stacklevel=2)  # fmt: skip
+            why = f"{type(template).__name__} holds more than tensors and plain values"
+        if why is not None:  # no state is kept: a later run could not continue it
+            if resume and is_main():
+                warnings.warn(f"a stopped run cannot be resumed ({why}): starting from the first batch", stacklevel=2)
             keep = None
     saved = keep.load() if keep is not None and resume else None
-    if resume and keep is not None and saved is None:
+    if resume and keep is not None and saved is None and is_main():
         warnings.warn(f"no stopped run's state in {keep.path}: starting from the first batch", stacklevel=2)
     with preserved(model), torch.no_grad(), placed(model, dev, channels_last=last), _old_objects_frozen():
         model.eval()
