@@ -83,6 +83,26 @@ def test_zero_ablation_resumed_equals_uninterrupted(tmp_path, stop_at):
     assert _json(run(partial=tmp_path / "z.json", resume=True)) == _json(whole)
 
 
+def test_remove_trivial_resumes_its_ranking_sweep(tmp_path, stop_at):
+    from cnn_redundancy.compression.removal import remove_trivial
+    from cnn_redundancy.testing import zero_branch_resnet
+
+    data = random_images(24, (1, 12, 12), seed=2)
+    kw = {"tolerance": 0.05, "measure": False, "batch_size": 8, "progress": False}
+    whole = remove_trivial(zero_branch_resnet(), data, **kw)
+    stop_at(1)
+    with pytest.raises(KeyboardInterrupt):
+        remove_trivial(zero_branch_resnet(), data, partial=tmp_path / "r.json", **kw)
+    stop_at(-1)
+    assert torch.load(tmp_path / "r-ranking.state.pt", weights_only=True)["batches"] == 1
+    resumed = remove_trivial(zero_branch_resnet(), data, partial=tmp_path / "r.json", resume=True, **kw)
+    assert resumed.removed == whole.removed and resumed.final == whole.final
+    ranking = cr.zero_ablation(zero_branch_resnet(), data, scope="layer", mode="remove-branch", tolerance=0.05,
+                               batch_size=8, progress=False)  # what the resumed ranking sweep must have found
+    assert json.loads((tmp_path / "r-ranking.json").read_text())["scores"] == ranking.to_dict()["scores"]
+    assert not (tmp_path / "r-ranking.state.pt").exists()
+
+
 def test_a_batch_half_added_is_never_kept(tmp_path, monkeypatch):
     """Stopped while a batch's numbers are being added: the state kept is the one before that batch."""
     data = random_images(40, seed=1)

@@ -101,6 +101,8 @@ def _register_remove(sub) -> None:
     add_metric_args(p)
     p.add_argument("--tolerance", type=float, default=0.01, help="largest allowed metric drop, checked on --split "
                    "itself (default 0.01); --max-drop checks it on validation data and reports on the test split")
+    p.add_argument("--resume", action="store_true", help="continue a stopped ranking sweep from the state it left "
+                   "(<out>/removal-ranking.state.pt); the removals after it are tried again")
     _add_guarantee_args(p, target=False)
     p.set_defaults(func=_remove)
 
@@ -209,7 +211,7 @@ def _remove(args: argparse.Namespace) -> int:
     data = data_from_args(args)
     model = model_from_args(args, data)
     res = remove_trivial(model, data, tolerance=args.tolerance, metric=metric_from_args(args, model, data),
-                         batch_size=args.batch_size, device=args.device, partial=out / "removal.json")
+                         batch_size=args.batch_size, device=args.device, partial=out / "removal.json", resume=args.resume)
     if not is_main():  # rank 0 writes
         return 0
     res.save(out / "removal.json")

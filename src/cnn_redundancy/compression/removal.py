@@ -148,6 +148,7 @@ def remove_trivial(
     device: str | torch.device | None = None,
     progress: bool | None = None,
     partial: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> RemovalResult:
     """Greedily remove residual branches while the metric stays within ``tolerance`` of the baseline.
 
@@ -159,7 +160,10 @@ def remove_trivial(
         measure: also count MACs and time the CPU latency before and after.
         partial: a JSON path rewritten with the branches tried so far (when 30 s of work have passed
             since the last write, on an error or interrupt, and at the end); the ranking sweep that
-            comes first writes its own partial result next to it (``<name>-ranking.json``).
+            comes first writes its own partial result next to it (``<name>-ranking.json``) and keeps its
+            state until it completes (``<name>-ranking.state.pt``).
+        resume: continue a stopped ranking sweep from that state (:func:`cnn_redundancy.zero_ablation`);
+            the removals that follow it are tried again.
 
     Returns:
         A :class:`RemovalResult`; ``result.model`` is the smaller model.
@@ -181,7 +185,7 @@ def remove_trivial(
     dev = resolve_device(device, model)
     ranking = None if partial is None else Path(partial).with_name(Path(partial).stem + "-ranking.json")
     sweep = zero_ablation(model, data, scope="layer", mode="remove-branch", metric=metric, tolerance=tolerance,
-                          batch_size=batch_size, device=dev, progress=progress, partial=ranking)
+                          batch_size=batch_size, device=dev, progress=progress, partial=ranking, resume=resume)
     res = RemovalResult(metric=get_metric(metric).name, tolerance=float(tolerance), baseline=float(sweep.baseline),
                         final=float(sweep.baseline), model=copy_of(model, "remove_trivial").eval(),
                         meta={**make_meta("remove_trivial", {"tolerance": tolerance, "metric": get_metric(metric).name,
