@@ -215,6 +215,9 @@ def test_the_data_fingerprint_sees_listings_and_order():
     files = [f"{i}.png" for i in range(10)]
     one, other = (data_fingerprint(torch.utils.data.DataLoader(Folder(f), batch_size=4)) for f in (files, [*files[:9], "x.png"]))
     assert one["listing"] != other["listing"] and one["samples_hash"] == other["samples_hash"]
+    joined = [data_fingerprint(torch.utils.data.DataLoader(torch.utils.data.ConcatDataset([Folder(files), Folder(f)]),
+                                                           batch_size=4)) for f in (files, [*files[:9], "x.png"])]  # fmt: skip
+    assert joined[0]["listing"] != joined[1]["listing"]  # the train and test folders of --split all
     g = torch.Generator().manual_seed(0)
     loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, generator=g)
     state = g.get_state()

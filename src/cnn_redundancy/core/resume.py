@@ -135,14 +135,21 @@ def _order(loader: DataLoader) -> str | None:
 
 def _listing(ds: Any) -> str | None:
     """A hash of what a data set lists without reading its samples: an image folder's files and classes, a
-    subset's indices (and its data set's listing)."""
-    parts = []
-    while ds is not None:
+    subset's indices, and the same of the data sets it wraps or joins (``Subset``, ``ConcatDataset``)."""
+    parts: list[str] = []
+
+    def walk(d: Any, depth: int) -> None:
+        if d is None or depth > 8:  # bounded: a data set may name itself
+            return
         for attr in ("samples", "indices"):  # torchvision's DatasetFolder; torch's Subset
-            v = getattr(ds, attr, None)
+            v = getattr(d, attr, None)
             if isinstance(v, list | tuple | range) or (isinstance(v, torch.Tensor) and v.dim() == 1):
-                parts.append(repr(list(v.tolist() if isinstance(v, torch.Tensor) else v)))
-        ds = getattr(ds, "dataset", None)
+                parts.append(f"{attr}:{list(v.tolist() if isinstance(v, torch.Tensor) else v)!r};")
+        inner = getattr(d, "datasets", None)
+        for child in inner if isinstance(inner, list | tuple) else [getattr(d, "dataset", None)]:
+            walk(child, depth + 1)
+
+    walk(ds, 0)
     return hashlib.sha256("".join(parts).encode()).hexdigest()[:16] if parts else None
 
 
