@@ -193,6 +193,15 @@ def test_segmentation_end_to_end(tmp_path, capsys):
     assert cr.Result.load(tmp_path / "r" / "removal.json").metric == "dice"
 
 
+def test_remove_trivial_with_max_drop(tmp_path, capsys):
+    """--max-drop runs compress's blocks stage (it stopped on a missing --criterion); --resume there is refused."""
+    args = ["-q", "remove-trivial", "-m", "resnet20", "-d", "digits", "--limit", "96", "--max-drop", "0.05"]
+    assert main([*args, "-o", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "compress.json").read_text())["meta"]["params"]["stages"] == ["blocks"]
+    assert main([*args, "--resume", "-o", str(tmp_path / "r2")]) == 2
+    assert "--resume continues remove-trivial's ranking sweep" in capsys.readouterr().err
+
+
 def test_every_command_that_evaluates_takes_metric_and_output_key():
     parser = build_parser()
     for cmd in ("train", "evaluate", "prune", "remove-trivial", "channel-shuffle", "pixel-shuffle", "zero-ablation",

@@ -192,6 +192,7 @@ def test_a_seeded_shuffling_loader_resumes(tmp_path, stop_at):
     unseeded = torch.utils.data.DataLoader(random_images(40, seed=1), batch_size=8, shuffle=True)
     with pytest.warns(UserWarning, match="cannot be resumed .*shuffles without a seeded generator"):
         cr.channel_shuffle(_tiny(), unseeded, "conv2", progress=False, partial=tmp_path / "u.json", resume=True)
+    assert not state_path(tmp_path / "u.json").exists()
 
 
 def test_the_data_fingerprint_sees_listings_and_order():
@@ -223,6 +224,77 @@ def test_the_data_fingerprint_sees_listings_and_order():
     state = g.get_state()
     assert data_fingerprint(loader)["order"] != data_fingerprint(torch.utils.data.DataLoader(data, batch_size=8))["order"]
     assert torch.equal(g.get_state(), state)  # the order it will draw is left as it was
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """An iterable data set with a length: the DataLoader's batch sampler over it never ends."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __iter__(self):
+        return iter(self.data)
+
+
+class _Zeroing(torch.utils.data.DataLoader):
+    """A DataLoader subclass that iterates in its own way (its batches, zeroed)."""
+
+    def __iter__(self):
+        for x, y in super().__iter__():
+            yield x * 0, y
+
+
+@pytest.mark.parametrize("loader, why", [
+    (lambda d: torch.utils.data.DataLoader(_Stream(d), batch_size=8), "an iterable data set"),
+    (lambda d: torch.utils.data.DataLoader(d, batch_size=8, shuffle=True), "shuffles without a seeded generator"),
+    (lambda d: torch.utils.data.DataLoader(d, batch_size=8, sampler=torch.utils.data.SubsetRandomSampler(range(30))),
+     "shuffles without a seeded generator"),
+    (lambda d: torch.utils.data.DataLoader(d, batch_sampler=torch.utils.data.BatchSampler(
+        torch.utils.data.RandomSampler(d), 8, False)), "shuffles without a seeded generator"),
+    (lambda d: _Zeroing(d, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)), "iterates in its own way"),
+])  # fmt: skip
+def test_loaders_that_cannot_resume_keep_no_state_and_change_nothing(tmp_path, loader, why):
+    """No state for them (resume says why), and a partial path changes neither the result nor torch's random
+    state: the fingerprint that is not taken draws nothing."""
+    data = random_images(40, seed=1)
+
+    def run(**kw):
+        torch.manual_seed(7)
+        res = cr.channel_shuffle(_tiny(), loader(data), "conv2", progress=False, **kw)
+        return _json(res), torch.get_rng_state()
+
+    plain = run()
+    with pytest.warns(UserWarning, match=f"cannot be resumed .*{why}"):
+        kept = run(partial=tmp_path / "n.json", resume=True)
+    assert kept[0] == plain[0] and torch.equal(kept[1], plain[1])
+    assert not state_path(tmp_path / "n.json").exists()
+
+
+def test_a_loader_subclass_is_read_as_it_iterates():
+    """One process reads a DataLoader subclass through its own iteration, shuffling with a seed or not."""
+    data = random_images(40, seed=1)
+    zeroed = cr.channel_shuffle(_tiny(), _Zeroing(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)),
+                                "conv2", metric=None, progress=False)  # fmt: skip
+    assert all(c == 1.0 for row in zeroed.mean_cosine.values() for c in row)  # all-zero maps: cosine 1 by definition
+
+
+def test_a_custom_batch_samplers_order_is_part_of_the_data(tmp_path, stop_at):
+    def loader(seed):
+        g = torch.Generator().manual_seed(seed)
+        return torch.utils.data.DataLoader(random_images(40, seed=1), batch_sampler=torch.utils.data.BatchSampler(
+            torch.utils.data.RandomSampler(random_images(40, seed=1), generator=g), 8, False))  # fmt: skip
+
+    def run(seed, **kw):
+        return cr.channel_shuffle(_tiny(), loader(seed), "conv2", progress=False, **kw)
+
+    whole = run(0)
+    _stopped(lambda **kw: run(0, **kw), tmp_path / "c.json", 2, stop_at)
+    with pytest.raises(ValueError, match="differs from this one in its data"):
+        run(1, partial=tmp_path / "c.json", resume=True)
+    assert _json(run(0, partial=tmp_path / "c.json", resume=True)) == _json(whole)
 
 
 def test_bad_state_files_and_arguments(tmp_path):

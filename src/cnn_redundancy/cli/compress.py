@@ -138,7 +138,7 @@ def _compress(args: argparse.Namespace, stages=("dead", "merge", "blocks", "chan
     metric = metric_from_args(args, model, data)
     max_drop = args.max_drop if args.max_drop is not None or getattr(args, "target_macs", None) else 0.01
     res = compress(model, data, test=test, target_macs=getattr(args, "target_macs", None), max_drop=max_drop,
-                   criterion=criterion or args.criterion, finetune_epochs=args.finetune_epochs,
+                   criterion=criterion or getattr(args, "criterion", "auto"), finetune_epochs=args.finetune_epochs,
                    layers=getattr(args, "layers", None) or None, metric=metric or "accuracy", stages=stages,
                    baselines=getattr(args, "baselines", ["l1", "taylor", "random"]) if "channels" in stages else (),
                    batch_size=args.batch_size, seed=args.seed, device=args.device, partial=out / "compress.json")  # fmt: skip
@@ -202,6 +202,9 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _remove(args: argparse.Namespace) -> int:
     if args.max_drop is not None:
+        if args.resume:
+            raise ValueError("--resume continues remove-trivial's ranking sweep; with --max-drop it runs compress's "
+                             "blocks stage, which starts again: drop --resume, or --max-drop for the ranking sweep")
         return _compress(args, stages=("blocks",))
     from ..checkpoint import save_checkpoint
     from ..compression.removal import remove_trivial

@@ -23,7 +23,14 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    SequentialSampler,
+    default_collate,
+)
 
 from .distributed import all_gather_tree, map_tree, rank, world_size
 
@@ -186,18 +193,34 @@ def _reloaded(loader: DataLoader, batch_sampler: list[list[int]], pin: bool) -> 
     return DataLoader(loader.dataset, batch_sampler=batch_sampler, **kw)
 
 
+def order_sampler(loader: DataLoader) -> Any:
+    """The sampler that orders the loader's samples: a ``BatchSampler``'s own sampler (a ``batch_sampler=``
+    given to the DataLoader, whose ``loader.sampler`` is then a placeholder), else the loader's."""
+    bs = loader.batch_sampler
+    return bs.sampler if isinstance(bs, BatchSampler) else loader.sampler
+
+
+def unseeded_order(loader: DataLoader) -> bool:
+    """Whether every pass over the loader draws another order: a random sampler (shuffling, a random subset,
+    weighted) without a seeded generator."""
+    s = order_sampler(loader)
+    return not isinstance(s, SequentialSampler) and hasattr(s, "generator") and s.generator is None
+
+
 def _raw_batches(loader: DataLoader, device: torch.device, r: int, world: int,
                  start: int = 0) -> Iterator[tuple[int, int, Any, bool]]:  # fmt: skip
     """``(index, offset, what the loader yields, pinned)`` for the batches process ``r`` loads, from batch ``start`` on."""
-    if world > 1 and isinstance(loader.sampler, RandomSampler) and loader.sampler.generator is None:
+    if world > 1 and unseeded_order(loader):
         raise ValueError("a shuffling DataLoader gives every process another order: pass shuffle=False, or a "
                          "generator with the same seed on every process")  # fmt: skip
     pin = device.type == "cuda"
-    # a shuffling sampler's order is drawn from the batch sampler (as every process draws it), not through the
-    # loader's own iterator, which first draws its workers' seed from the same generator: the same batches
-    # for any number of processes
-    drawn = isinstance(loader.sampler, RandomSampler)
-    if loader.batch_sampler is not None and (world > 1 or start > 0 or drawn or (pin and not loader.pin_memory)):
+    # a sampler drawing from the loader's own generator gives its order through the batch sampler (as every
+    # process draws it), not through the loader's iterator, which first draws its workers' seed from that
+    # generator: the same batches for any number of processes
+    gen = getattr(order_sampler(loader), "generator", None)
+    drawn = gen is not None and gen is loader.generator and type(loader).__iter__ is DataLoader.__iter__
+    listed = loader.batch_sampler is not None and not isinstance(loader.dataset, IterableDataset)  # finite batches
+    if listed and (world > 1 or start > 0 or drawn or (pin and not loader.pin_memory)):
         plan = _schedule(loader, r, world, start)
         source = _reloaded(loader, [idx for _, _, idx in plan], pin or loader.pin_memory)
         for (i, offset, _), raw in zip(plan, source):

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
 
+from .batches import order_sampler, unseeded_order
 from .distributed import broadcast_object, is_main
 from .registry import option
 from .results import atomic_write, to_plain
@@ -109,17 +110,22 @@ SAMPLES_HASHED = 32
 
 
 def unordered(loader: DataLoader) -> str | None:
-    """Why the loader's batches cannot be the same in a later run (``None`` where they can): a shuffling
-    sampler without a seeded generator draws another order on every pass."""
-    if isinstance(loader.sampler, RandomSampler) and loader.sampler.generator is None:
+    """Why a later run could not start at the loader's batch ``k`` with the same batches (``None`` where it
+    can): a random sampler without a seeded generator draws another order on every pass; an iterable data
+    set, or a DataLoader subclass that iterates in its own way, cannot be started at a later batch."""
+    if isinstance(loader.dataset, IterableDataset):
+        return "an iterable data set cannot be started at a later batch"
+    if unseeded_order(loader):
         return "the DataLoader shuffles without a seeded generator, so every pass has another order"
+    if type(loader).__iter__ is not DataLoader.__iter__:
+        return f"{type(loader).__name__} iterates in its own way, which cannot be started at a later batch"
     return None
 
 
 def _order(loader: DataLoader) -> str | None:
     """A hash of the order of the samples in the loader's batches, the sampler's random state left as found."""
-    sampler = loader.sampler
-    if loader.batch_sampler is None or isinstance(sampler, SequentialSampler):
+    sampler = order_sampler(loader)
+    if loader.batch_sampler is None or (isinstance(loader.batch_sampler, BatchSampler) and isinstance(sampler, SequentialSampler)):
         return None  # in the data set's order
     gen = getattr(sampler, "generator", None)
     kept = gen.get_state() if isinstance(gen, torch.Generator) else None
@@ -141,10 +147,12 @@ def _listing(ds: Any) -> str | None:
     def walk(d: Any, depth: int) -> None:
         if d is None or depth > 8:  # bounded: a data set may name itself
             return
-        for attr in ("samples", "indices"):  # torchvision's DatasetFolder; torch's Subset
-            v = getattr(d, attr, None)
-            if isinstance(v, list | tuple | range) or (isinstance(v, torch.Tensor) and v.dim() == 1):
-                parts.append(f"{attr}:{list(v.tolist() if isinstance(v, torch.Tensor) else v)!r};")
+        files = getattr(d, "samples", None)  # torchvision's DatasetFolder: (path, class) pairs
+        if isinstance(files, list | tuple) and files and isinstance(files[0], list | tuple) and isinstance(files[0][0], str):
+            parts.append(f"samples:{[tuple(f) for f in files]!r};")
+        idx = getattr(d, "indices", None)  # torch's Subset: a list, range, tensor or array of indices
+        if isinstance(idx, list | tuple | range) or (hasattr(idx, "tolist") and getattr(idx, "ndim", None) == 1):
+            parts.append(f"indices:{list(idx.tolist() if hasattr(idx, 'tolist') else idx)!r};")
         inner = getattr(d, "datasets", None)
         for child in inner if isinstance(inner, list | tuple) else [getattr(d, "dataset", None)]:
             walk(child, depth + 1)
@@ -155,7 +163,13 @@ def _listing(ds: Any) -> str | None:
 
 def data_fingerprint(loader: DataLoader) -> dict[str, Any]:
     """The data's size, its batches, their order, what it lists (an image folder's files) and a hash of
-    :data:`SAMPLES_HASHED` inputs spread over it: what tells two data sets apart without reading all of them."""
+    :data:`SAMPLES_HASHED` inputs spread over it: what tells two data sets apart without reading all of them.
+    Torch's global random state is left as found (a data set may draw random augmentations)."""
+    with torch.random.fork_rng(devices=[]):
+        return _data_fingerprint(loader)
+
+
+def _data_fingerprint(loader: DataLoader) -> dict[str, Any]:
     out: dict[str, Any] = {}
     ds = loader.dataset
     try:

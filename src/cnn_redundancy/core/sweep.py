@@ -502,14 +502,13 @@ def sweep(
         described = [repr((u.key, sorted(u.replace), u.observe, u.sum_key)) for u in units]
         how = {**(settings or {}), "metric": None if template is None else [type(template).__name__, metric_state(template)],
                "amp": amp, "engine": engine, "observe_sum": observe_sum is not None}  # fmt: skip
-        keep = Checkpoint(checkpoint, model, loader, described, how)
         why = unordered(loader)
         if template is not None and metric_state(template) is None:
             why = f"{type(template).__name__} holds more than tensors and plain values"
-        if why is not None:  # no state is kept: a later run could not continue it
-            if resume and is_main():
-                warnings.warn(f"a stopped run cannot be resumed ({why}): starting from the first batch", stacklevel=2)
-            keep = None
+        if why is None:
+            keep = Checkpoint(checkpoint, model, loader, described, how)
+        elif resume and is_main():  # no state is kept: a later run could not continue it
+            warnings.warn(f"a stopped run cannot be resumed ({why}): starting from the first batch", stacklevel=2)
     saved = keep.load() if keep is not None and resume else None
     if resume and keep is not None and saved is None and is_main():
         warnings.warn(f"no stopped run's state in {keep.path}: starting from the first batch", stacklevel=2)
