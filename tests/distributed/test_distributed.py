@@ -72,7 +72,8 @@ def _runs(tmp_path: Path) -> tuple[Path, Path]:
 def test_same_json_for_one_and_two_processes(tmp_path):
     one, two = _runs(tmp_path)
     names = sorted(p.name for p in (one / "rank0").glob("*.json") if not p.name.startswith("resumed-"))
-    assert names == ["analyze.json", "batch-loop.json", "channel-shuffle-seeded-loader.json", "channel-shuffle-units.json",
+    assert names == ["analyze.json", "batch-loop.json", "channel-shuffle-iterable.json", "channel-shuffle-seeded-loader.json",
+                     "channel-shuffle-units.json",
                      "channel-shuffle.json", "cka.json", "compress.json",
                      "dead-kernels.json", "distinctiveness.json", "evaluate.json", "kernel-scores.json",
                      "pixel-shuffle.json", "strongest-activations.json", "zero-ablation-units.json",

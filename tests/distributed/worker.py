@@ -33,6 +33,19 @@ def _resnet():
     return cr.get_model("resnet20", in_channels=1, input_size=12).eval()
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    """An iterable data set with a length (the DataLoader's batch sampler over it never ends)."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self):
+        return iter(self.data)
+
+
 def _failing_on_rank_1(model: torch.nn.Module) -> None:
     calls = {"n": 0}
 
@@ -50,6 +63,9 @@ def analyses(data) -> dict:
     return {
         "channel-shuffle": cr.channel_shuffle(_tiny(), data, repeats=2, **kw),
         "channel-shuffle-units": cr.channel_shuffle(_tiny(), data, repeats=2, shard="units", **kw),
+        # an iterable data set with a length: every process reads the stream and measures its share
+        "channel-shuffle-iterable": cr.channel_shuffle(_tiny(), torch.utils.data.DataLoader(_Stream(data), batch_size=8),
+                                                       progress=False),  # fmt: skip
         # a DataLoader that shuffles with a seeded generator: the same order for one process as for two
         "channel-shuffle-seeded-loader": cr.channel_shuffle(_tiny(), torch.utils.data.DataLoader(
             data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)), progress=False),
