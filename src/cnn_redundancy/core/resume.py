@@ -196,7 +196,7 @@ def _data_fingerprint(loader: DataLoader) -> dict[str, Any]:
     return out
 
 
-_WHAT = {"model": "its model weights", "data": "its data", "units": "its units (layers, channels, repeats)",
+_WHAT = {"model": "its model weights", "data": "its data", "units": "its units (layers, repeats, observed modules)",
          "settings": "its settings"}  # fmt: skip
 
 
@@ -216,7 +216,6 @@ class Checkpoint:
         # now, before the run draws a shuffling sampler's order
         self._known = {"data": data_fingerprint(loader), "units": list(units), "settings": to_plain(settings)}
         self._fingerprint: dict[str, Any] | None = None
-        self.unsaveable = ""  # why the state could not be kept, once it could not
 
     @property
     def fingerprint(self) -> dict[str, Any]:
@@ -260,7 +259,7 @@ class Checkpoint:
 
     def save(self, state: dict[str, Any]) -> None:
         """Keep ``state`` (plain data and tensors), atomically; rank 0 only."""
-        if not is_main() or self.unsaveable:
+        if not is_main():
             return
         payload = {"format": FORMAT, "fingerprint": self.fingerprint, **state}
         atomic_write(self.path, lambda tmp: torch.save(payload, tmp))

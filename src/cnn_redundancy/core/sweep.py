@@ -265,15 +265,18 @@ class _Plan:
         return out, (store.get(u.point) if u.observe else None)
 
 
+def _slots(units: Sequence[Unit]) -> list[Hashable]:
+    """The units' observation slots in order of first appearance."""
+    return list(dict.fromkeys(u.sum_key for u in units))
+
+
 def _mine(units: Sequence[Unit], shard: str) -> list[int]:
     """The units this process measures: all of them, or with ``shard="units"`` those whose slot's
     position (in order of first appearance) is this rank modulo the world size."""
     if shard == "batches" or world_size() == 1:
         return list(range(len(units)))
-    slots: dict[Hashable, int] = {}
-    for u in units:
-        slots.setdefault(u.sum_key, len(slots))
-    return [i for i, u in enumerate(units) if slots[u.sum_key] % world_size() == rank()]
+    position = {k: i for i, k in enumerate(_slots(units))}
+    return [i for i, u in enumerate(units) if position[u.sum_key] % world_size() == rank()]
 
 
 class _Run:
@@ -413,8 +416,7 @@ class _Run:
             metrics = [metric_state(m) for m in (st.baseline, *st.metrics)]
             if any(m is None for m in metrics):
                 return None
-        slots = list(dict.fromkeys(u.sum_key for u in st.units))
-        observed = [st.observed[k].detach().cpu() if k in st.observed else None for k in slots]
+        observed = [st.observed[k].detach().cpu() if k in st.observed else None for k in _slots(st.units)]
         return {"batches": self.batches, "n_seen": st.n_seen, "seen": list(st.seen), "max_change": list(st.max_change),
                 "changed": list(st.changed), "metrics": metrics, "observed": observed}  # fmt: skip
 
@@ -427,8 +429,7 @@ class _Run:
         if saved["metrics"] is not None:
             for m, ms in zip((st.baseline, *st.metrics), saved["metrics"]):
                 load_metric_state(m, ms, device)
-        slots = list(dict.fromkeys(u.sum_key for u in st.units))
-        st.observed = {k: o.to(device) for k, o in zip(slots, saved["observed"]) if o is not None}
+        st.observed = {k: o.to(device) for k, o in zip(_slots(st.units), saved["observed"]) if o is not None}
 
 
 def sweep(
@@ -499,13 +500,14 @@ def sweep(
     last = wants_channels_last(dev, amp)
     keep = None
     if checkpoint is not None:
-        described = [repr((u.key, sorted(u.replace), u.observe, u.sum_key)) for u in units]
-        how = {**(settings or {}), "metric": None if template is None else [type(template).__name__, metric_state(template)],
-               "amp": amp, "engine": engine, "observe_sum": observe_sum is not None}  # fmt: skip
+        kept_metric = None if template is None else metric_state(template)
         why = unordered(loader)
-        if template is not None and metric_state(template) is None:
+        if template is not None and kept_metric is None:
             why = f"{type(template).__name__} holds more than tensors and plain values"
         if why is None:
+            described = [repr((u.key, sorted(u.replace), u.observe, u.sum_key)) for u in units]
+            how = {**(settings or {}), "metric": None if template is None else [type(template).__name__, kept_metric],
+                   "amp": amp, "engine": engine, "observe_sum": observe_sum is not None}  # fmt: skip
             keep = Checkpoint(checkpoint, model, loader, described, how)
         elif resume and is_main():  # no state is kept: a later run could not continue it
             warnings.warn(f"a stopped run cannot be resumed ({why}): starting from the first batch", stacklevel=2)
